@@ -1,0 +1,328 @@
+"""Configuration: every rule of SPEC.md, with the location each problem is reported at."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from exporter.config import format_duration, load_config, parse_config, parse_duration
+from exporter.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+GOOD = """\
+platforms:
+  heroku: {role: baseline, base_url: "https://myapp.herokuapp.com"}
+  aws: {role: candidate, base_url: "https://lb.example.com", host_header: api.example.com}
+checks:
+  - name: health
+    path: /health
+"""
+
+
+def problems(text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, source="t.yml", env=env or {})
+    return info.value.details
+
+
+def with_changes(**sections: object) -> str:
+    doc = yaml.safe_load(GOOD)
+    doc.update(sections)
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("250ms", 0.25), ("10s", 10), ("5m", 300), ("1h", 3600), ("1m30s", 90), ("1.5s", 1.5)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("bad", ["10", "ten seconds", "5 m", "", "1x", "s"])
+def test_bad_durations(bad: str) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(bad)
+
+
+def test_format_duration_round_trips() -> None:
+    for text in ("250ms", "10s", "5m", "1h"):
+        assert format_duration(parse_duration(text)) == text
+
+
+def test_minimal_config_gets_the_documented_defaults() -> None:
+    cfg = parse_config(GOOD, env={})
+    check = cfg.checks[0]
+    assert (check.interval, check.timeout, check.method) == (15.0, 5.0, "GET")
+    assert check.expect.status is None
+    assert cfg.baseline == "heroku" and cfg.candidate == "aws"
+    j = cfg.judge
+    assert (j.window, j.min_samples, j.confidence, j.down_after) == (300, 10, 0.99, 3)
+    assert (j.latency.max_ratio, j.latency.min_increase, j.errors.max_increase) == (1.5, 0.025, 0.02)
+    assert cfg.platforms["aws"].base_url == "https://lb.example.com"
+
+
+@pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.yml")), ids=lambda p: p.name)
+def test_shipped_examples_load(example: Path) -> None:
+    cfg = load_config(example, env={"SLACK_BOT_TOKEN": "xoxb-test", "HEALTH_TOKEN": "t"})
+    assert cfg.checks
+
+
+def test_env_substitution_anywhere_in_a_string() -> None:
+    text = GOOD + '    headers: {Authorization: "Bearer ${TOKEN}", X-Env: "${STAGE}-1"}\n'
+    cfg = parse_config(text, env={"TOKEN": "abc", "STAGE": "prod"})
+    assert cfg.checks[0].headers == {"Authorization": "Bearer abc", "X-Env": "prod-1"}
+
+
+def test_unset_variable_names_variable_and_location() -> None:
+    text = GOOD + '    headers: {Authorization: "Bearer ${HEALTH_TOKEN}"}\n'
+    assert problems(text) == [
+        "checks[0].headers.Authorization: environment variable 'HEALTH_TOKEN' is not set"
+    ]
+
+
+def test_unknown_keys_are_refused_everywhere() -> None:
+    text = GOOD.replace("path: /health", "path: /health\n    intervall: 5s") + "judge: {windw: 1m}\n"
+    assert problems(text) == ["checks[0].intervall: unknown key", "judge.windw: unknown key"]
+
+
+def test_every_problem_at_once_one_per_line() -> None:
+    text = """\
+platforms:
+  heroku: {role: baseline, base_url: "ftp://x"}
+  aws: {role: candidate, base_url: "https://lb.example.com"}
+checks:
+  - name: Health
+    path: health
+    interval: 1s
+    timeout: 2s
+    expect: {status: [999], body_regex: "("}
+"""
+    assert problems(text) == [
+        "platforms.heroku.base_url: invalid URL 'ftp://x': expected http:// or https:// and a host",
+        "checks[0].name: invalid name 'Health': use lowercase letters, digits, '_' and '-'",
+        "checks[0].path: invalid path 'health': must start with '/' and contain no spaces",
+        "checks[0].timeout: 2s must not exceed the interval (1s)",
+        "checks[0].expect.status[0]: Input should be less than or equal to 599",
+        "checks[0].expect.body_regex: invalid regular expression: missing ), unterminated "
+        "subpattern at position 0",
+    ]
+
+
+def test_timeout_default_checked_against_a_short_interval() -> None:
+    assert problems(GOOD + "    interval: 2s\n") == [
+        "checks[0].timeout: 5s must not exceed the interval (2s)"
+    ]
+
+
+def test_sub_second_intervals_are_allowed() -> None:
+    cfg = parse_config(GOOD + "    interval: 250ms\n    timeout: 200ms\n", env={})
+    assert cfg.checks[0].interval == 0.25
+
+
+def test_exactly_one_baseline_and_one_candidate() -> None:
+    text = with_changes(
+        platforms={
+            "a": {"role": "baseline", "base_url": "http://a"},
+            "b": {"role": "baseline", "base_url": "http://b"},
+        }
+    )
+    assert problems(text) == [
+        "platforms: exactly two platforms are needed, one with role baseline and one with "
+        "role candidate (found 2: a=baseline, b=baseline)"
+    ]
+    three = with_changes(
+        platforms={
+            "a": {"role": "baseline", "base_url": "http://a"},
+            "b": {"role": "candidate", "base_url": "http://b"},
+            "c": {"role": "candidate", "base_url": "http://c"},
+        }
+    )
+    assert problems(three)[0].startswith("platforms: exactly two platforms are needed")
+
+
+def test_role_and_platform_name_rules() -> None:
+    text = with_changes(
+        platforms={
+            "Heroku!": {"role": "baseline", "base_url": "http://a"},
+            "aws": {"role": "canary", "base_url": "http://b"},
+        }
+    )
+    assert problems(text) == [
+        "platforms.Heroku!.[key]: invalid name 'Heroku!': use lowercase letters, digits, '_' and '-'",
+        "platforms.aws.role: Input should be 'baseline' or 'candidate'",
+    ]
+
+
+def test_unique_check_names() -> None:
+    text = GOOD + "  - name: ready\n    path: /ready\n  - name: health\n    path: /h2\n"
+    assert problems(text) == ["checks[2].name: duplicate check name 'health' (also checks[0])"]
+
+
+def test_missing_required_keys() -> None:
+    assert problems("checks:\n  - path: /x\n") == [
+        "platforms: required key is missing",
+        "checks[0].name: required key is missing",
+    ]
+
+
+def test_no_checks() -> None:
+    assert problems(with_changes(checks=[])) == ["checks: at least one check is required"]
+
+
+def test_invalid_yaml_has_line_and_column() -> None:
+    details = problems("platforms:\n  heroku: {role: baseline\nchecks: []\n")
+    assert details == [
+        "t.yml:3:7: invalid YAML: while parsing a flow mapping: expected ',' or '}', but got ':'"
+    ]
+
+
+def test_not_a_mapping_and_empty() -> None:
+    assert problems("- a\n- b\n") == ["(top level): expected a mapping, got list"]
+    assert problems("") == ["(top level): the file is empty"]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "nope.yml")
+    assert info.value.details == [f"{tmp_path / 'nope.yml'}: no such file"]
+
+
+def test_route53_judge_alerting_sections_validate() -> None:
+    text = with_changes(
+        route53={
+            "interval": "30s",
+            "records": [
+                {
+                    "hosted_zone_id": "Z1",
+                    "name": "api.example.com",
+                    "set_identifiers": {"heroku": "heroku", "gcp": "x"},
+                }
+            ],
+        },
+        judge={"confidence": 1.5, "latency": {"max_ratio": 0.5, "min_increase": "fast"}},
+        alerting={"for": "1m", "slack": {"token": "xoxb-1"}},
+    )
+    assert problems(text) == [
+        "judge.confidence: Input should be less than 1",
+        "judge.latency.max_ratio: Input should be greater than or equal to 1",
+        "judge.latency.min_increase: invalid duration 'fast': use a number and a unit "
+        "(ms, s, m, h), e.g. '10s'",
+    ]
+    fixed = with_changes(
+        route53={
+            "records": [
+                {
+                    "hosted_zone_id": "Z1",
+                    "name": "api.example.com",
+                    "set_identifiers": {"heroku": "heroku", "gcp": "x"},
+                }
+            ],
+        },
+        alerting={"slack": {"token": "xoxb-1"}},
+        checks=[{"name": "health", "path": "/health", "record": "www.example.com"}],
+    )
+    assert problems(fixed) == [
+        "route53.records[0].set_identifiers.gcp: unknown platform 'gcp' (platforms: heroku, aws)",
+        "route53.records[0].set_identifiers: no SetIdentifier for platform 'aws'",
+        "checks[0].record: 'www.example.com' is not one of route53.records",
+        "alerting.slack.channel: required with token",
+    ]
+
+
+def test_slack_token_or_webhook_not_both_and_secrets_not_echoed() -> None:
+    text = with_changes(
+        alerting={"slack": {"token": "xoxb-secret-1", "webhook_url": "not a url secret-2"}}
+    )
+    details = problems(text)
+    assert details == [
+        "alerting.slack.webhook_url: invalid URL: expected http:// or https:// and a host"
+    ]
+    both = with_changes(
+        alerting={"slack": {"token": "xoxb-1", "webhook_url": "https://hooks.example/x", "channel": "#m"}}
+    )
+    assert problems(both) == ["alerting.slack: set exactly one of token and webhook_url"]
+    assert all("secret" not in d for d in details)
+
+
+def test_check_record_resolution() -> None:
+    text = with_changes(
+        route53={
+            "records": [
+                {"hosted_zone_id": "Z1", "name": "api.example.com.",
+                 "set_identifiers": {"heroku": "h", "aws": "a"}},
+            ]
+        }
+    )
+    cfg = parse_config(text, env={})
+    record = cfg.record_for(cfg.checks[0])
+    assert record is not None and record.key == "api.example.com"
+
+
+# -- the command line ---------------------------------------------------------------------
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", *args],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=60,
+    )
+
+
+def test_check_command_good_and_bad(tmp_path: Path) -> None:
+    good = tmp_path / "good.yml"
+    good.write_text(GOOD)
+    ok = run_cli("check", "--config", str(good))
+    assert ok.returncode == 0, ok.stderr
+    assert f"{good}: OK" in ok.stdout and "health: GET /health every 15s" in ok.stdout
+
+    bad = tmp_path / "bad.yml"
+    bad.write_text(GOOD + "    timeout: 20s\n    bogus: 1\n")
+    res = run_cli("check", "--config", str(bad))
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == [
+        f"cutover: invalid configuration {bad}:",
+        "  checks[0].timeout: 20s must not exceed the interval (15s)",
+        "  checks[0].bogus: unknown key",
+    ]
+    assert "Traceback" not in res.stderr
+
+
+def test_check_command_reads_cutover_config_env(tmp_path: Path) -> None:
+    good = tmp_path / "good.yml"
+    good.write_text(GOOD)
+    import os
+
+    env = dict(os.environ, CUTOVER_CONFIG=str(good))
+    assert run_cli("check", env=env).returncode == 0
+    missing = run_cli("check", env={k: v for k, v in env.items() if k != "CUTOVER_CONFIG"})
+    assert missing.returncode == 2
+    assert "pass --config FILE or set CUTOVER_CONFIG" in missing.stderr
+
+
+def test_run_with_invalid_yaml_and_missing_file_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("platforms: [\n")
+    res = run_cli("run", "--config", str(bad), "--listen", "127.0.0.1:0")
+    assert res.returncode == 2 and "invalid YAML" in res.stderr and f"{bad}:" in res.stderr
+    res = run_cli("run", "--config", str(tmp_path / "none.yml"))
+    assert res.returncode == 2 and "no such file" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_bad_flags_and_env_exit_2(tmp_path: Path) -> None:
+    good = tmp_path / "good.yml"
+    good.write_text(GOOD)
+    res = run_cli("run", "--config", str(good), "--listen", "nowhere")
+    assert res.returncode == 2 and "--listen: invalid listen address 'nowhere'" in res.stderr
+    import os
+
+    env = dict(os.environ, CUTOVER_LOG_LEVEL="loud")
+    res = run_cli("run", "--config", str(good), env=env)
+    assert res.returncode == 2 and "CUTOVER_LOG_LEVEL='loud'" in res.stderr
+    assert run_cli("frobnicate").returncode == 2
