@@ -1,0 +1,765 @@
+"""One HTTP probe -> one result with phase timings; never raises for a failing target.
+
+A lean HTTP/1.1 client on asyncio's low-level API (``loop.getaddrinfo``, ``loop.sock_connect``,
+``loop.create_connection`` with a small protocol, ``loop.start_tls``): one fresh connection per
+probe, ``Connection: close``, redirects never followed, the body read up to ``body_cap`` bytes
+and then the connection dropped. Every timestamp is taken where the transport event happens, so
+the five phases add up to the duration, also for a probe that fails part-way (the phase it
+failed in runs to the moment of failure, later phases are 0).
+
+Failure reasons (``ProbeResult.reason``), in the order a probe can meet them::
+
+    None ........ passed: the expected status (default any 2xx) and body_regex, if any, found
+    "dns" ....... the host did not resolve: getaddrinfo failed or returned nothing, or the
+                  name is not encodable; names under .invalid fail at once, without a
+                  lookup (RFC 6761 section 6.4)
+    "connect" ... TCP connect refused, reset or unreachable on every resolved address
+    "tls" ....... TLS handshake failed: certificate untrusted, expired or for another name,
+                  no common protocol, or the peer closed or reset during the handshake
+    "timeout" ... the whole-probe deadline (ProbeSpec.timeout) passed; detail names the
+                  phase it passed in (resolve, connect, tls, processing, transfer)
+    "status" .... a complete response with an unexpected status code (a 3xx too: redirects
+                  are not followed, as one could leave the platform for the public name)
+    "body" ...... the expected status, but body_regex is not in the first body_cap bytes
+    "error" ..... anything else once connected: reset or close mid-response, a malformed
+                  status line, head or chunked framing, and any unforeseen exception
+
+Test seam: ``Prober(ssl_context=...)`` replaces the verifying TLS context (the one used when
+``tls_skip_verify`` is false), e.g. a context trusting a test CA. It is used as given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import ipaddress
+import re
+import socket
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from exporter import __version__
+
+__all__ = ["PHASES", "REASONS", "ProbeResult", "ProbeSpec", "Prober"]
+
+PHASES = ("resolve", "connect", "tls", "processing", "transfer")
+REASONS = ("timeout", "connect", "tls", "dns", "status", "body", "error")
+
+_now = time.perf_counter
+_MAX_HEAD = 64 * 1024  # a health check's response head is tiny; more is garbage or hostile
+_MAX_CHUNK_LINE = 4096
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEX = b"0123456789abcdefABCDEF"
+# Framing is this client's business: a configured value could only contradict it.
+_OWN_HEADERS = frozenset({"content-length", "connection", "transfer-encoding"})
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_PATH_SAFE = "/%!$&'()*+,;=:@-._~"
+_QUERY_SAFE = _PATH_SAFE + "?"
+
+
+class _Compiled:
+    """What ProbeSpec needs on every probe, worked out once."""
+
+    __slots__ = (
+        "addrs",
+        "body_text",
+        "expect_text",
+        "head_only",
+        "host",
+        "https",
+        "invalid",
+        "port",
+        "request",
+        "server_hostname",
+    )
+
+    def __init__(self, spec: ProbeSpec) -> None:
+        parts = urlsplit(spec.url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https"):
+            raise ValueError(f"url scheme must be http or https, not {scheme!r}")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(
+                "credentials in the url are not supported: use an Authorization header"
+            )
+        host = parts.hostname
+        if not host:
+            raise ValueError("url has no host")
+        self.https = scheme == "https"
+        self.host = host
+        self.port: int = parts.port or (443 if self.https else 80)
+        self.invalid = host.rstrip(".").endswith(".invalid") or host == "invalid"
+        self.addrs: tuple[tuple[int, int, int, str, tuple[Any, ...]], ...] | None = None
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            pass
+        else:
+            if ip.version == 6:
+                self.addrs = (
+                    (socket.AF_INET6, socket.SOCK_STREAM, 0, "", (host, self.port, 0, 0)),
+                )
+            else:
+                self.addrs = ((socket.AF_INET, socket.SOCK_STREAM, 0, "", (host, self.port)),)
+
+        method = spec.method
+        if not _TOKEN.fullmatch(method):
+            raise ValueError(f"invalid method {method!r}")
+        self.head_only = method.upper() == "HEAD"
+
+        host_value = parts.netloc
+        merged: dict[str, tuple[str, str]] = {}
+        for name, value in spec.headers:
+            if not _TOKEN.fullmatch(name):
+                raise ValueError(f"invalid header name {name!r}")
+            if "\r" in value or "\n" in value or "\0" in value:
+                # The value may be a secret: name the header, never echo the value.
+                raise ValueError(f"header {name} has a line break or NUL in its value")
+            merged[name.lower()] = (name, value)
+        given_host = merged.pop("host", None)
+        if given_host is not None:
+            host_value = given_host[1]
+        sni_source = None
+        if spec.host_header is not None:
+            if not spec.host_header or any(c in spec.host_header for c in " \t\r\n\0/"):
+                raise ValueError("host_header must be a bare host[:port]")
+            host_value = sni_source = spec.host_header
+        for name in _OWN_HEADERS:
+            merged.pop(name, None)
+        self.server_hostname = _strip_port(sni_source) if sni_source is not None else host
+
+        target = quote(parts.path or "/", safe=_PATH_SAFE)
+        if parts.query:
+            target += "?" + quote(parts.query, safe=_QUERY_SAFE)
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {host_value}"]
+        lines.extend(f"{name}: {value}" for name, value in merged.values())
+        if "user-agent" not in merged:
+            lines.append(f"User-Agent: cutover/{__version__}")
+        if "accept" not in merged:
+            lines.append("Accept: */*")
+        if spec.body is not None:
+            lines.append(f"Content-Length: {len(spec.body)}")
+        elif method.upper() in _BODY_METHODS:
+            lines.append("Content-Length: 0")  # some proxies answer 411 without it
+        lines.append("Connection: close")
+        self.request = ("\r\n".join(lines) + "\r\n\r\n").encode() + (spec.body or b"")
+
+        if not spec.timeout > 0:
+            raise ValueError("timeout must be positive")
+        if spec.expect_status is None:
+            self.expect_text = "not 2xx"
+        else:
+            self.expect_text = f"not in [{', '.join(map(str, sorted(spec.expect_status)))}]"
+        self.body_text = ""
+        if spec.body_regex is not None:
+            pattern = spec.body_regex.pattern
+            if not isinstance(pattern, bytes):
+                raise ValueError("body_regex must be a bytes pattern")
+            text = pattern.decode(errors="replace")
+            self.body_text = text if len(text) <= 60 else text[:57] + "..."
+
+
+def _strip_port(hostport: str) -> str:
+    if hostport.startswith("["):
+        return hostport[1 : hostport.find("]")] if "]" in hostport else hostport
+    if hostport.count(":") == 1:
+        return hostport.partition(":")[0]
+    return hostport
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSpec:
+    """One check on one platform, built once from the config and reused for every probe.
+
+    Raises ValueError for a spec no probe could send (bad scheme, credentials in the url,
+    header names or values that would break the request). ``headers`` are applied in order,
+    the last of the same name (case-insensitive) winning, so pass the platform's headers
+    before the check's. Host comes from ``host_header``, else a ``Host`` entry in
+    ``headers``, else the url; Content-Length, Connection and Transfer-Encoding are always
+    this client's own.
+    """
+
+    url: str
+    method: str = "GET"
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes | None = None
+    host_header: str | None = None
+    tls_skip_verify: bool = False
+    timeout: float = 5.0
+    expect_status: frozenset[int] | None = None
+    body_regex: re.Pattern[bytes] | None = None
+    _c: _Compiled = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_c", _Compiled(self))
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """What one probe saw. Phases are seconds, 0.0 for a phase that did not happen."""
+
+    started: float
+    success: bool
+    duration: float
+    status: int
+    reason: str | None
+    detail: str
+    resolve: float
+    connect: float
+    tls: float
+    processing: float
+    transfer: float
+    tls_expiry: float | None
+
+
+class _Fail(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+# Response reading states of _Exchange.
+_HEAD, _LENGTH, _CHUNKED, _CLOSE, _DONE = range(5)
+# Chunked sub-states.
+_SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+
+
+class _Exchange(asyncio.Protocol):
+    """One probe's connection: the protocol, its timestamps and the response as it arrives."""
+
+    __slots__ = (
+        "_buf",
+        "_cap",
+        "_chunk",
+        "_head_only",
+        "_left",
+        "_mode",
+        "_store",
+        "body",
+        "body_len",
+        "done",
+        "expiry",
+        "raw",
+        "sock",
+        "status",
+        "t0",
+        "t_conn",
+        "t_end",
+        "t_first",
+        "t_res",
+        "t_tls",
+        "truncated",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, cap: int, store: bool, head_only: bool):
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.raw: asyncio.Transport | None = None
+        self.sock: socket.socket | None = None
+        self.t0 = self.t_res = self.t_conn = self.t_tls = self.t_first = self.t_end = 0.0
+        self.status = 0
+        self.expiry: float | None = None
+        self.body = bytearray()
+        self.body_len = 0
+        self.truncated = False
+        self._cap = cap
+        self._store = store  # only a body_regex needs the bytes; otherwise just count them
+        self._head_only = head_only
+        self._mode = _HEAD
+        self._buf = bytearray()
+        self._left = 0
+        self._chunk = _SIZE
+
+    # -- transport callbacks
+
+    def data_received(self, data: bytes) -> None:
+        mode = self._mode
+        if mode == _LENGTH:
+            self._feed_length(data)
+        elif mode == _HEAD:
+            if not self.t_first:
+                self.t_first = _now()
+            self._feed_head(data)
+        elif mode == _CHUNKED:
+            self._feed_chunked(data)
+        elif mode == _CLOSE:
+            self._take(data, 0, len(data))
+
+    def eof_received(self) -> bool | None:
+        self._closed(None)
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed(exc)
+
+    # -- outcome
+
+    def _finish(self) -> None:
+        self._mode = _DONE
+        self.t_end = _now()
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def _fail(self, detail: str) -> None:
+        self._mode = _DONE
+        if not self.done.done():
+            self.done.set_exception(_Fail("error", detail))
+
+    def _closed(self, exc: BaseException | None) -> None:
+        mode = self._mode
+        if mode == _DONE:
+            return
+        if mode == _CLOSE and exc is None:
+            self._finish()
+            return
+        if exc is None:
+            how = "closed"
+        elif isinstance(exc, ConnectionResetError):
+            how = "reset"
+        else:
+            how = f"lost ({exc})"
+        if mode == _HEAD:
+            where = "in the response head" if self.t_first else "before any response"
+        else:
+            where = f"after {self.body_len} body bytes"
+        self._fail(f"connection {how} {where}")
+
+    def close(self) -> None:
+        # abort, not close: nothing is left to send, and a TLS close would wait for the peer.
+        if self.raw is not None:
+            self.raw.abort()
+            self.raw = None
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        done = self.done
+        if not done.done():
+            done.cancel()
+        elif not done.cancelled():
+            done.exception()  # retrieved: a failure that lost the race is not worth a log line
+
+    # -- parsing
+
+    def _take(self, src: bytes | bytearray, start: int, end: int) -> bool:
+        """Account body bytes src[start:end]; False once the cap is hit and reading stopped."""
+        room = self._cap - self.body_len
+        if end - start > room:
+            if self._store:
+                self.body += src[start : start + room]
+            self.body_len = self._cap
+            self.truncated = True
+            self._finish()
+            return False
+        if self._store:
+            self.body += src[start:end]
+        self.body_len += end - start
+        return True
+
+    def _feed_length(self, data: bytes | bytearray) -> None:
+        left = self._left
+        if len(data) >= left:
+            if self._take(data, 0, left):
+                self._finish()
+        else:
+            self._left = left - len(data)
+            self._take(data, 0, len(data))
+
+    def _feed_head(self, data: bytes) -> None:
+        buf = self._buf
+        src: bytes | bytearray
+        if buf:
+            buf += data
+            src = buf
+        else:
+            src = data
+        end = src.find(b"\r\n\r\n")
+        if end < 0:
+            if src is data:
+                buf += data
+            if len(buf) > _MAX_HEAD:
+                self._fail("response head larger than 64 KiB")
+            return
+        if end > _MAX_HEAD:
+            self._fail("response head larger than 64 KiB")
+            return
+        rest = src[end + 4 :]
+        lines = src[:end].split(b"\r\n")
+        buf.clear()
+
+        status_line = lines[0].split(None, 2)
+        if (
+            len(status_line) < 2
+            or not status_line[0].startswith(b"HTTP/1.")
+            or len(status_line[1]) != 3
+            or not status_line[1].isdigit()
+        ):
+            self._fail("malformed status line")
+            return
+        status = int(status_line[1])
+        if 100 <= status < 200 and status != 101:
+            # Interim (100 Continue, 103 Early Hints): the real head follows.
+            if rest:
+                self._feed_head(bytes(rest))
+            return
+        self.status = status
+
+        length = -1
+        te = chunked = False
+        for i in range(1, len(lines)):
+            name, sep, value = lines[i].partition(b":")
+            if not sep:
+                if lines[i][:1] in (b" ", b"\t"):
+                    continue  # obsolete line folding: a continuation of a header we skip
+                self._fail("malformed response header")
+                return
+            if len(name) == 14 and name.lower() == b"content-length":
+                value = value.strip()
+                if not value.isdigit() or (length >= 0 and int(value) != length):
+                    self._fail("invalid Content-Length")
+                    return
+                length = int(value)
+            elif len(name) == 17 and name.lower() == b"transfer-encoding":
+                te = True
+                chunked = value.rpartition(b",")[2].strip().lower() == b"chunked"
+
+        if self._head_only or status == 204 or status == 304 or status < 200:
+            self._finish()
+        elif chunked:
+            # RFC 9112 6.3: Transfer-Encoding overrides Content-Length.
+            self._mode = _CHUNKED
+            if rest:
+                self._feed_chunked(bytes(rest))
+        elif length >= 0 and not te:  # a non-chunked Transfer-Encoding: body until close
+            self._left = length
+            self._mode = _LENGTH
+            if length == 0:
+                self._finish()
+            elif rest:
+                self._feed_length(rest)
+        else:
+            self._mode = _CLOSE
+            if rest:
+                self._take(rest, 0, len(rest))
+
+    def _feed_chunked(self, data: bytes) -> None:
+        buf = self._buf
+        src: bytes | bytearray
+        if buf:
+            buf += data
+            src = buf
+        else:
+            src = data
+        pos, n = 0, len(src)
+        state, left = self._chunk, self._left
+        while pos < n:
+            if state == _DATA:
+                take = min(left, n - pos)
+                if not self._take(src, pos, pos + take):
+                    return
+                pos += take
+                left -= take
+                if not left:
+                    state = _DATA_END
+            elif state == _DATA_END:
+                if n - pos < 2:
+                    break
+                if src[pos : pos + 2] != b"\r\n":
+                    self._fail("malformed chunked body")
+                    return
+                pos += 2
+                state = _SIZE
+            else:
+                eol = src.find(b"\n", pos)
+                if eol < 0:
+                    if n - pos > _MAX_CHUNK_LINE:
+                        self._fail("malformed chunked body")
+                        return
+                    break
+                line = src[pos:eol].strip()
+                pos = eol + 1
+                if state == _TRAILER:
+                    if not line:
+                        self._finish()
+                        return
+                    continue
+                size = line.partition(b";")[0].strip()
+                if not size or size.strip(_HEX):
+                    self._fail("malformed chunked body")
+                    return
+                left = int(size, 16)
+                state = _DATA if left else _TRAILER
+        self._chunk, self._left = state, left
+        if src is buf:
+            del buf[:pos]
+        elif pos < n:
+            buf += src[pos:]
+
+
+def _tlv(der: bytes, pos: int) -> tuple[int, int, int]:
+    """DER tag at pos -> (tag, content start, content end)."""
+    tag, n = der[pos], der[pos + 1]
+    pos += 2
+    if n & 0x80:
+        k = n & 0x7F
+        n = int.from_bytes(der[pos : pos + k], "big")
+        pos += k
+    if pos + n > len(der):
+        raise ValueError("truncated DER")
+    return tag, pos, pos + n
+
+
+def _not_after(der: bytes) -> float | None:
+    """The certificate's notAfter as a unix timestamp, from a walk of its DER encoding.
+
+    Done by hand so that an unverified certificate (tls_skip_verify) still yields its expiry
+    without a dependency on `cryptography`.
+    """
+    try:
+        _, pos, _ = _tlv(der, 0)  # Certificate
+        _, pos, _ = _tlv(der, pos)  # tbsCertificate
+        tag, start, end = _tlv(der, pos)
+        if tag == 0xA0:  # [0] version
+            tag, start, end = _tlv(der, end)
+        for _ in range(3):  # serialNumber -> signature -> issuer -> validity
+            tag, start, end = _tlv(der, end)
+        if tag != 0x30:
+            return None
+        _, _, nb_end = _tlv(der, start)
+        tag, start, end = _tlv(der, nb_end)
+        text = der[start:end].decode("ascii")
+        if tag == 0x17 and len(text) == 13 and text[-1] == "Z":  # UTCTime YYMMDDHHMMSSZ
+            year = int(text[:2])
+            year += 1900 if year >= 50 else 2000  # RFC 5280 4.1.2.5.1
+            text = text[2:]
+        elif tag == 0x18 and len(text) == 15 and text[-1] == "Z":  # GeneralizedTime
+            year = int(text[:4])
+            text = text[4:]
+        else:
+            return None
+        fields = (year, int(text[0:2]), int(text[2:4]), int(text[4:6]), int(text[6:8]))
+        return float(calendar.timegm((*fields, int(text[8:10]), 0, 0, 0)))
+    except (IndexError, ValueError):
+        return None
+
+
+def _size_text(n: int) -> str:
+    if n % (1 << 20) == 0:
+        return f"{n >> 20} MiB"
+    if n % 1024 == 0:
+        return f"{n >> 10} KiB"
+    return f"{n} bytes"
+
+
+def _addr_text(sockaddr: tuple[Any, ...]) -> str:
+    host = str(sockaddr[0])
+    return f"[{host}]:{sockaddr[1]}" if ":" in host else f"{host}:{sockaddr[1]}"
+
+
+class Prober:
+    """Runs probes. One per daemon; cheap to share between any number of concurrent probes.
+
+    ``body_cap``: bytes of body read at most; past it the connection is dropped and the probe
+    judged on what was read. ``loop``: the loop probes run on (default: the running loop).
+    ``ssl_context``: the verifying TLS context, used as given (tests inject one trusting their
+    own CA); default ``ssl.create_default_context()`` with ALPN http/1.1. The context for
+    ``tls_skip_verify`` is always this module's own.
+    """
+
+    __slots__ = ("_cap", "_cap_text", "_expiry_cache", "_loop", "_skip_ctx", "_verify_ctx")
+
+    def __init__(
+        self,
+        *,
+        body_cap: int = 1 << 20,
+        loop: asyncio.AbstractEventLoop | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if body_cap < 1:
+            raise ValueError("body_cap must be positive")
+        self._cap = body_cap
+        self._cap_text = f"body truncated at {_size_text(body_cap)}"
+        self._loop = loop
+        self._verify_ctx = ssl_context
+        self._skip_ctx: ssl.SSLContext | None = None
+        # Parsing a certificate is cheap, but the same one comes back on every probe.
+        self._expiry_cache: dict[bytes, float | None] = {}
+
+    def _context(self, skip_verify: bool) -> ssl.SSLContext:
+        # Built on first use: loading the system trust store costs milliseconds.
+        if skip_verify:
+            if self._skip_ctx is None:
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+                ctx.set_alpn_protocols(["http/1.1"])
+                self._skip_ctx = ctx
+            return self._skip_ctx
+        if self._verify_ctx is None:
+            ctx = ssl.create_default_context()
+            ctx.set_alpn_protocols(["http/1.1"])
+            self._verify_ctx = ctx
+        return self._verify_ctx
+
+    def _expiry(self, der: bytes | None) -> float | None:
+        if not der:
+            return None
+        cache = self._expiry_cache
+        try:
+            return cache[der]
+        except KeyError:
+            pass
+        if len(cache) >= 64:
+            cache.clear()
+        expiry = cache[der] = _not_after(der)
+        return expiry
+
+    async def probe(self, spec: ProbeSpec) -> ProbeResult:
+        """Probe once. Never raises for the target's faults; CancelledError propagates."""
+        c = spec._c
+        loop = self._loop or asyncio.get_running_loop()
+        x = _Exchange(loop, self._cap, spec.body_regex is not None, c.head_only)
+        started = time.time()
+        x.t0 = _now()
+        deadline = asyncio.timeout(spec.timeout)
+        try:
+            async with deadline:
+                await self._exchange(spec, c, loop, x)
+        except _Fail as fail:
+            return self._result(x, started, fail.reason, fail.detail)
+        except TimeoutError:
+            if not deadline.expired():
+                return self._result(x, started, "error", "timed out (not the probe's deadline)")
+            if not x.t_res:
+                phase = "resolve"
+            elif not x.t_conn:
+                phase = "connect"
+            elif not x.t_tls:
+                phase = "tls"
+            elif not x.t_first:
+                phase = "processing"
+            else:
+                phase = "transfer"
+            detail = f"timed out after {spec.timeout:g}s in {phase}"
+            return self._result(x, started, "timeout", detail)
+        except Exception as exc:  # never raise for a target: an unforeseen case is an "error"
+            return self._result(x, started, "error", f"{type(exc).__name__}: {exc}"[:200])
+        finally:
+            x.close()
+
+        status = x.status
+        expect = spec.expect_status
+        if not (200 <= status < 300 if expect is None else status in expect):
+            detail = f"status {status} {c.expect_text}"
+            if 300 <= status < 400:
+                detail += " (redirect not followed)"
+            reason: str | None = "status"
+        elif spec.body_regex is not None and spec.body_regex.search(x.body) is None:
+            reason = "body"
+            detail = f"body does not match {c.body_text!r}"
+        else:
+            reason = None
+            detail = "ok"
+        if x.truncated:
+            detail += f" ({self._cap_text})"
+        return self._result(x, started, reason, detail, x.t_end)
+
+    async def _exchange(
+        self, spec: ProbeSpec, c: _Compiled, loop: asyncio.AbstractEventLoop, x: _Exchange
+    ) -> None:
+        addrs: Any = c.addrs
+        if addrs is None:
+            if c.invalid:
+                raise _Fail("dns", f"cannot resolve {c.host}: .invalid never resolves")
+            try:
+                addrs = await loop.getaddrinfo(c.host, c.port, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                raise _Fail("dns", f"cannot resolve {c.host}: {exc.strerror or exc}") from None
+            except UnicodeError:
+                raise _Fail("dns", f"cannot resolve {c.host}: invalid host name") from None
+            if not addrs:
+                raise _Fail("dns", f"cannot resolve {c.host}: no address")
+        x.t_res = _now()
+
+        error: OSError | None = None
+        sockaddr: tuple[Any, ...] = ()
+        for family, _, proto, _, sockaddr in addrs:
+            try:
+                # Held by x until a transport owns it, so that a cancel closes it too.
+                sock = x.sock = socket.socket(family, socket.SOCK_STREAM, proto)
+                sock.setblocking(False)
+                await loop.sock_connect(sock, sockaddr)
+                raw, _ = await loop.create_connection(lambda: x, sock=sock)
+                x.raw = raw
+                x.sock = None
+                break
+            except OSError as exc:
+                if x.sock is not None:
+                    x.sock.close()
+                    x.sock = None
+                error = exc
+        else:
+            if isinstance(error, ConnectionRefusedError):
+                detail = f"connection refused by {_addr_text(sockaddr)}"
+            else:
+                why = error.strerror or error if error is not None else "no address"
+                detail = f"cannot connect to {_addr_text(sockaddr)}: {why}"
+            raise _Fail("connect", detail)
+        x.t_conn = _now()
+
+        if c.https:
+            try:
+                transport = await loop.start_tls(
+                    raw,
+                    x,
+                    self._context(spec.tls_skip_verify),
+                    server_hostname=c.server_hostname,
+                )
+            except ssl.SSLCertVerificationError as exc:
+                raise _Fail("tls", f"certificate verify failed: {exc.verify_message}") from None
+            except ssl.SSLError as exc:
+                raise _Fail("tls", f"TLS handshake failed: {exc.reason or exc}") from None
+            except ConnectionResetError:
+                raise _Fail("tls", "TLS handshake failed: connection reset or closed") from None
+            except OSError as exc:
+                raise _Fail("tls", f"TLS handshake failed: {exc.strerror or exc}") from None
+            if transport is None:
+                raise _Fail("tls", "TLS handshake failed")
+            x.t_tls = _now()
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None:
+                x.expiry = self._expiry(ssl_object.getpeercert(True))
+        else:
+            transport = raw
+            x.t_tls = x.t_conn
+        transport.write(c.request)
+        await x.done
+
+    @staticmethod
+    def _result(
+        x: _Exchange, started: float, reason: str | None, detail: str, end: float = 0.0
+    ) -> ProbeResult:
+        end = end or _now()
+        # A mark not reached is the failure moment, so the phase in progress runs to it and
+        # the later ones are 0; clamping keeps the phases summing to the duration.
+        prev = x.t0
+        res = min(max(x.t_res or end, prev), end)
+        conn = min(max(x.t_conn or end, res), end)
+        tls = min(max(x.t_tls or end, conn), end)
+        first = min(max(x.t_first or end, tls), end)
+        return ProbeResult(
+            started=started,
+            success=reason is None,
+            duration=end - prev,
+            status=x.status,
+            reason=reason,
+            detail=detail,
+            resolve=res - prev,
+            connect=conn - res,
+            tls=tls - conn,
+            processing=first - tls,
+            transfer=end - first,
+            tls_expiry=x.expiry,
+        )
