@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ from pydantic import (
 )
 
 from exporter.errors import ConfigError
+from exporter.probe import ProbeSpec
 
 NAME_RE = re.compile(r"^[a-z0-9_-]+$")
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -44,7 +46,9 @@ def parse_duration(value: object) -> float:
         total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
         pos = match.end()
     if pos != len(text) or not text:
-        raise ValueError(f"invalid duration {value!r}: use a number and a unit (ms, s, m, h), e.g. '10s'")
+        raise ValueError(
+            f"invalid duration {value!r}: use a number and a unit (ms, s, m, h), e.g. '10s'"
+        )
     return total
 
 
@@ -79,6 +83,9 @@ def _http_url(value: str, *, secret: bool = False) -> str:
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError as exc:
         raise ValueError(f"invalid URL{shown}: {exc}") from None
+    if not secret and (parts.username is not None or parts.password is not None):
+        # a URL is shown on pages and in logs: credentials belong in headers
+        raise ValueError("invalid URL: credentials in a URL are not allowed, use headers")
     if not secret and (parts.query or parts.fragment):
         raise ValueError(f"invalid URL{shown}: a base URL takes no query or fragment")
     return value if secret else value.rstrip("/")
@@ -274,7 +281,7 @@ class Shift(_Model):
     @field_validator("steps")
     @classmethod
     def _increasing(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        if any(b <= a for a, b in zip(value, value[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(value)):
             raise ValueError("steps must increase strictly, e.g. [10, 25, 50, 100]")
         return value
 
@@ -344,7 +351,9 @@ def _pydantic_messages(exc: ValidationError) -> list[str]:
     return messages
 
 
-def _substitute(node: Any, loc: tuple[int | str, ...], env: Mapping[str, str], errors: list[str]) -> Any:
+def _substitute(
+    node: Any, loc: tuple[int | str, ...], env: Mapping[str, str], errors: list[str]
+) -> Any:
     if isinstance(node, str):
 
         def replace(match: re.Match[str]) -> str:
@@ -360,6 +369,25 @@ def _substitute(node: Any, loc: tuple[int | str, ...], env: Mapping[str, str], e
     if isinstance(node, list):
         return [_substitute(v, (*loc, i), env, errors) for i, v in enumerate(node)]
     return node
+
+
+def probe_spec(platform: Platform, check: Check) -> ProbeSpec:
+    """The request one check makes on one platform: platform headers, then the check's own."""
+    headers: dict[str, tuple[str, str]] = {}
+    for name, value in (*platform.headers.items(), *check.headers.items()):
+        headers[name.lower()] = (name, value)
+    expect = check.expect
+    return ProbeSpec(
+        url=platform.base_url + check.path,
+        method=check.method,
+        headers=tuple(headers.values()),
+        body=check.body.encode() if check.body is not None else None,
+        host_header=platform.host_header,
+        tls_skip_verify=platform.tls_skip_verify,
+        timeout=check.timeout,
+        expect_status=frozenset(expect.status) if expect.status is not None else None,
+        body_regex=re.compile(expect.body_regex.encode()) if expect.body_regex else None,
+    )
 
 
 def _cross_check(cfg: Config) -> list[str]:
@@ -404,6 +432,14 @@ def _cross_check(cfg: Config) -> list[str]:
                 f"checks[{i}].record: {check.record!r} is not one of route53.records"
                 + ("" if cfg.route53 else " (there is no route53 section)")
             )
+    for i, check in enumerate(cfg.checks):
+        for target in cfg.platforms.values():
+            try:
+                probe_spec(target, check)
+            except ValueError as exc:
+                # the prober's own last word on what it cannot send
+                errors.append(f"checks[{i}]: {exc}")
+                break
     if cfg.alerting is not None and cfg.alerting.slack is not None:
         slack = cfg.alerting.slack
         if (slack.token is None) == (slack.webhook_url is None):
@@ -420,7 +456,9 @@ def _cross_check(cfg: Config) -> list[str]:
     return errors
 
 
-def parse_config(text: str, *, source: str = "<config>", env: Mapping[str, str] | None = None) -> Config:
+def parse_config(
+    text: str, *, source: str = "<config>", env: Mapping[str, str] | None = None
+) -> Config:
     """Parse and validate a configuration document; raise ConfigError listing every problem."""
     try:
         raw = yaml.safe_load(text)

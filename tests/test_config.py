@@ -63,7 +63,11 @@ def test_minimal_config_gets_the_documented_defaults() -> None:
     assert cfg.baseline == "heroku" and cfg.candidate == "aws"
     j = cfg.judge
     assert (j.window, j.min_samples, j.confidence, j.down_after) == (300, 10, 0.99, 3)
-    assert (j.latency.max_ratio, j.latency.min_increase, j.errors.max_increase) == (1.5, 0.025, 0.02)
+    assert (j.latency.max_ratio, j.latency.min_increase, j.errors.max_increase) == (
+        1.5,
+        0.025,
+        0.02,
+    )
     assert cfg.platforms["aws"].base_url == "https://lb.example.com"
 
 
@@ -87,7 +91,9 @@ def test_unset_variable_names_variable_and_location() -> None:
 
 
 def test_unknown_keys_are_refused_everywhere() -> None:
-    text = GOOD.replace("path: /health", "path: /health\n    intervall: 5s") + "judge: {windw: 1m}\n"
+    text = (
+        GOOD.replace("path: /health", "path: /health\n    intervall: 5s") + "judge: {windw: 1m}\n"
+    )
     assert problems(text) == ["checks[0].intervall: unknown key", "judge.windw: unknown key"]
 
 
@@ -244,7 +250,9 @@ def test_slack_token_or_webhook_not_both_and_secrets_not_echoed() -> None:
         "alerting.slack.webhook_url: invalid URL: expected http:// or https:// and a host"
     ]
     both = with_changes(
-        alerting={"slack": {"token": "xoxb-1", "webhook_url": "https://hooks.example/x", "channel": "#m"}}
+        alerting={
+            "slack": {"token": "xoxb-1", "webhook_url": "https://hooks.example/x", "channel": "#m"}
+        }
     )
     assert problems(both) == ["alerting.slack: set exactly one of token and webhook_url"]
     assert all("secret" not in d for d in details)
@@ -254,8 +262,11 @@ def test_check_record_resolution() -> None:
     text = with_changes(
         route53={
             "records": [
-                {"hosted_zone_id": "Z1", "name": "api.example.com.",
-                 "set_identifiers": {"heroku": "h", "aws": "a"}},
+                {
+                    "hosted_zone_id": "Z1",
+                    "name": "api.example.com.",
+                    "set_identifiers": {"heroku": "h", "aws": "a"},
+                },
             ]
         }
     )
@@ -270,7 +281,11 @@ def test_check_record_resolution() -> None:
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "exporter", *args],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
     )
 
 
@@ -326,3 +341,10 @@ def test_bad_flags_and_env_exit_2(tmp_path: Path) -> None:
     res = run_cli("run", "--config", str(good), env=env)
     assert res.returncode == 2 and "CUTOVER_LOG_LEVEL='loud'" in res.stderr
     assert run_cli("frobnicate").returncode == 2
+
+
+def test_credentials_in_urls_are_refused_without_echoing_them() -> None:
+    text = GOOD.replace("https://lb.example.com", "https://user:hunter2@lb.example.com")
+    assert problems(text) == [
+        "platforms.aws.base_url: invalid URL: credentials in a URL are not allowed, use headers"
+    ]

@@ -1,0 +1,225 @@
+"""Command line: flags (each with a CUTOVER_* environment fallback), logging set-up, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from exporter import __version__
+from exporter.config import Config, format_duration, load_config, parse_listen
+from exporter.daemon import Daemon
+from exporter.demo import run_demo
+from exporter.errors import ConfigError, UsageError
+from exporter.logs import setup_logging
+from exporter.web import start_server
+
+log = logging.getLogger("cutover")
+
+DEFAULT_LISTEN = "0.0.0.0:9877"
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+
+def _env_choice(name: str, choices: Sequence[str], default: str) -> str:
+    value = os.environ.get(name, default)
+    if value not in choices:
+        raise UsageError(f"{name}={value!r}: expected one of {', '.join(choices)}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cutover",
+        description="Watch a live migration: probe the baseline and the candidate platform, "
+        "judge the candidate, export to Prometheus, alert in Slack.",
+    )
+    parser.add_argument("--version", action="version", version=f"cutover {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def logging_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--log-level",
+            choices=LOG_LEVELS,
+            default=None,
+            help="default: $CUTOVER_LOG_LEVEL or info",
+        )
+        p.add_argument(
+            "--log-format",
+            choices=LOG_FORMATS,
+            default=None,
+            help="default: $CUTOVER_LOG_FORMAT or text",
+        )
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("--config", default=None, help="YAML file (default: $CUTOVER_CONFIG)")
+    run.add_argument(
+        "--listen",
+        default=None,
+        help=f"HOST:PORT (default: $CUTOVER_LISTEN, the config's listen, or {DEFAULT_LISTEN})",
+    )
+    logging_flags(run)
+
+    check = sub.add_parser("check", help="validate a configuration file and summarise it")
+    check.add_argument("--config", default=None, help="YAML file (default: $CUTOVER_CONFIG)")
+
+    demo = sub.add_parser("demo", help="run against two embedded simulated platforms")
+    demo.add_argument(
+        "--listen", default=None, help="HOST:PORT (default: $CUTOVER_LISTEN or 127.0.0.1:9877)"
+    )
+    logging_flags(demo)
+    return parser
+
+
+def _config_path(args: argparse.Namespace) -> str:
+    path: str | None = args.config or os.environ.get("CUTOVER_CONFIG")
+    if not path:
+        raise UsageError("no configuration file: pass --config FILE or set CUTOVER_CONFIG")
+    return path
+
+
+def _listen(args: argparse.Namespace, cfg_listen: str | None, default: str) -> tuple[str, int]:
+    value = args.listen or os.environ.get("CUTOVER_LISTEN") or cfg_listen or default
+    try:
+        return parse_listen(value)
+    except ValueError as exc:
+        raise UsageError(f"--listen: {exc}") from None
+
+
+def summary(cfg: Config, source: str) -> str:
+    """The one-screen summary `cutover check` prints. Secrets are named, never shown."""
+    lines = [f"{source}: OK"]
+    for name, p in cfg.platforms.items():
+        extra = []
+        if p.host_header:
+            extra.append(f"Host {p.host_header}")
+        if p.tls_skip_verify:
+            extra.append("TLS not verified")
+        if p.headers:
+            extra.append(f"headers: {', '.join(p.headers)}")
+        lines.append(
+            f"  {p.role:<9} {name}: {p.base_url}" + (f" ({'; '.join(extra)})" if extra else "")
+        )
+    lines.append(f"  {len(cfg.checks)} check(s):")
+    for c in cfg.checks:
+        expect = ", ".join(map(str, c.expect.status)) if c.expect.status else "2xx"
+        lines.append(
+            f"    {c.name}: {c.method} {c.path} every {format_duration(c.interval)}, "
+            f"timeout {format_duration(c.timeout)}, expect {expect}"
+            + (" and body match" if c.expect.body_regex else "")
+            + (f", record {c.record}" if c.record else "")
+        )
+    j = cfg.judge
+    lines.append(
+        f"  judge: window {format_duration(j.window)}, min {j.min_samples} samples, "
+        f"confidence {j.confidence:g}, latency <= {j.latency.max_ratio:g}x "
+        f"(ignoring < {format_duration(j.latency.min_increase)}), errors <= "
+        f"+{j.errors.max_increase * 100:g} pts, down after {j.down_after} failures"
+    )
+    if cfg.route53:
+        for r in cfg.route53.records:
+            lines.append(
+                f"  route53: {r.name} {r.type or ''} in {r.hosted_zone_id}, every "
+                f"{format_duration(cfg.route53.interval)}"
+            )
+    else:
+        lines.append("  route53: not configured (no traffic shares)")
+    a = cfg.alerting
+    if a and a.slack:
+        mode = f"bot token to {a.slack.channel}" if a.slack.token else "incoming webhook"
+        lines.append(
+            f"  alerting: Slack ({mode}), for {format_duration(a.for_)}, resolve after "
+            f"{format_duration(a.resolve_after)}"
+        )
+    else:
+        lines.append("  alerting: no Slack (metrics and rules only)")
+    if cfg.shift:
+        lines.append(
+            f"  shift: {'enabled' if cfg.shift.enabled else 'disabled'}, steps "
+            f"{', '.join(f'{s:g}%' for s in cfg.shift.steps)} on {cfg.shift.record}"
+        )
+    return "\n".join(lines)
+
+
+async def _serve(daemon: Daemon, host: str, port: int) -> int:
+    try:
+        runner, bound = await start_server(daemon, host, port)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", host, port, exc.strerror or exc)
+        return EXIT_ERROR
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    await daemon.start()
+    log.info(
+        "cutover %s listening on http://%s:%d/ (%d checks, %s baseline, %s candidate)",
+        __version__,
+        host,
+        bound,
+        len(daemon.config.checks),
+        daemon.config.baseline,
+        daemon.config.candidate,
+    )
+    try:
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await daemon.stop()
+        await runner.cleanup()
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    path = _config_path(args)
+    cfg = load_config(path)
+    host, port = _listen(args, cfg.listen, DEFAULT_LISTEN)
+
+    async def main() -> int:
+        return await _serve(Daemon(cfg, config_path=path), host, port)
+
+    return asyncio.run(main())
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    path = _config_path(args)
+    cfg = load_config(path)
+    print(summary(cfg, path))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    host, port = _listen(args, None, "127.0.0.1:9877")
+    return asyncio.run(run_demo(host, port, _serve))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command != "check":
+            setup_logging(
+                args.log_level or _env_choice("CUTOVER_LOG_LEVEL", LOG_LEVELS, "info"),
+                args.log_format or _env_choice("CUTOVER_LOG_FORMAT", LOG_FORMATS, "text"),
+            )
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "check":
+            return cmd_check(args)
+        return cmd_demo(args)
+    except ConfigError as exc:
+        print(f"cutover: invalid configuration {exc.source}:", file=sys.stderr)
+        for line in exc.details:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"cutover: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK

@@ -1,0 +1,80 @@
+"""What the daemon knows now: per check and platform, the last probe, the window, the counters."""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from dataclasses import dataclass, field
+
+from exporter.probe import PHASES, REASONS, ProbeResult, ProbeSpec
+from exporter.window import Sample, Window, WindowStats
+
+# Upper bounds of cutover_probe_duration_seconds: fine where health checks live (5 ms - 1 s),
+# coarse beyond, so that p95/p99 recording rules stay meaningful without hundreds of series.
+DURATION_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class Series:
+    """One check on one platform: everything /metrics and the status page show about it."""
+
+    check: str
+    platform: str
+    role: str
+    spec: ProbeSpec
+    window: Window
+    last: ProbeResult | None = None
+    probes_total: int = 0
+    failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
+    # non-cumulative bucket counts; the last slot is +Inf
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
+    duration_sum: float = 0.0
+    tls_expiry: float | None = None
+    consecutive_failures: int = 0
+
+    def record(self, result: ProbeResult, t: float, tick: int) -> None:
+        self.last = result
+        self.probes_total += 1
+        if result.success:
+            self.consecutive_failures = 0
+            self.buckets[bisect_left(DURATION_BUCKETS, result.duration)] += 1
+            self.duration_sum += result.duration
+        else:
+            self.consecutive_failures += 1
+            self.failures[result.reason or "error"] += 1
+        if result.tls_expiry is not None:
+            # the certificate served by the last handshake (as blackbox_exporter's "earliest
+            # expiry" of its last probe): a renewal shows at once; a failed probe keeps the last
+            self.tls_expiry = result.tls_expiry
+        self.window.add(Sample(t=t, tick=tick, ok=result.success, latency=result.duration))
+
+    def phases(self) -> dict[str, float]:
+        last = self.last
+        if last is None:
+            return dict.fromkeys(PHASES, 0.0)
+        return {phase: getattr(last, phase) for phase in PHASES}
+
+    def stats(self, now: float) -> WindowStats:
+        self.window.trim(now)
+        return self.window.stats()
+
+
+@dataclass(slots=True)
+class CheckState:
+    """One check: its two series and the tick counter that pairs their probes."""
+
+    name: str
+    series: dict[str, Series]  # platform name -> series
+    next_tick: int = 0
+
+    @property
+    def probed(self) -> bool:
+        return all(s.last is not None for s in self.series.values())
+
+
+def ratio(candidate: float, baseline: float) -> float:
+    if math.isnan(candidate) or math.isnan(baseline) or baseline <= 0:
+        return math.nan
+    return candidate / baseline

@@ -1,0 +1,271 @@
+"""The aiohttp app: /metrics, /, /-/healthy, /-/ready, /-/reload, /api/v1/status."""
+
+from __future__ import annotations
+
+import math
+import time
+from html import escape
+from typing import Any
+
+from aiohttp import web
+from prometheus_client.exposition import choose_encoder
+
+from exporter import __version__
+from exporter.daemon import Daemon
+from exporter.state import CheckState, ratio
+
+DAEMON = web.AppKey("daemon", Daemon)
+
+
+def _num(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def status_data(daemon: Daemon) -> dict[str, Any]:
+    """The status page's data. Never includes headers, tokens or other configured secrets."""
+    cfg = daemon.config
+    now = time.monotonic()
+    checks = []
+    for state in daemon.checks():
+        check = next((c for c in cfg.checks if c.name == state.name), None)
+        platforms: dict[str, Any] = {}
+        stats = {}
+        for pname, series in state.series.items():
+            st = series.stats(now)
+            stats[pname] = st
+            last = series.last
+            platforms[pname] = {
+                "role": series.role,
+                "url": series.spec.url,
+                "last": None
+                if last is None
+                else {
+                    "success": last.success,
+                    "status": last.status,
+                    "reason": last.reason,
+                    "detail": last.detail,
+                    "duration_seconds": last.duration,
+                    "started": last.started,
+                    "phases": series.phases(),
+                },
+                "window": {
+                    "samples": st.samples,
+                    "failures": st.failures,
+                    "error_ratio": _num(st.error_ratio),
+                    "latency_seconds": {f"{q:g}": _num(v) for q, v in st.quantiles.items()},
+                },
+                "probes_total": series.probes_total,
+                "consecutive_failures": series.consecutive_failures,
+                "tls_expiry": series.tls_expiry,
+            }
+        b, c = stats.get(cfg.baseline), stats.get(cfg.candidate)
+        comparison = None
+        if b is not None and c is not None:
+            comparison = {
+                "latency_ratio": {
+                    f"{q:g}": _num(ratio(c.quantiles[q], b.quantiles[q])) for q in c.quantiles
+                },
+                "error_ratio_delta": _num(c.error_ratio - b.error_ratio),
+            }
+        checks.append(
+            {
+                "name": state.name,
+                "path": check.path if check else None,
+                "interval_seconds": check.interval if check else None,
+                "record": check.record if check else None,
+                "platforms": platforms,
+                "comparison": comparison,
+            }
+        )
+    return {
+        "version": __version__,
+        "ready": daemon.ready,
+        "started": daemon.started,
+        "config": {
+            "file": str(daemon.config_path) if daemon.config_path else None,
+            "loaded": daemon.config_loaded_at,
+            "last_reload_successful": daemon.last_reload_ok,
+        },
+        "baseline": cfg.baseline,
+        "candidate": cfg.candidate,
+        "judge": {
+            "window_seconds": cfg.judge.window,
+            "min_samples": cfg.judge.min_samples,
+            "latency_max_ratio": cfg.judge.latency.max_ratio,
+            "errors_max_increase": cfg.judge.errors.max_increase,
+        },
+        "checks": checks,
+    }
+
+
+# -- HTML ------------------------------------------------------------------------------------
+
+_CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
+h1{font-size:1.4em;margin:0 0 .2em} .sub{color:#666;margin-bottom:1em}
+table{border-collapse:collapse;margin:.5em 0 1.5em} th,td{padding:.3em .7em;border:1px solid #ddd;
+text-align:right} th{background:#f4f4f4} td.l,th.l{text-align:left}
+.ok{color:#1a7f37;font-weight:600} .bad{color:#c62828;font-weight:600} .muted{color:#888}
+.warn{background:#fff4e5} code{font-size:.95em}
+"""
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value * 1000:.1f} ms"
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value * 100:.1f}%"
+
+
+def _x(value: float | None) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:.2f}x"
+
+
+def _check_table(daemon: Daemon, state: CheckState, now: float) -> str:
+    cfg = daemon.config
+    order = [cfg.baseline, cfg.candidate]
+    series = [state.series[p] for p in order if p in state.series]
+    stats = [s.stats(now) for s in series]
+    head = "".join(
+        f"<th>{escape(s.platform)} <span class='muted'>({escape(s.role)})</span></th>"
+        for s in series
+    )
+    rows: list[tuple[str, list[str]]] = []
+
+    def last_cell(i: int) -> str:
+        last = series[i].last
+        if last is None:
+            return "<span class='muted'>not probed yet</span>"
+        if last.success:
+            return f"<span class='ok'>OK</span> {last.status} in {_ms(last.duration)}"
+        return (
+            f"<span class='bad'>FAIL</span> {escape(last.reason or 'error')}: {escape(last.detail)}"
+        )
+
+    rows.append(("last probe", [last_cell(i) for i in range(len(series))]))
+    rows.append(("window p50", [_ms(st.quantiles[0.5]) for st in stats]))
+    rows.append(("window p95", [_ms(st.quantiles[0.95]) for st in stats]))
+    rows.append(("window p99", [_ms(st.quantiles[0.99]) for st in stats]))
+    rows.append(("error ratio", [_pct(st.error_ratio) for st in stats]))
+    rows.append(("samples", [str(st.samples) for st in stats]))
+    body = "".join(
+        f"<tr><th class='l'>{escape(label)}</th>"
+        + "".join(
+            f"<td class='l'>{cell}</td>" if label == "last probe" else f"<td>{cell}</td>"
+            for cell in cells
+        )
+        + "</tr>"
+        for label, cells in rows
+    )
+    comparison = ""
+    if len(stats) == 2:
+        b, c = stats
+        p95 = ratio(c.quantiles[0.95], b.quantiles[0.95])
+        p50 = ratio(c.quantiles[0.5], b.quantiles[0.5])
+        delta = c.error_ratio - b.error_ratio
+        warn = (not math.isnan(p95) and p95 > cfg.judge.latency.max_ratio) or (
+            not math.isnan(delta) and delta > cfg.judge.errors.max_increase
+        )
+        comparison = (
+            f"<tr{' class=warn' if warn else ''}><th class='l'>candidate / baseline</th>"
+            f"<td colspan=2 class='l'>p50 {_x(p50)} · p95 {_x(p95)} · error ratio "
+            f"{'–' if math.isnan(delta) else f'{delta * 100:+.1f} pts'}</td></tr>"
+        )
+    spec = series[0].spec if series else None
+    title = escape(state.name) + (
+        f" <code class='muted'>{escape(_path_of(spec.url))}</code>" if spec else ""
+    )
+    return f"<h2>{title}</h2><table><tr><th class='l'></th>{head}</tr>{body}{comparison}</table>"
+
+
+def _path_of(url: str) -> str:
+    rest = url.split("://", 1)[-1]
+    return "/" + rest.split("/", 1)[1] if "/" in rest else "/"
+
+
+def status_html(daemon: Daemon) -> str:
+    cfg = daemon.config
+    now = time.monotonic()
+    tables = "".join(_check_table(daemon, state, now) for state in daemon.checks())
+    ready = "ready" if daemon.ready else "starting: not every check has been probed yet"
+    reload_note = (
+        ""
+        if daemon.last_reload_ok
+        else "<p class='bad'>The last reload failed: the previous configuration is in force "
+        "(see the log).</p>"
+    )
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
+<title>cutover: {escape(cfg.baseline)} → {escape(cfg.candidate)}</title><style>{_CSS}</style></head>
+<body><h1>cutover: {escape(cfg.baseline)} (baseline) → {escape(cfg.candidate)} (candidate)</h1>
+<div class="sub">version {escape(__version__)} · {escape(ready)} · judge window
+{cfg.judge.window:g}s · tolerated: latency {cfg.judge.latency.max_ratio:g}x,
+errors +{cfg.judge.errors.max_increase * 100:g} pts ·
+<a href="/metrics">/metrics</a> · <a href="/api/v1/status">/api/v1/status</a></div>
+{reload_note}{tables}
+</body></html>"""
+
+
+# -- handlers --------------------------------------------------------------------------------
+
+
+async def metrics(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    body = encoder(daemon.registry)
+    resp = web.Response(body=body)
+    resp.headers["Content-Type"] = content_type
+    return resp
+
+
+async def index(request: web.Request) -> web.Response:
+    return web.Response(text=status_html(request.app[DAEMON]), content_type="text/html")
+
+
+async def api_status(request: web.Request) -> web.Response:
+    return web.json_response(status_data(request.app[DAEMON]))
+
+
+async def healthy(request: web.Request) -> web.Response:
+    return web.Response(text="OK\n")
+
+
+async def ready(request: web.Request) -> web.Response:
+    if request.app[DAEMON].ready:
+        return web.Response(text="ready\n")
+    return web.Response(status=503, text="not ready: not every check has been probed yet\n")
+
+
+async def reload(request: web.Request) -> web.Response:
+    problems = request.app[DAEMON].reload()
+    if problems:
+        text = "reload refused, the running configuration stays in force:\n" + "\n".join(problems)
+        return web.Response(status=500, text=text + "\n")
+    return web.Response(text="reloaded\n")
+
+
+def build_app(daemon: Daemon) -> web.Application:
+    app = web.Application()
+    app[DAEMON] = daemon
+    app.router.add_get("/", index)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/v1/status", api_status)
+    app.router.add_get("/-/healthy", healthy)
+    app.router.add_get("/-/ready", ready)
+    app.router.add_post("/-/reload", reload)
+    return app
+
+
+async def start_server(daemon: Daemon, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Listen on host:port (port 0: any free one); returns the runner and the bound port."""
+    runner = web.AppRunner(build_app(daemon), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    bound: int = runner.addresses[0][1]
+    return runner, bound

@@ -1,0 +1,272 @@
+"""The daemon end to end, as a subprocess, probing two local platforms over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DaemonProcess, FakePlatform, config_yaml, daemon_env, need_tool
+
+Start = Callable[..., DaemonProcess]
+SECRET = "s3cr3t-probe-value"
+
+
+def lbl(name: str, check: str = "health", platform: str | None = None, **extra: str) -> str:
+    labels = {"check": check, **extra}
+    if platform is not None:
+        labels["platform"] = platform
+        labels["role"] = "baseline" if platform == "heroku" else "candidate"
+    inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    return f"{name}{{{inner}}}"
+
+
+SPEC_FAMILIES = [
+    "cutover_probe_success", "cutover_probe_duration_seconds", "cutover_probe_phase_seconds",
+    "cutover_probe_http_status_code", "cutover_probes", "cutover_probe_failures",
+    "cutover_probe_tls_expiry_timestamp_seconds", "cutover_window_latency_seconds",
+    "cutover_window_error_ratio", "cutover_window_samples", "cutover_latency_ratio",
+    "cutover_error_ratio_delta", "cutover_config_last_reload_successful",
+    "cutover_config_last_reload_success_timestamp_seconds", "cutover_event_loop_lag_seconds",
+    "cutover_build_info", "process_resident_memory_bytes",
+]  # fmt: skip
+
+
+async def test_metrics_status_page_and_api(
+    platforms: tuple[FakePlatform, FakePlatform], start_daemon: Start
+) -> None:
+    baseline, candidate = platforms
+    baseline.delay, candidate.delay = 0.05, 0.10
+    extra = "  - name: odd\n    path: /x?<b>&amp\n    interval: 300ms\n    timeout: 250ms\n"
+    d = start_daemon(config_yaml(baseline.url, candidate.url, extra))
+    await d.wait_ready()
+    m = await d.wait_for(lambda m: m.get(lbl("cutover_window_samples", platform="aws"), 0) >= 8)
+
+    _, text = await d.get("/metrics")
+    for family in SPEC_FAMILIES:
+        assert f"# TYPE {family} " in text or f"# TYPE {family}_total counter" in text, family
+    assert "cutover_probes_total{" in text and "cutover_probe_failures_total{" in text
+    assert m['cutover_build_info{version="0.1.0"}'] == 1
+    assert m["cutover_config_last_reload_successful"] == 1
+    for platform, delay in (("heroku", 0.05), ("aws", 0.10)):
+        assert m[lbl("cutover_probe_success", platform=platform)] == 1
+        assert m[lbl("cutover_probe_http_status_code", platform=platform)] == 200
+        p50 = m[lbl("cutover_window_latency_seconds", platform=platform, quantile="0.5")]
+        assert delay <= p50 < delay + 0.03, (platform, p50)
+        processing = m[lbl("cutover_probe_phase_seconds", platform=platform, phase="processing")]
+        assert delay <= processing < delay + 0.03
+        assert m[lbl("cutover_window_error_ratio", platform=platform)] == 0
+        assert m[lbl("cutover_probe_failures_total", platform=platform, reason="timeout")] == 0
+        count = m[lbl("cutover_probe_duration_seconds_count", platform=platform)]
+        assert count == m[lbl("cutover_probes_total", platform=platform)]
+        assert (
+            m[lbl("cutover_probe_duration_seconds_bucket", platform=platform, le="0.15")] == count
+        )
+    assert 1.6 < m[lbl("cutover_latency_ratio", quantile="0.5")] < 2.4
+    assert m[lbl("cutover_error_ratio_delta")] == 0
+    # the candidate got its production Host header, the baseline its own host
+    assert set(candidate.host_headers) == {"api.example.test"}
+    assert set(baseline.host_headers) == {f"127.0.0.1:{baseline.port}"}
+
+    status, page = await d.get("/")
+    assert status == 200
+    assert "heroku" in page and "aws" in page and "(baseline)" in page and "(candidate)" in page
+    assert "window p95" in page and "candidate / baseline" in page
+    assert "/x?&lt;b&gt;&amp;amp" in page and "<b>" not in page
+
+    status, body = await d.get("/api/v1/status")
+    data = json.loads(body)
+    assert data["ready"] is True and data["baseline"] == "heroku"
+    health = next(c for c in data["checks"] if c["name"] == "health")
+    assert health["platforms"]["aws"]["last"]["status"] == 200
+    assert health["platforms"]["aws"]["window"]["samples"] >= 8
+    assert health["comparison"]["latency_ratio"]["0.5"] > 1.6
+
+    for where in (text, page, body, d.log()):
+        assert SECRET not in where
+    assert (await d.get("/-/healthy"))[0] == 200
+    assert d.stop() == 0
+
+
+async def test_failure_reasons_and_error_ratio(
+    platforms: tuple[FakePlatform, FakePlatform], start_daemon: Start
+) -> None:
+    baseline, candidate = platforms
+    d = start_daemon(config_yaml(baseline.url, candidate.url))
+    await d.wait_ready()
+    candidate.status = 503
+    m = await d.wait_for(
+        lambda m: (
+            m.get(lbl("cutover_probe_failures_total", platform="aws", reason="status"), 0) >= 3
+        )
+    )
+    assert m[lbl("cutover_probe_success", platform="aws")] == 0
+    assert m[lbl("cutover_probe_http_status_code", platform="aws")] == 503
+    assert m[lbl("cutover_error_ratio_delta")] > 0
+    assert m[lbl("cutover_probe_success", platform="heroku")] == 1
+
+    candidate.status, candidate.body = 200, '{"status": "degraded"}'
+    await d.wait_for(
+        lambda m: m.get(lbl("cutover_probe_failures_total", platform="aws", reason="body"), 0) >= 2
+    )
+    candidate.body, candidate.mode = '{"status": "ok"}', "hang"
+    m = await d.wait_for(
+        lambda m: (
+            m.get(lbl("cutover_probe_failures_total", platform="aws", reason="timeout"), 0) >= 2
+        )
+    )
+    assert m[lbl("cutover_probe_http_status_code", platform="aws")] == 0
+    candidate.mode = "ok"
+    await d.wait_for(lambda m: m.get(lbl("cutover_probe_success", platform="aws")) == 1)
+    assert d.stop() == 0
+
+
+async def test_a_hanging_check_does_not_delay_the_others(
+    platforms: tuple[FakePlatform, FakePlatform], start_daemon: Start
+) -> None:
+    baseline, candidate = platforms
+    candidate.hang_paths.add("/slow")
+    extra = "  - name: slow\n    path: /slow\n    interval: 1s\n    timeout: 1s\n"
+    d = start_daemon(
+        config_yaml(baseline.url, candidate.url, extra, interval="100ms", timeout="90ms")
+    )
+    await d.wait_ready()
+    before = await d.metrics()
+    await asyncio.sleep(3.0)
+    after = await d.metrics()
+    made = (
+        after[lbl("cutover_probes_total", platform="aws")]
+        - before[lbl("cutover_probes_total", platform="aws")]
+    )
+    # 100 ms schedule: about 30 probes in 3 s whatever the hanging check does
+    assert 24 <= made <= 34, made
+    timeouts = after[
+        lbl("cutover_probe_failures_total", check="slow", platform="aws", reason="timeout")
+    ]
+    assert timeouts >= 2
+    assert after[lbl("cutover_probe_success", check="slow", platform="heroku")] == 1
+    assert d.stop() == 0
+
+
+async def test_reload_good_bad_and_sighup(
+    platforms: tuple[FakePlatform, FakePlatform], start_daemon: Start
+) -> None:
+    baseline, candidate = platforms
+    d = start_daemon(config_yaml(baseline.url, candidate.url))
+    await d.wait_ready()
+    first = await d.metrics()
+    assert first["cutover_config_last_reload_successful"] == 1
+    loaded_at = first["cutover_config_last_reload_success_timestamp_seconds"]
+
+    # a good reload adds a check; the kept check keeps its counters
+    extra = "  - name: ready\n    path: /ready\n    interval: 200ms\n    timeout: 150ms\n"
+    d.config.write_text(config_yaml(baseline.url, candidate.url, extra))
+    status, text = await d.post("/-/reload")
+    assert (status, text) == (200, "reloaded\n")
+    m = await d.wait_for(lambda m: lbl("cutover_probe_success", check="ready", platform="aws") in m)
+    assert (
+        m[lbl("cutover_probes_total", platform="aws")]
+        >= first[lbl("cutover_probes_total", platform="aws")]
+    )
+    assert m["cutover_config_last_reload_success_timestamp_seconds"] > loaded_at
+
+    # a bad reload is refused with its problems, and changes nothing but the gauge
+    d.config.write_text(
+        config_yaml(baseline.url, candidate.url).replace("timeout: 150ms", "timeout: 5s")
+    )
+    status, text = await d.post("/-/reload")
+    assert status == 500
+    assert "checks[0].timeout: 5s must not exceed the interval (200ms)" in text
+    m = await d.wait_for(lambda m: m["cutover_config_last_reload_successful"] == 0)
+    probes = m[lbl("cutover_probes_total", check="ready", platform="aws")]
+    await asyncio.sleep(0.6)
+    m = await d.metrics()
+    assert m[lbl("cutover_probes_total", check="ready", platform="aws")] > probes
+    assert "checks[0].timeout: 5s must not exceed the interval (200ms)" in d.log()
+    _, page = await d.get("/")
+    assert "The last reload failed" in page
+
+    # SIGHUP with a good file: the removed check disappears from /metrics
+    d.config.write_text(config_yaml(baseline.url, candidate.url))
+    d.proc.send_signal(signal.SIGHUP)
+    m = await d.wait_for(
+        lambda m: (
+            m["cutover_config_last_reload_successful"] == 1
+            and not any('check="ready"' in k for k in m)
+        )
+    )
+    assert lbl("cutover_probe_success", platform="aws") in m
+    assert d.stop() == 0
+
+
+async def test_ready_only_once_every_check_was_probed(
+    platforms: tuple[FakePlatform, FakePlatform], start_daemon: Start
+) -> None:
+    baseline, candidate = platforms
+    candidate.mode = "hang"
+    d = start_daemon(config_yaml(baseline.url, candidate.url, interval="3s", timeout="2s"))
+    for _ in range(100):
+        try:
+            if (await d.get("/-/healthy"))[0] == 200:
+                break
+        except Exception:
+            await asyncio.sleep(0.05)
+    status, text = await d.get("/-/ready")
+    assert status == 503 and "not every check has been probed" in text
+    await d.wait_ready(timeout=10)  # the hanging probe times out: a result, so ready
+    assert d.stop() == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_clean_stop(
+    platforms: tuple[FakePlatform, FakePlatform], start_daemon: Start, sig: int
+) -> None:
+    baseline, candidate = platforms
+    d = start_daemon(config_yaml(baseline.url, candidate.url))
+    await d.wait_ready()
+    assert d.stop(sig) == 0
+    assert "stopping" in d.log() and "Traceback" not in d.log()
+
+
+async def test_port_in_use_exits_1(
+    platforms: tuple[FakePlatform, FakePlatform], start_daemon: Start, tmp_path: Path
+) -> None:
+    baseline, candidate = platforms
+    d = start_daemon(config_yaml(baseline.url, candidate.url))
+    await d.wait_ready()
+    second = DaemonProcess(d.config, d.port, tmp_path / "second.log", daemon_env())
+    assert second.proc.wait(20) == 1
+    assert f"cannot listen on 127.0.0.1:{d.port}" in second.log()
+    second.stop()
+    assert d.stop() == 0
+
+
+async def test_metrics_pass_promtool_lint(
+    platforms: tuple[FakePlatform, FakePlatform], start_daemon: Start
+) -> None:
+    promtool = need_tool("promtool")
+    baseline, candidate = platforms
+    d = start_daemon(config_yaml(baseline.url, candidate.url))
+    await d.wait_ready()
+    _, text = await d.get("/metrics")
+    res = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
+    # SPEC.md names the window quantiles with a `quantile` label on gauges (not a summary: they
+    # are window figures, not a streaming estimate); promtool's lint flags exactly that, and
+    # nothing else may be flagged
+    spec_quantile = ("cutover_window_latency_seconds", "cutover_latency_ratio")
+    problems = [
+        line
+        for line in (res.stdout + res.stderr).splitlines()
+        if line.strip()
+        and not (line.startswith(spec_quantile) and 'should not have "quantile" label' in line)
+    ]
+    assert problems == []
+    assert "error" not in res.stderr.lower()
+    assert d.stop() == 0
