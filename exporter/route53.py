@@ -1,0 +1,561 @@
+"""Route53 weighted records read into weights and traffic shares; boto3 runs in worker threads."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final, Literal, cast, get_args
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ReadTimeoutError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+if TYPE_CHECKING:
+    from mypy_boto3_route53 import Route53Client
+    from mypy_boto3_route53.literals import RRTypeType
+    from mypy_boto3_route53.type_defs import (
+        ListResourceRecordSetsRequestTypeDef,
+        ResourceRecordSetOutputTypeDef,
+    )
+
+__all__ = [
+    "REASONS",
+    "RecordSpec",
+    "RecordWeights",
+    "Route53Error",
+    "Route53Reader",
+    "Route53Snapshot",
+    "Route53State",
+    "WeightedEntry",
+    "normalize_name",
+]
+
+Reason = Literal["throttling", "access_denied", "not_found", "timeout", "other"]
+REASONS: Final[tuple[Reason, ...]] = get_args(Reason)
+
+_THROTTLING_CODES: Final = frozenset(
+    {"Throttling", "ThrottlingException", "PriorRequestNotComplete", "TooManyRequestsException"}
+)
+_ACCESS_DENIED_CODES: Final = frozenset(
+    {
+        "AccessDenied",
+        "AccessDeniedException",
+        "InvalidClientTokenId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "UnrecognizedClientException",
+    }
+)
+_NOT_FOUND_CODES: Final = frozenset({"NoSuchHostedZone"})
+
+# A weighted group holds at most 100 record sets, so a well-behaved listing that has not
+# left our name after this many pages is a server bug, not a big group.
+_MAX_PAGES: Final = 20
+
+_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+def normalize_name(name: str) -> str:
+    """Route53 and config spellings of a DNS name -> one comparable form (`\\052` -> `*`)."""
+    decoded = _ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), name.strip())
+    return decoded.rstrip(".").lower()
+
+
+def _zone_id(hosted_zone_id: str) -> str:
+    return hosted_zone_id.strip().rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSpec:
+    """One configured record: which weighted group to read and which platform owns which set."""
+
+    hosted_zone_id: str
+    name: str
+    type: str | None
+    # Excluded from the hash (a mapping is not hashable) but still part of equality.
+    set_identifiers: Mapping[str, str] = field(hash=False)
+
+    def __post_init__(self) -> None:
+        # Frozen means frozen: a caller mutating its dict later must not change this spec.
+        object.__setattr__(self, "set_identifiers", MappingProxyType(dict(self.set_identifiers)))
+
+    @property
+    def zone_id(self) -> str:
+        """The bare zone id, without a `/hostedzone/` prefix."""
+        return _zone_id(self.hosted_zone_id)
+
+    @property
+    def fqdn(self) -> str:
+        """The name in comparable form: lower case, no trailing dot, escapes decoded."""
+        return normalize_name(self.name)
+
+    @property
+    def record_type(self) -> str | None:
+        return self.type.strip().upper() if self.type else None
+
+    def describe(self) -> str:
+        kind = f" {self.record_type}" if self.record_type else ""
+        return f"{self.fqdn}{kind} in {self.zone_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedEntry:
+    set_identifier: str
+    platform: str | None
+    weight: int
+    share: float
+    alias: bool
+    target: str
+    health_check_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordWeights:
+    spec: RecordSpec
+    type: str
+    ttl: int | None
+    entries: tuple[WeightedEntry, ...]
+    missing: tuple[str, ...]
+    unmapped: tuple[str, ...]
+    fetched_at: float
+    api_calls: int = 1
+
+    def platform_shares(self) -> dict[str, float]:
+        """Share per configured platform; a platform whose set is missing gets 0.0."""
+        shares = dict.fromkeys(self.spec.set_identifiers, 0.0)
+        for entry in self.entries:
+            if entry.platform is not None:
+                shares[entry.platform] += entry.share
+        return shares
+
+    def platform_weights(self) -> dict[str, int | None]:
+        """Weight per configured platform; None where its set is missing."""
+        weights: dict[str, int | None] = dict.fromkeys(self.spec.set_identifiers)
+        for entry in self.entries:
+            if entry.platform is not None:
+                weights[entry.platform] = entry.weight
+        return weights
+
+
+class Route53Error(Exception):
+    """A record could not be read; `reason` is one of REASONS, the label of the error metric.
+
+    throttling     Throttling / PriorRequestNotComplete, still failing after botocore's retries
+    access_denied  the credentials lack route53:ListResourceRecordSets, or there are none
+    not_found      no such hosted zone, or no weighted record sets under that name (and type)
+    timeout        endpoint unreachable, connect/read timeout, or no answer within `timeout`
+    other          anything else (invalid input, 5xx, unparsable answers)
+    """
+
+    def __init__(self, reason: Reason, detail: str, *, code: str | None = None) -> None:
+        super().__init__(reason, detail)
+        self.reason: Reason = reason
+        self.detail = detail
+        self.code = code or reason
+
+    def __str__(self) -> str:
+        return f"{self.reason} ({self.detail})"
+
+
+def classify(exc: BaseException) -> Route53Error:
+    """Map any exception raised while reading to a Route53Error with a metric reason."""
+    if isinstance(exc, Route53Error):
+        return exc
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", "Unknown"))
+        message = str(error.get("Message") or code)
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        reason: Reason
+        if code in _THROTTLING_CODES:
+            reason = "throttling"
+        elif code in _ACCESS_DENIED_CODES or status == 403:
+            reason = "access_denied"
+        elif code in _NOT_FOUND_CODES:
+            reason = "not_found"
+        else:
+            reason = "other"
+        return Route53Error(reason, message, code=code)
+    if isinstance(exc, BotoConnectionError | ReadTimeoutError):
+        return Route53Error("timeout", str(exc), code=type(exc).__name__)
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        # Without credentials every call would be refused: the fix is the same as for a denial.
+        return Route53Error("access_denied", str(exc), code=type(exc).__name__)
+    if isinstance(exc, TimeoutError):
+        return Route53Error("timeout", str(exc) or "timed out", code="Timeout")
+    if isinstance(exc, BotoCoreError):
+        return Route53Error("other", str(exc), code=type(exc).__name__)
+    return Route53Error("other", f"{type(exc).__name__}: {exc}", code=type(exc).__name__)
+
+
+def _weights(
+    record: RecordSpec, rtype: str, group: Sequence[ResourceRecordSetOutputTypeDef], calls: int
+) -> RecordWeights:
+    platform_of: dict[str, str] = {}
+    for platform, sid in record.set_identifiers.items():
+        platform_of.setdefault(sid, platform)
+    weights = [int(rrset.get("Weight", 0)) for rrset in group]
+    total = sum(weights)
+    entries: list[WeightedEntry] = []
+    ttls: list[int] = []
+    for rrset, weight in zip(group, weights, strict=True):
+        sid = rrset.get("SetIdentifier", "")
+        alias = rrset.get("AliasTarget")
+        if alias is not None:
+            target = alias.get("DNSName", "").rstrip(".")
+        else:
+            values = rrset.get("ResourceRecords", [])
+            target = values[0]["Value"] if values else ""
+            if "TTL" in rrset:
+                ttls.append(int(rrset["TTL"]))
+        entries.append(
+            WeightedEntry(
+                set_identifier=sid,
+                platform=platform_of.get(sid),
+                weight=weight,
+                # Route53 splits evenly when every weight is zero.
+                share=weight / total if total else 1.0 / len(group),
+                alias=alias is not None,
+                target=target,
+                health_check_id=rrset.get("HealthCheckId"),
+            )
+        )
+    found = {entry.set_identifier for entry in entries}
+    missing = tuple(
+        dict.fromkeys(sid for sid in record.set_identifiers.values() if sid not in found)
+    )
+    unmapped = tuple(entry.set_identifier for entry in entries if entry.platform is None)
+    return RecordWeights(
+        spec=record,
+        type=rtype,
+        # Aliases have no TTL of their own; the longest TTL bounds how long old answers live.
+        ttl=max(ttls) if ttls else None,
+        entries=tuple(entries),
+        missing=missing,
+        unmapped=unmapped,
+        fetched_at=time.time(),
+        api_calls=calls,
+    )
+
+
+class Route53Reader:
+    """Reads weighted groups with ListResourceRecordSets; each read runs in a worker thread."""
+
+    def __init__(
+        self,
+        records: Sequence[RecordSpec],
+        *,
+        endpoint_url: str | None = None,
+        timeout: float = 10.0,
+        max_attempts: int = 4,
+        client: Any | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self.records: tuple[RecordSpec, ...] = tuple(records)
+        self.endpoint_url = endpoint_url
+        self.timeout = timeout
+        self.max_attempts = max_attempts
+        self.log = logger or logging.getLogger(__name__)
+        self._client: Route53Client | None = cast("Route53Client | None", client)
+        self._owns_client = client is None
+        self._client_lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self._api_calls = 0
+        self._closed = False
+        # Own small pool: a hung call must not occupy the loop's default executor, which
+        # DNS resolution and other modules' to_thread calls share.
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(1, min(4, len(self.records))), thread_name_prefix="route53"
+        )
+
+    @property
+    def api_calls(self) -> int:
+        """ListResourceRecordSets operations issued (pages), not counting botocore's retries."""
+        with self._count_lock:
+            return self._api_calls
+
+    def _get_client(self) -> Route53Client:
+        # Built lazily in a worker thread: creating a boto3 client loads service models from
+        # disk, which would stall the event loop if done in __init__ on the loop.
+        with self._client_lock:
+            if self._closed:
+                raise Route53Error("other", "reader is closed")
+            if self._client is None:
+                config = Config(
+                    retries={"mode": "standard", "total_max_attempts": self.max_attempts},
+                    connect_timeout=self.timeout,
+                    read_timeout=self.timeout,
+                )
+                session = boto3.session.Session()
+                self._client = session.client(
+                    "route53", endpoint_url=self.endpoint_url, config=config
+                )
+            return self._client
+
+    def _read_blocking(self, record: RecordSpec, deadline: float) -> RecordWeights:
+        client = self._get_client()
+        want_name = record.fqdn
+        want_type = record.record_type
+        group_type = want_type
+        group: list[ResourceRecordSetOutputTypeDef] = []
+        plain: list[str] = []
+        params: ListResourceRecordSetsRequestTypeDef = {
+            "HostedZoneId": record.zone_id,
+            "StartRecordName": want_name + ".",
+        }
+        if want_type is not None:
+            params["StartRecordType"] = cast("RRTypeType", want_type)
+        calls = 0
+        while True:
+            if time.monotonic() > deadline:
+                raise Route53Error("timeout", f"no answer within {self.timeout:g}s")
+            if calls >= _MAX_PAGES:
+                raise Route53Error("other", f"listing did not leave the name after {calls} pages")
+            page = client.list_resource_record_sets(**params)
+            calls += 1
+            with self._count_lock:
+                self._api_calls += 1
+            # The listing starts at our name (and type), so the first record set that is not
+            # ours lies past it: everything after it is someone else's.
+            past = False
+            for rrset in page.get("ResourceRecordSets", []):
+                if normalize_name(rrset["Name"]) != want_name or (
+                    group_type is not None and rrset["Type"] != group_type
+                ):
+                    past = True
+                    break
+                if "Weight" not in rrset:
+                    plain.append(rrset["Type"])
+                    continue
+                group_type = rrset["Type"]
+                group.append(rrset)
+            if past or not page.get("IsTruncated"):
+                break
+            next_name = page.get("NextRecordName", "")
+            next_type = page.get("NextRecordType")
+            if normalize_name(next_name) != want_name or next_type is None:
+                break
+            if group_type is not None and next_type != group_type:
+                break
+            params = {
+                "HostedZoneId": record.zone_id,
+                "StartRecordName": next_name,
+                "StartRecordType": next_type,
+            }
+            if "NextRecordIdentifier" in page:
+                params["StartRecordIdentifier"] = page["NextRecordIdentifier"]
+        if not group:
+            what = f"{want_name} {want_type}" if want_type else want_name
+            detail = f"no weighted record sets for {what} in {record.zone_id}"
+            if plain:
+                detail += f" (found non-weighted {', '.join(dict.fromkeys(plain))})"
+            raise Route53Error("not_found", detail, code="NoWeightedRecords")
+        assert group_type is not None
+        return _weights(record, group_type, group, calls)
+
+    async def read(self, record: RecordSpec) -> RecordWeights:
+        """Read one record's weighted group; raises Route53Error, never anything else."""
+        if self._closed:
+            raise Route53Error("other", "reader is closed")
+        deadline = time.monotonic() + self.timeout
+        loop = asyncio.get_running_loop()
+        try:
+            future = loop.run_in_executor(self._executor, self._read_blocking, record, deadline)
+        except RuntimeError as exc:  # executor shut down by close()
+            raise Route53Error("other", "reader is closed") from exc
+        try:
+            result = await asyncio.wait_for(future, self.timeout)
+        except Route53Error:
+            raise
+        except TimeoutError as exc:
+            # The worker thread cannot be interrupted; botocore's own read timeout ends it.
+            raise Route53Error(
+                "timeout", f"no answer within {self.timeout:g}s", code="Timeout"
+            ) from exc
+        except Exception as exc:
+            raise classify(exc) from exc
+        if self.log.isEnabledFor(logging.DEBUG):
+            parts = " ".join(f"{e.set_identifier}={e.weight}" for e in result.entries)
+            self.log.debug(
+                "route53: read %s: %s (%d call(s))", record.describe(), parts, result.api_calls
+            )
+        return result
+
+    async def read_all(
+        self,
+    ) -> tuple[dict[RecordSpec, RecordWeights], dict[RecordSpec, Route53Error]]:
+        """Read every configured record concurrently; a failing record does not stop the others."""
+        outcomes = await asyncio.gather(
+            *(self.read(record) for record in self.records), return_exceptions=True
+        )
+        good: dict[RecordSpec, RecordWeights] = {}
+        bad: dict[RecordSpec, Route53Error] = {}
+        for record, outcome in zip(self.records, outcomes, strict=True):
+            if isinstance(outcome, RecordWeights):
+                good[record] = outcome
+            elif isinstance(outcome, Exception):
+                bad[record] = classify(outcome)
+            else:  # CancelledError and friends are not ours to swallow
+                raise outcome
+        return good, bad
+
+    def close(self) -> None:
+        """Release threads and connections; a read still running in a thread finishes alone."""
+        if self._closed:
+            return
+        self._closed = True
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._client_lock:
+            if self._owns_client and self._client is not None:
+                self._client.close()
+                self._client = None
+
+
+@dataclass(frozen=True, slots=True)
+class Route53Snapshot:
+    """What the collector and the status page render; immutable, safe to hand around."""
+
+    weights: Mapping[RecordSpec, RecordWeights]
+    failing: Mapping[RecordSpec, Route53Error]
+    last_success: float | None
+    errors: Mapping[str, int]
+
+
+class Route53State:
+    """Last good weights per record, error counts by reason, and quiet (once per change) logs."""
+
+    def __init__(
+        self,
+        reader: Route53Reader,
+        *,
+        logger: logging.Logger | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.reader = reader
+        self.log = logger or logging.getLogger(__name__)
+        self._clock = clock
+        self.weights: dict[RecordSpec, RecordWeights] = {}
+        self.failing: dict[RecordSpec, Route53Error] = {}
+        self.failing_since: dict[RecordSpec, float] = {}
+        self.last_success: float | None = None
+        self.errors: dict[str, int] = dict.fromkeys(REASONS, 0)
+        self.polls = 0
+
+    def snapshot(self) -> Route53Snapshot:
+        return Route53Snapshot(
+            weights=MappingProxyType(dict(self.weights)),
+            failing=MappingProxyType(dict(self.failing)),
+            last_success=self.last_success,
+            errors=MappingProxyType(dict(self.errors)),
+        )
+
+    def replace_reader(self, reader: Route53Reader) -> None:
+        """Swap in a reader for a reloaded config; records still configured keep their weights."""
+        old, self.reader = self.reader, reader
+        keep = set(reader.records)
+        self.weights = {r: w for r, w in self.weights.items() if r in keep}
+        self.failing = {r: e for r, e in self.failing.items() if r in keep}
+        self.failing_since = {r: t for r, t in self.failing_since.items() if r in keep}
+        if old is not reader:
+            old.close()
+
+    async def poll_once(self) -> bool:
+        """Read every record once and fold the outcome in; True when all of them were read."""
+        reader = self.reader
+        good, bad = await reader.read_all()
+        now = self._clock()
+        keep = set(self.reader.records)
+        # Copy-on-write so a snapshot taken earlier never changes under the collector.
+        weights = dict(self.weights)
+        failing = dict(self.failing)
+        for record, result in good.items():
+            if record not in keep:
+                continue
+            self._note_success(record, weights.get(record), result, now)
+            failing.pop(record, None)
+            weights[record] = result
+        for record, error in bad.items():
+            if record not in keep:
+                continue
+            self.errors[error.reason] = self.errors.get(error.reason, 0) + 1
+            previous = failing.get(record)
+            # keyed on the reason alone: an outage shows as "refused", then as "no answer"
+            # in turn, and is still one failure to the reader of the log
+            if previous is None or previous.reason != error.reason:
+                self.log.warning(
+                    "route53: reading %s failed: %s%s",
+                    record.describe(),
+                    error,
+                    "; keeping the last known weights" if record in weights else "",
+                )
+            if previous is None:
+                self.failing_since[record] = now
+            failing[record] = error
+        self.weights, self.failing = weights, failing
+        self.polls += 1
+        if not bad and reader is self.reader:
+            self.last_success = now
+        return not bad
+
+    def _note_success(
+        self, record: RecordSpec, before: RecordWeights | None, after: RecordWeights, now: float
+    ) -> None:
+        if record in self.failing:
+            since = self.failing_since.pop(record, now)
+            self.log.info(
+                "route53: reading %s works again after %.0fs (%s)",
+                record.describe(),
+                max(0.0, now - since),
+                self.failing[record],
+            )
+        old = {e.set_identifier: e.weight for e in before.entries} if before else {}
+        new = {e.set_identifier: e.weight for e in after.entries}
+        if before is not None and old != new:
+            changes = ", ".join(
+                f"{sid} {old.get(sid, '-')}->{new.get(sid, '-')}"
+                for sid in dict.fromkeys([*old, *new])
+                if old.get(sid) != new.get(sid)
+            )
+            self.log.info("route53: weights of %s changed: %s", record.describe(), changes)
+        if before is None or (before.missing, before.unmapped) != (after.missing, after.unmapped):
+            if after.missing:
+                self.log.warning(
+                    "route53: %s has no record set with SetIdentifier %s",
+                    record.describe(),
+                    ", ".join(repr(sid) for sid in after.missing),
+                )
+            if after.unmapped:
+                self.log.warning(
+                    "route53: %s has record sets mapped to no platform: %s",
+                    record.describe(),
+                    ", ".join(repr(sid) for sid in after.unmapped),
+                )
+
+    async def run(self, interval: float, stop: asyncio.Event) -> None:
+        """Poll every `interval` seconds until `stop` is set; failures are state, not exceptions."""
+        while not stop.is_set():
+            await self.poll_once()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+    def close(self) -> None:
+        self.reader.close()
