@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -15,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from exporter.config import Config
 from exporter.probe import REASONS
+from exporter.route53 import RecordSpec, Route53Snapshot
 from exporter.state import DURATION_BUCKETS, CheckState, ratio
 from exporter.window import QUANTILES
 
@@ -26,6 +28,31 @@ class View:
     config: Config
     checks: Iterable[CheckState]
     now: float  # monotonic time, for trimming windows
+    route53: Route53Snapshot | None = None
+    records: Mapping[str, RecordSpec] = field(default_factory=dict)  # config key -> record
+
+    def shares_for(self, check: str) -> dict[str, float] | None:
+        """Traffic share per platform of the record a check represents, once read."""
+        if self.route53 is None:
+            return None
+        cfg_check = next((c for c in self.config.checks if c.name == check), None)
+        record = self.config.record_for(cfg_check) if cfg_check is not None else None
+        spec = self.records.get(record.key) if record is not None else None
+        weights = self.route53.weights.get(spec) if spec is not None else None
+        return weights.platform_shares() if weights is not None else None
+
+
+def expected_error_ratio(shares: Mapping[str, float], error_ratios: Mapping[str, float]) -> float:
+    """What users see through DNS: the sum over platforms of traffic share x error ratio.
+
+    A platform without traffic adds nothing, whatever its error ratio (even unknown); one with
+    traffic but no samples makes the figure unknown (NaN).
+    """
+    total = 0.0
+    for platform, share in shares.items():
+        if share > 0:
+            total += share * error_ratios.get(platform, math.nan)
+    return total
 
 
 def _q(q: float) -> str:
@@ -94,6 +121,11 @@ class StateCollector(Collector):
             "Candidate minus baseline window error ratio.",
             labels=["check"],
         )
+        expected = GaugeMetricFamily(
+            "cutover_expected_error_ratio",
+            "What users see through DNS: sum over platforms of traffic share x window error ratio.",
+            labels=["check"],
+        )
         baseline, candidate = cfg.baseline, cfg.candidate
         for state in view.checks:
             stats = {}
@@ -129,8 +161,62 @@ class StateCollector(Collector):
                 for q in QUANTILES:
                     l_ratio.add_metric([state.name, _q(q)], ratio(c.quantiles[q], b.quantiles[q]))
                 e_delta.add_metric([state.name], c.error_ratio - b.error_ratio)
+            shares = view.shares_for(state.name)
+            if shares is not None:
+                ratios = {p: st.error_ratio for p, st in stats.items()}
+                expected.add_metric([state.name], expected_error_ratio(shares, ratios))
         yield from (success, duration, phase, status, probes, failures, expiry)
         yield from (w_latency, w_errors, w_samples, l_ratio, e_delta)
+        if view.route53 is not None:
+            yield expected
+            yield from route53_families(view.route53, view.records.values())
+
+
+def route53_families(snap: Route53Snapshot, records: Iterable[RecordSpec]) -> Iterator[Metric]:
+    weight = GaugeMetricFamily(
+        "cutover_route53_weight",
+        "Weight of each record set of a weighted record; platform is empty for a set that maps "
+        "to no configured platform.",
+        labels=["hosted_zone", "record", "set_identifier", "platform"],
+    )
+    share = GaugeMetricFamily(
+        "cutover_route53_traffic_share",
+        "Share of the record's traffic each platform gets (0..1).",
+        labels=["hosted_zone", "record", "platform"],
+    )
+    missing = GaugeMetricFamily(
+        "cutover_route53_set_identifier_missing",
+        "1 when a configured SetIdentifier is not in the record's weighted group.",
+        labels=["hosted_zone", "record", "set_identifier", "platform"],
+    )
+    for spec in records:
+        weights = snap.weights.get(spec)
+        if weights is None:
+            continue
+        zone, name = spec.zone_id, spec.fqdn
+        for entry in weights.entries:
+            weight.add_metric(
+                [zone, name, entry.set_identifier, entry.platform or ""], entry.weight
+            )
+        for platform, value in weights.platform_shares().items():
+            share.add_metric([zone, name, platform], value)
+        gone = set(weights.missing)
+        for platform, ident in spec.set_identifiers.items():
+            missing.add_metric([zone, name, ident, platform], 1.0 if ident in gone else 0.0)
+    yield from (weight, share, missing)
+    last = GaugeMetricFamily(
+        "cutover_route53_last_success_timestamp_seconds",
+        "Time of the last poll that read every configured record.",
+    )
+    if snap.last_success is not None:
+        last.add_metric([], snap.last_success)
+    yield last
+    errors = CounterMetricFamily(
+        "cutover_route53_errors", "Failed Route53 reads, by reason.", labels=["reason"]
+    )
+    for reason, count in snap.errors.items():
+        errors.add_metric([reason], float(count))
+    yield errors
 
 
 class BuildInfoCollector(Collector):

@@ -25,6 +25,7 @@ from pydantic import (
 
 from exporter.errors import ConfigError
 from exporter.probe import ProbeSpec
+from exporter.route53 import normalize_name
 
 NAME_RE = re.compile(r"^[a-z0-9_-]+$")
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -209,7 +210,7 @@ class Route53Record(_Model):
 
     @property
     def key(self) -> str:
-        return self.name.rstrip(".").lower()
+        return normalize_name(self.name)
 
 
 class Route53(_Model):
@@ -320,7 +321,7 @@ class Config(_Model):
         if check.record is None:
             records = self.route53.records
             return records[0] if len(records) == 1 else None
-        key = check.record.rstrip(".").lower()
+        key = normalize_name(check.record)
         return next((r for r in self.route53.records if r.key == key), None)
 
 
@@ -427,7 +428,7 @@ def _cross_check(cfg: Config) -> list[str]:
                         f"{loc}.set_identifiers: no SetIdentifier for platform {platform!r}"
                     )
     for i, check in enumerate(cfg.checks):
-        if check.record is not None and check.record.rstrip(".").lower() not in record_keys:
+        if check.record is not None and normalize_name(check.record) not in record_keys:
             errors.append(
                 f"checks[{i}].record: {check.record!r} is not one of route53.records"
                 + ("" if cfg.route53 else " (there is no route53 section)")
@@ -449,7 +450,7 @@ def _cross_check(cfg: Config) -> list[str]:
         if slack.token is not None and not slack.token.strip():
             errors.append("alerting.slack.token: is empty")
     if cfg.shift is not None:
-        if cfg.shift.record.rstrip(".").lower() not in record_keys:
+        if normalize_name(cfg.shift.record) not in record_keys:
             errors.append(f"shift.record: {cfg.shift.record!r} is not one of route53.records")
         if cfg.shift.rollback_to >= cfg.shift.steps[0]:
             errors.append("shift.rollback_to: must be below the first step")

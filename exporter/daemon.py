@@ -19,12 +19,28 @@ from exporter.config import Check, Config, load_config, probe_spec
 from exporter.errors import ConfigError
 from exporter.logs import REDACTOR
 from exporter.probe import Prober
+from exporter.route53 import RecordSpec, Route53Reader, Route53State
 from exporter.state import CheckState, Series
 from exporter.window import Window
 
 log = logging.getLogger("cutover")
 
 LOOP_LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+def record_specs(cfg: Config) -> dict[str, RecordSpec]:
+    """The Route53 records to read, by their config key (the normalised record name)."""
+    if cfg.route53 is None:
+        return {}
+    return {
+        r.key: RecordSpec(
+            hosted_zone_id=r.hosted_zone_id,
+            name=r.name,
+            type=r.type,
+            set_identifiers=r.set_identifiers,
+        )
+        for r in cfg.route53.records
+    }
 
 
 def secrets_of(cfg: Config) -> Iterator[str]:
@@ -71,6 +87,9 @@ class Daemon:
         self._running: dict[str, _Running] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.last_reload_ok = True
+        self.records: dict[str, RecordSpec] = {}
+        self.route53: Route53State | None = None
+        self._route53_task: asyncio.Task[None] | None = None
 
         self.reload_ok = Gauge(
             "cutover_config_last_reload_successful",
@@ -101,7 +120,13 @@ class Daemon:
         return [r.state for r in self._running.values()]
 
     def view(self) -> View:
-        return View(config=self.config, checks=self.checks(), now=time.monotonic())
+        return View(
+            config=self.config,
+            checks=self.checks(),
+            now=time.monotonic(),
+            route53=self.route53.snapshot() if self.route53 is not None else None,
+            records=self.records,
+        )
 
     @property
     def ready(self) -> bool:
@@ -111,15 +136,21 @@ class Daemon:
 
     async def start(self) -> None:
         self._apply(self.config, previous={})
+        self._apply_route53(self.config, previous=None)
         self._spawn(self._watch_loop_lag(), "loop-lag")
 
     async def stop(self) -> None:
         tasks = [r.task for r in self._running.values()] + list(self._tasks)
         for task in tasks:
             task.cancel()
+        if self._route53_task is not None:
+            tasks.append(self._route53_task)
+            self._route53_task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._running.clear()
         self._tasks.clear()
+        if self.route53 is not None:
+            self.route53.close()
 
     def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
@@ -146,6 +177,7 @@ class Daemon:
         if new.listen != self.config.listen:
             log.warning("listen address changes take effect only after a restart")
         self._apply(new, previous=self._running)
+        self._apply_route53(new, previous=self.config)
         self.config = new
         self.config_loaded_at = time.time()
         self.reload_ok.set(1)
@@ -195,6 +227,33 @@ class Daemon:
             gone.task.cancel()
         self._running = running
 
+    def _apply_route53(self, cfg: Config, previous: Config | None) -> None:
+        """Start, change or stop the Route53 reader; records still configured keep their weights."""
+        old = previous.route53 if previous is not None else None
+        if previous is not None and cfg.route53 == old and self.route53 is not None:
+            return
+        if self._route53_task is not None:
+            self._route53_task.cancel()
+            self._route53_task = None
+        self.records = record_specs(cfg)
+        if cfg.route53 is None:
+            if self.route53 is not None:
+                self.route53.close()
+                self.route53 = None
+            return
+        reader = Route53Reader(
+            tuple(self.records.values()),
+            endpoint_url=cfg.route53.endpoint_url,
+            timeout=cfg.route53.timeout,
+        )
+        if self.route53 is None:
+            self.route53 = Route53State(reader, logger=logging.getLogger("cutover.route53"))
+        else:
+            self.route53.replace_reader(reader)
+        self._route53_task = asyncio.create_task(
+            self._route53_loop(self.route53, cfg.route53.interval), name="route53"
+        )
+
     # -- loops ------------------------------------------------------------------------------
 
     async def _probe_loop(self, check: Check, state: CheckState) -> None:
@@ -227,6 +286,18 @@ class Daemon:
             if late > 0:
                 # a stalled loop: skip the missed slots instead of firing them in a burst
                 next_at += (late // interval + 1) * interval
+
+    async def _route53_loop(self, state: Route53State, interval: float) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            try:
+                await state.poll_once()
+            except Exception:
+                # the state turns every Route53 failure into a reason; anything else is a bug,
+                # and still must not end the polling
+                log.exception("route53: unexpected error while polling")
+            await asyncio.sleep(max(0.0, interval - (loop.time() - started)))
 
     async def _watch_loop_lag(self) -> None:
         loop = asyncio.get_running_loop()

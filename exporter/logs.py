@@ -90,3 +90,6 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     # aiohttp's access log is noise at info level: Prometheus scrapes every few seconds
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # their debug output dumps whole requests, signed headers included: not ours to print
+    for name in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))

@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__
+from exporter.collector import View, expected_error_ratio
 from exporter.daemon import Daemon
 from exporter.state import CheckState, ratio
 
@@ -21,10 +22,48 @@ def _num(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
+def route53_data(view: View) -> dict[str, Any] | None:
+    snap = view.route53
+    if snap is None:
+        return None
+    records = []
+    for spec in view.records.values():
+        weights = snap.weights.get(spec)
+        failing = snap.failing.get(spec)
+        records.append(
+            {
+                "hosted_zone": spec.zone_id,
+                "name": spec.fqdn,
+                "type": weights.type if weights else spec.record_type,
+                "ttl": weights.ttl if weights else None,
+                "fetched_at": weights.fetched_at if weights else None,
+                "error": None
+                if failing is None
+                else {"reason": failing.reason, "detail": failing.detail},
+                "shares": weights.platform_shares() if weights else None,
+                "record_sets": [
+                    {
+                        "set_identifier": e.set_identifier,
+                        "platform": e.platform,
+                        "weight": e.weight,
+                        "share": e.share,
+                        "alias": e.alias,
+                        "target": e.target,
+                    }
+                    for e in (weights.entries if weights else ())
+                ],
+                "missing_set_identifiers": list(weights.missing) if weights else [],
+                "unmapped_set_identifiers": list(weights.unmapped) if weights else [],
+            }
+        )
+    return {"last_success": snap.last_success, "errors": dict(snap.errors), "records": records}
+
+
 def status_data(daemon: Daemon) -> dict[str, Any]:
     """The status page's data. Never includes headers, tokens or other configured secrets."""
     cfg = daemon.config
-    now = time.monotonic()
+    view = daemon.view()
+    now = view.now
     checks = []
     for state in daemon.checks():
         check = next((c for c in cfg.checks if c.name == state.name), None)
@@ -67,6 +106,12 @@ def status_data(daemon: Daemon) -> dict[str, Any]:
                 },
                 "error_ratio_delta": _num(c.error_ratio - b.error_ratio),
             }
+        shares = view.shares_for(state.name)
+        expected = None
+        if shares is not None:
+            expected = _num(
+                expected_error_ratio(shares, {p: st.error_ratio for p, st in stats.items()})
+            )
         checks.append(
             {
                 "name": state.name,
@@ -75,6 +120,8 @@ def status_data(daemon: Daemon) -> dict[str, Any]:
                 "record": check.record if check else None,
                 "platforms": platforms,
                 "comparison": comparison,
+                "traffic_share": shares,
+                "expected_error_ratio": expected,
             }
         )
     return {
@@ -95,6 +142,7 @@ def status_data(daemon: Daemon) -> dict[str, Any]:
             "errors_max_increase": cfg.judge.errors.max_increase,
         },
         "checks": checks,
+        "route53": route53_data(view),
     }
 
 
@@ -122,8 +170,9 @@ def _x(value: float | None) -> str:
     return "–" if value is None or math.isnan(value) else f"{value:.2f}x"
 
 
-def _check_table(daemon: Daemon, state: CheckState, now: float) -> str:
+def _check_table(daemon: Daemon, view: View, state: CheckState) -> str:
     cfg = daemon.config
+    now = view.now
     order = [cfg.baseline, cfg.candidate]
     series = [state.series[p] for p in order if p in state.series]
     stats = [s.stats(now) for s in series]
@@ -149,6 +198,9 @@ def _check_table(daemon: Daemon, state: CheckState, now: float) -> str:
     rows.append(("window p99", [_ms(st.quantiles[0.99]) for st in stats]))
     rows.append(("error ratio", [_pct(st.error_ratio) for st in stats]))
     rows.append(("samples", [str(st.samples) for st in stats]))
+    shares = view.shares_for(state.name)
+    if shares is not None:
+        rows.append(("traffic share", [_pct(shares.get(s.platform)) for s in series]))
     body = "".join(
         f"<tr><th class='l'>{escape(label)}</th>"
         + "".join(
@@ -172,6 +224,14 @@ def _check_table(daemon: Daemon, state: CheckState, now: float) -> str:
             f"<td colspan=2 class='l'>p50 {_x(p50)} · p95 {_x(p95)} · error ratio "
             f"{'–' if math.isnan(delta) else f'{delta * 100:+.1f} pts'}</td></tr>"
         )
+    if shares is not None:
+        users = expected_error_ratio(
+            shares, {s.platform: st.error_ratio for s, st in zip(series, stats, strict=True)}
+        )
+        comparison += (
+            "<tr><th class='l'>users see (through DNS)</th>"
+            f"<td colspan=2 class='l'>{_pct(users)} of requests failing</td></tr>"
+        )
     spec = series[0].spec if series else None
     title = escape(state.name) + (
         f" <code class='muted'>{escape(_path_of(spec.url))}</code>" if spec else ""
@@ -184,10 +244,65 @@ def _path_of(url: str) -> str:
     return "/" + rest.split("/", 1)[1] if "/" in rest else "/"
 
 
+def _ago(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    seconds = max(0.0, time.time() - ts)
+    return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
+
+
+def _route53_html(view: View) -> str:
+    data = route53_data(view)
+    if data is None:
+        return ""
+    parts = [
+        "<h2>Traffic (Route53 weights)</h2>",
+        f"<div class='sub'>last complete read {escape(_ago(data['last_success']))}</div>",
+    ]
+    for rec in data["records"]:
+        title = f"{rec['name']} {rec['type'] or ''} in {rec['hosted_zone']}"
+        rows = "".join(
+            f"<tr><td class='l'>{escape(rs['platform'] or 'unmapped')}</td>"
+            f"<td class='l'>{escape(rs['set_identifier'])}</td><td>{rs['weight']}</td>"
+            f"<td>{_pct(rs['share'])}</td><td class='l'>{escape(rs['target'])}"
+            f"{' (alias)' if rs['alias'] else ''}</td></tr>"
+            for rs in rec["record_sets"]
+        )
+        notes = []
+        if rec["error"]:
+            notes.append(
+                f"<p class='bad'>reading failed: {escape(rec['error']['reason'])} "
+                f"({escape(rec['error']['detail'])}); showing the last known weights, read "
+                f"{escape(_ago(rec['fetched_at']))}</p>"
+            )
+        if rec["missing_set_identifiers"]:
+            notes.append(
+                "<p class='bad'>configured but not in the zone: "
+                + escape(", ".join(rec["missing_set_identifiers"]))
+                + "</p>"
+            )
+        if rec["unmapped_set_identifiers"]:
+            notes.append(
+                "<p class='bad'>in the zone but mapped to no platform: "
+                + escape(", ".join(rec["unmapped_set_identifiers"]))
+                + "</p>"
+            )
+        parts.append(
+            f"<h3>{escape(title)}</h3>"
+            + "".join(notes)
+            + "<table><tr><th class='l'>platform</th><th class='l'>SetIdentifier</th>"
+            "<th>weight</th><th>share</th><th class='l'>target</th></tr>"
+            + (rows or "<tr><td colspan=5 class='muted'>not read yet</td></tr>")
+            + "</table>"
+        )
+    return "".join(parts)
+
+
 def status_html(daemon: Daemon) -> str:
     cfg = daemon.config
-    now = time.monotonic()
-    tables = "".join(_check_table(daemon, state, now) for state in daemon.checks())
+    view = daemon.view()
+    tables = "".join(_check_table(daemon, view, state) for state in view.checks)
+    tables = _route53_html(view) + tables
     ready = "ready" if daemon.ready else "starting: not every check has been probed yet"
     reload_note = (
         ""

@@ -48,6 +48,7 @@ class FakePlatform:
     body: str = '{"status": "ok"}'
     mode: str = "ok"  # ok | hang | reset
     hang_paths: set[str] = field(default_factory=set)  # these paths hang whatever the mode
+    fail_every: int = 0  # every n-th request answers 503
     hits: int = 0
     host_headers: list[str] = field(default_factory=list)
     port: int = 0
@@ -69,6 +70,8 @@ class FakePlatform:
             return web.Response()
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.fail_every and self.hits % self.fail_every == 0:
+            return web.Response(status=503, text="unavailable")
         return web.Response(status=self.status, text=self.body, content_type="application/json")
 
     @property
@@ -215,8 +218,24 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
+FAKE_AWS = {
+    # fake credentials, and no way for boto3 to find real ones or reach anything but 127.0.0.1
+    "AWS_ACCESS_KEY_ID": "AKIAFAKEFAKEFAKE",
+    "AWS_SECRET_ACCESS_KEY": "fake-aws-secret-key-value",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_CONFIG_FILE": "/nonexistent/aws-config",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
+}
+
+
 def daemon_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CUTOVER_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CUTOVER_", "AWS_")) and k.lower() not in ("http_proxy", "https_proxy")
+    }
+    env.update(FAKE_AWS)
     env.update({"PROBE_SECRET": "s3cr3t-probe-value", "PYTHONUNBUFFERED": "1"})
     env.update(extra)
     return env
