@@ -1,0 +1,410 @@
+"""Incident lifecycle (pending, firing, resolved) as a pure state machine, and its persistence."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from exporter.judge import SIGNALS, Evaluation, State, Verdict
+
+STATE_VERSION = 1
+# Down is not a statistical guess: the candidate failed its last probes, so it fires at once.
+IMMEDIATE_SIGNALS = frozenset({"down"})
+
+FigureValue = float | int | str | bool | None
+
+
+class Phase(StrEnum):
+    PENDING = "pending"
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertSettings:
+    """The config's `alerting` timings, in seconds."""
+
+    for_: float = 60.0
+    resolve_after: float = 120.0
+    repeat_interval: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.for_ < 0 or self.resolve_after < 0 or self.repeat_interval <= 0:
+            raise ValueError("for_ and resolve_after must be >= 0, repeat_interval > 0")
+
+
+@dataclass(slots=True)
+class Incident:
+    """One regression of one signal on one check, from first sight to resolution.
+
+    `notify` belongs to the notification layer (message ts, channel, ...): the machine only
+    keeps and persists it.
+    """
+
+    id: str
+    check: str
+    signal: str
+    started_at: float
+    phase: Phase = Phase.PENDING
+    fired_at: float | None = None
+    resolved_at: float | None = None
+    # first evaluation without the signal since it was last seen; None while it is present
+    clear_since: float | None = None
+    last_seen_at: float | None = None
+    reminded_at: float | None = None
+    figures: dict[str, FigureValue] = field(default_factory=dict)
+    notify: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.check, self.signal)
+
+    @property
+    def duration(self) -> float:
+        """From first sight to the last evaluation that still saw it (or now, if unresolved)."""
+        end = self.clear_since if self.clear_since is not None else self.last_seen_at
+        return max(0.0, (end if end is not None else self.started_at) - self.started_at)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "check": self.check,
+            "signal": self.signal,
+            "started_at": self.started_at,
+            "phase": self.phase.value,
+            "fired_at": self.fired_at,
+            "resolved_at": self.resolved_at,
+            "clear_since": self.clear_since,
+            "last_seen_at": self.last_seen_at,
+            "reminded_at": self.reminded_at,
+            "figures": dict(self.figures),
+            "notify": dict(self.notify),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Incident:
+        try:
+            incident = cls(
+                id=_str(data["id"]),
+                check=_str(data["check"]),
+                signal=_str(data["signal"]),
+                started_at=_time(data["started_at"]),
+                phase=Phase(data["phase"]),
+                fired_at=_optional_time(data.get("fired_at")),
+                resolved_at=_optional_time(data.get("resolved_at")),
+                clear_since=_optional_time(data.get("clear_since")),
+                last_seen_at=_optional_time(data.get("last_seen_at")),
+                reminded_at=_optional_time(data.get("reminded_at")),
+                figures=dict(_mapping(data.get("figures", {}))),
+                notify=dict(_mapping(data.get("notify", {}))),
+            )
+        except KeyError as e:
+            raise ValueError(f"incident: missing {e.args[0]!r}") from None
+        if incident.signal not in SIGNALS:
+            raise ValueError(f"incident {incident.id}: unknown signal {incident.signal!r}")
+        if incident.phase is Phase.FIRING and incident.fired_at is None:
+            raise ValueError(f"incident {incident.id}: firing without fired_at")
+        return incident
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _time(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"expected a time in seconds, got {value!r}")
+    return float(value)
+
+
+def _optional_time(value: object) -> float | None:
+    return None if value is None else _time(value)
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"expected an object, got {value!r}")
+    return value
+
+
+# Events carry the live incident: the notification layer writes its message ids into
+# `incident.notify`, and the next save keeps them.
+
+
+@dataclass(frozen=True, slots=True)
+class Fired:
+    """Post the message: the regression held for `for` (down: at once)."""
+
+    incident: Incident
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """Edit the message and reply how long it lasted: gone for `resolve_after`."""
+
+    incident: Incident
+    duration: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reminder:
+    """Reply in the thread: still firing after another `repeat_interval`."""
+
+    incident: Incident
+
+
+Event = Fired | Resolved | Reminder
+
+
+def incident_id(check: str, signal: str, started_at: float) -> str:
+    """Stable across restarts and readable in logs: check, signal and first sight in ms."""
+    return f"{check}.{signal}.{round(started_at * 1000)}"
+
+
+class Alerts:
+    """Open incidents per (check, signal) and the transitions between them.
+
+    Call `update(check, evaluation, now)` after every judge evaluation and act on the events it
+    returns; `save` whenever `revision` moved (figures refresh without moving it). Nothing here
+    reads a clock or touches a file except `save`/`load`.
+    """
+
+    def __init__(
+        self, settings: AlertSettings | None = None, incidents: Iterable[Incident] = ()
+    ) -> None:
+        self.settings = settings if settings is not None else AlertSettings()
+        self.revision = 0  # bumped by every transition worth persisting
+        self._open: dict[tuple[str, str], Incident] = {}
+        for incident in incidents:
+            if incident.phase is Phase.RESOLVED:
+                continue
+            if incident.key in self._open:
+                raise ValueError(f"two open incidents for {incident.check}/{incident.signal}")
+            self._open[incident.key] = incident
+
+    @property
+    def incidents(self) -> tuple[Incident, ...]:
+        """Open incidents, pending and firing, oldest first."""
+        return tuple(sorted(self._open.values(), key=lambda i: (i.started_at, i.id)))
+
+    def firing(self) -> tuple[Incident, ...]:
+        return tuple(i for i in self.incidents if i.phase is Phase.FIRING)
+
+    def get(self, check: str, signal: str) -> Incident | None:
+        return self._open.get((check, signal))
+
+    def update(self, check: str, evaluation: Evaluation, now: float) -> list[Event]:
+        """Feed one evaluation of `check`; returns what to notify about, in order."""
+        events: list[Event] = []
+        for verdict in evaluation.verdicts():
+            figures: dict[str, FigureValue] | None = None
+            if verdict.state is State.REGRESSED:
+                figures = {**evaluation.figures.as_dict(), **verdict.as_dict()}
+            event = self.observe(check, verdict, now, figures)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def observe(
+        self,
+        check: str,
+        verdict: Verdict,
+        now: float,
+        figures: Mapping[str, FigureValue] | None = None,
+    ) -> Event | None:
+        """Feed one signal's verdict; returns the event it causes, if any."""
+        key = (check, verdict.signal)
+        incident = self._open.get(key)
+        present = verdict.state is State.REGRESSED
+        # too few samples says nothing either way: an open incident neither advances nor clears
+        unknown = verdict.state is State.INCONCLUSIVE
+        if incident is None:
+            if not present:
+                return None
+            incident = Incident(
+                id=incident_id(check, verdict.signal, now),
+                check=check,
+                signal=verdict.signal,
+                started_at=now,
+            )
+            self._open[key] = incident
+            self.revision += 1
+
+        if present:
+            incident.last_seen_at = now
+            if incident.clear_since is not None:
+                incident.clear_since = None
+                self.revision += 1
+            if figures is not None:
+                incident.figures = dict(figures)
+
+        if incident.phase is Phase.PENDING:
+            if present:
+                immediate = verdict.signal in IMMEDIATE_SIGNALS
+                held = now - incident.started_at >= self.settings.for_
+                # firing needs the evidence to clear the bar again now, not just to have held
+                if verdict.significant and (immediate or held):
+                    incident.phase = Phase.FIRING
+                    incident.fired_at = now
+                    incident.reminded_at = now
+                    self.revision += 1
+                    return Fired(incident)
+                return None
+            if unknown:
+                return None
+            del self._open[key]
+            self.revision += 1
+            return None
+
+        # firing
+        if not present and not unknown:
+            if incident.clear_since is None:
+                incident.clear_since = now
+                self.revision += 1
+            if now - incident.clear_since >= self.settings.resolve_after:
+                incident.phase = Phase.RESOLVED
+                incident.resolved_at = now
+                del self._open[key]
+                self.revision += 1
+                return Resolved(incident, incident.duration)
+            return None
+        last = incident.reminded_at if incident.reminded_at is not None else incident.fired_at
+        if (
+            incident.clear_since is None
+            and last is not None
+            and now - last >= self.settings.repeat_interval
+        ):
+            incident.reminded_at = now
+            self.revision += 1
+            return Reminder(incident)
+        return None
+
+    def remove_check(self, check: str) -> list[Incident]:
+        """Forget a check that left the configuration; returns its open incidents."""
+        removed = [i for k, i in self._open.items() if k[0] == check]
+        for incident in removed:
+            del self._open[incident.key]
+        self.revision += bool(removed)
+        return removed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "incidents": [i.to_dict() for i in self.incidents],
+        }
+
+    @classmethod
+    def from_dict(cls, data: object, settings: AlertSettings | None = None) -> Alerts:
+        data = _mapping(data)
+        if data.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported state version {data.get('version')!r}")
+        raw = data.get("incidents")
+        if not isinstance(raw, list):
+            raise ValueError("'incidents' must be a list")
+        return cls(settings, [Incident.from_dict(_mapping(item)) for item in raw])
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True, allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str, settings: AlertSettings | None = None) -> Alerts:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"not JSON: {e}") from None
+        return cls.from_dict(data, settings)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        save_atomic(path, self.to_json())
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        settings: AlertSettings | None = None,
+        now: float | None = None,
+    ) -> Alerts:
+        """The machine saved at `path`; empty when there is none.
+
+        A corrupt file is moved aside (see `load_json`) and reported as ValueError naming it.
+        """
+        text = read_state(path, now)
+        if text is None:
+            return cls(settings)
+        try:
+            return cls.from_json(text, settings)
+        except ValueError as e:
+            raise _set_aside(Path(path), str(e), now) from None
+
+
+def save_atomic(path: str | os.PathLike[str], data: str | bytes) -> None:
+    """Replace `path` with `data` so that a crash leaves either the old or the new file."""
+    target = Path(path)
+    payload = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    # the rename itself must reach the disk too
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def read_state(path: str | os.PathLike[str], now: float | None = None) -> str | None:
+    """The text of a state file, or None when it does not exist yet.
+
+    A file that is not text is set aside like a corrupt one (see `load_json`).
+    """
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except UnicodeDecodeError as e:
+        raise _set_aside(Path(path), f"not UTF-8 text ({e.reason})", now) from None
+
+
+def load_json(path: str | os.PathLike[str], now: float | None = None) -> Any:
+    """Parsed JSON from a state file; None when missing.
+
+    A file that does not parse is renamed to `<name>.corrupt-<unix time>` (kept for a person to
+    look at, and out of the way of the next save) and reported as ValueError naming both files.
+    """
+    text = read_state(path, now)
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _set_aside(Path(path), f"not JSON: {e}", now) from None
+
+
+def _set_aside(path: Path, reason: str, now: float | None) -> ValueError:
+    stamp = int(now if now is not None else time.time())
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    try:
+        os.replace(path, aside)
+    except OSError as e:
+        return ValueError(f"{path}: corrupt state file ({reason}); could not move it aside: {e}")
+    return ValueError(f"{path}: corrupt state file ({reason}); moved aside to {aside}")
