@@ -1,0 +1,1123 @@
+"""The guarded shift plan: when to move the Route53 weights a step, and when to roll them back.
+
+A pure state machine: every method takes the time as an argument, reads no clock and does no
+I/O except `save`/`load`. The daemon feeds it one `Observation` per evaluation and carries out
+the `Action`s it returns (write weights with `route53_write.Route53Writer`, post to Slack), then
+reports each write's outcome with `change_applied` or `change_failed`.
+
+    states        running           a weight change is in flight (issued, not yet INSYNC)
+                  holding           at a share: waiting for the hold, samples, a clean judge
+                  waiting_approval  (manual mode) the hold is over: a person must approve the step
+                  paused            by a person, by a hand change of the weights, or by failing writes
+                  rolled_back       the candidate was set to `rollback_to`; a person must resume
+                  done              the last step held
+
+Below the first step (at the start, or at `rollback_to` after a rollback) nothing is held: the
+gates are samples on both sides and a quiet judge. A control call that does not apply raises
+`Refused`, whose text is meant for the person who made it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
+
+from exporter.alerts import read_state, save_atomic
+from exporter.route53 import normalize_name
+
+if TYPE_CHECKING:
+    from exporter.config import Shift
+
+__all__ = [
+    "ALIAS_TTL",
+    "HISTORY_LIMIT",
+    "Action",
+    "Change",
+    "Notify",
+    "Observation",
+    "Phase",
+    "Refused",
+    "SetWeights",
+    "ShiftPlan",
+    "ShiftSettings",
+    "ShiftStatus",
+    "Transition",
+    "candidate_percent",
+    "format_left",
+    "weights_for",
+]
+
+STATE_VERSION: Final = 1
+HISTORY_LIMIT: Final = 50
+# An alias record has no TTL of its own; answers carry the target's (60 s for ELB/ALB/NLB).
+ALIAS_TTL: Final = 60.0
+# A step whose write keeps failing (after the writer's own retries) pauses the plan after this
+# many tries; a rollback is retried for as long as it takes.
+MAX_STEP_ATTEMPTS: Final = 3
+_EPS: Final = 1e-6
+
+PausedBy = Literal["person", "hand_change", "failure", "rollback"]
+ChangeKind = Literal["step", "rollback"]
+
+
+class Phase(StrEnum):
+    RUNNING = "running"
+    HOLDING = "holding"
+    WAITING_APPROVAL = "waiting_approval"
+    PAUSED = "paused"
+    ROLLED_BACK = "rolled_back"
+    DONE = "done"
+
+
+class Refused(Exception):
+    """A control call (pause, resume, approve, rollback) that does not apply in this state."""
+
+
+def weights_for(percent: float, baseline: str, candidate: str) -> dict[str, int]:
+    """Route53 weights that give the candidate `percent` of the traffic; never all zero.
+
+    Whole percents use 100 - p / p; halves use a sum of 200; anything finer is rounded to a
+    sum of 255 (Route53's largest weight), keeping both sides non-zero unless at 0 or 100.
+    """
+    if not 0 <= percent <= 100 or not math.isfinite(percent):
+        raise ValueError(f"a share must be between 0 and 100 percent, got {percent!r}")
+    for total in (100, 200):
+        scaled = percent * total / 100
+        if abs(scaled - round(scaled)) < _EPS:
+            return {baseline: total - round(scaled), candidate: round(scaled)}
+    share = min(max(round(percent * 2.55), 1), 254)
+    return {baseline: 255 - share, candidate: share}
+
+
+def candidate_percent(
+    weights: Mapping[str, int | None], baseline: str, candidate: str
+) -> float | None:
+    """The candidate's share in percent of the two platforms' weights; None if one is missing."""
+    base, cand = weights.get(baseline), weights.get(candidate)
+    if base is None or cand is None:
+        return None
+    total = base + cand
+    # Route53 splits evenly when every weight is zero.
+    return 50.0 if total == 0 else round(100.0 * cand / total, 6)
+
+
+def format_left(seconds: float) -> str:
+    """4m 12s, 1h 5m, 42s: how long a person still has to wait."""
+    s = max(0, math.ceil(seconds))
+    hours, rest = divmod(s, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes}m" if minutes else f"{hours}h"
+    if minutes:
+        return f"{minutes}m {secs}s" if secs else f"{minutes}m"
+    return f"{secs}s"
+
+
+def _pct(share: float | None) -> str:
+    return "?" if share is None else f"{share:g}%"
+
+
+@dataclass(frozen=True, slots=True)
+class ShiftSettings:
+    """The config's `shift` section plus what the plan needs around it, in seconds and percent."""
+
+    record: str
+    baseline: str
+    candidate: str
+    steps: tuple[float, ...] = (10.0, 25.0, 50.0, 100.0)
+    hold: float = 1800.0
+    ttl_margin: float = 5.0
+    min_samples: int = 50
+    rollback_to: float = 0.0
+    mode: Literal["auto", "manual"] = "auto"
+    # No writes reach Route53: the plan trusts its own writes instead of reading them back.
+    dry_run: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.steps:
+            problems.append("at least one step is needed")
+        if any(not 0 < s <= 100 for s in self.steps):
+            problems.append("steps must be in (0, 100]")
+        if any(b <= a for a, b in zip(self.steps, self.steps[1:], strict=False)):
+            problems.append("steps must increase strictly")
+        if self.steps and not 0 <= self.rollback_to < self.steps[0]:
+            problems.append("rollback_to must be >= 0 and below the first step")
+        if self.hold < 0 or self.ttl_margin < 0 or self.min_samples < 0:
+            problems.append("hold, ttl_margin and min_samples must not be negative")
+        if self.baseline == self.candidate:
+            problems.append("baseline and candidate must be two platforms")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @classmethod
+    def from_config(
+        cls, shift: Shift, *, baseline: str, candidate: str, dry_run: bool
+    ) -> ShiftSettings:
+        return cls(
+            record=shift.record,
+            baseline=baseline,
+            candidate=candidate,
+            steps=tuple(float(s) for s in shift.steps),
+            hold=shift.hold,
+            ttl_margin=shift.ttl_margin,
+            min_samples=shift.min_samples,
+            rollback_to=float(shift.rollback_to),
+            mode=shift.mode,
+            dry_run=dry_run,
+        )
+
+    def hold_for(self, ttl: float | None) -> float:
+        """The hold, raised to the record's TTL plus the margin so resolvers saw the change."""
+        return max(self.hold, (ALIAS_TTL if ttl is None else ttl) + self.ttl_margin)
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What the daemon knows at one evaluation.
+
+    weights   platform -> weight read from Route53 (`RecordWeights.platform_weights()`); None
+              when unknown or stale, which holds the plan (it cannot tell a hand change)
+    baseline_samples / candidate_samples
+              probes made on each side since `plan.samples_since` (per side, e.g. the fewest
+              over the checks tied to the record); fewer than min_samples holds, never advances
+    firing    regression alerts firing on checks tied to the record (labels such as
+              "health/down" or incident ids; they come back in Notify.about)
+    pending   the same for alerts pending (seen, not yet fired): they hold, never advance
+    ttl       the record's TTL (`RecordWeights.ttl`); None for an alias record (its target's
+              TTL, assumed ALIAS_TTL, applies); read only along with fresh weights
+    read_at   when `weights` were read (`RecordWeights.fetched_at`): weights read before the
+              plan's last change was confirmed are older than that change and count as unknown,
+              not as a hand change
+    """
+
+    weights: Mapping[str, int | None] | None
+    baseline_samples: int = 0
+    candidate_samples: int = 0
+    firing: Sequence[str] = ()
+    pending: Sequence[str] = ()
+    ttl: float | None = None
+    read_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SetWeights:
+    """Write these weights (one atomic batch), then call change_applied/change_failed with seq.
+
+    `expected` is what the plan believes Route53 holds now: pass it to the writer so that a
+    weight changed by hand since the last read is refused, not overwritten. None for a
+    rollback, which must happen whatever the weights are.
+    """
+
+    seq: int
+    share: float
+    weights: Mapping[str, int]
+    expected: Mapping[str, int] | None
+    rollback: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """Something a person should hear about (Slack); `about` holds the firing alerts' labels."""
+
+    kind: Literal[
+        "step",
+        "rollback",
+        "rolled_back",
+        "paused",
+        "resumed",
+        "hand_change",
+        "waiting_approval",
+        "approved",
+        "change_failed",
+        "done",
+    ]
+    text: str
+    about: tuple[str, ...] = ()
+
+
+Action = SetWeights | Notify
+
+
+@dataclass(slots=True)
+class Change:
+    """A weight change issued and not yet confirmed INSYNC.
+
+    `unknown` says nobody knows whether it landed: the daemon restarted while it was in
+    flight, or the writer gave up. The plan then reads Route53 before anything else: the
+    target weights confirm it, the previous ones mean it never landed (tried again), anything
+    else is a hand change.
+    """
+
+    seq: int
+    kind: ChangeKind
+    share: float
+    weights: dict[str, int]
+    previous: dict[str, int] | None
+    issued_at: float
+    index: int | None = None  # the step it goes to, for a step
+    attempts: int = 1
+    unknown: bool = False
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "kind": self.kind,
+            "share": self.share,
+            "weights": dict(self.weights),
+            "previous": None if self.previous is None else dict(self.previous),
+            "issued_at": self.issued_at,
+            "index": self.index,
+            "attempts": self.attempts,
+            "unknown": self.unknown,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Change:
+        kind = data.get("kind")
+        if kind not in ("step", "rollback"):
+            raise ValueError(f"change: unknown kind {kind!r}")
+        previous = data.get("previous")
+        return cls(
+            seq=_int(data.get("seq"), "change.seq"),
+            kind=cast("ChangeKind", kind),
+            share=_share(data.get("share"), "change.share"),
+            weights=_weights(data.get("weights"), "change.weights"),
+            previous=None if previous is None else _weights(previous, "change.previous"),
+            issued_at=_time(data.get("issued_at"), "change.issued_at"),
+            index=_optional_int(data.get("index"), "change.index"),
+            attempts=_int(data.get("attempts", 1), "change.attempts"),
+            # after a restart nobody knows whether it landed
+            unknown=True,
+            error=_optional_str(data.get("error"), "change.error"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    at: float
+    state: Phase
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"at": self.at, "state": self.state.value, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Transition:
+        return cls(
+            at=_time(data.get("at"), "history.at"),
+            state=_phase(data.get("state")),
+            reason=_str(data.get("reason"), "history.reason"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ShiftStatus:
+    """What the status page, /api/v1/status and the metrics show about the plan."""
+
+    state: Phase
+    record: str
+    mode: str
+    dry_run: bool
+    steps: tuple[float, ...]
+    current_step: int | None  # index into steps of the share Route53 has now; None between steps
+    next_step: int | None  # index of the step the plan goes to next; None when none is left
+    share: float | None  # the candidate's percent as last written (or found); None before a read
+    target_share: float | None  # what it is being moved to while a change is in flight, else share
+    target_weights: Mapping[str, int] | None
+    hold: float  # seconds, already raised to TTL + margin
+    hold_left: float | None  # seconds; None where no hold applies
+    since: float | None  # when the current share began: the hold and the sample counts start here
+    waiting: tuple[str, ...]  # why the plan is not moving, most important first
+    paused_by: str | None
+    in_flight: Mapping[str, Any] | None
+    failed_share: float | None
+    history: tuple[Transition, ...]
+
+    @property
+    def why(self) -> str:
+        return "; ".join(self.waiting)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "record": self.record,
+            "mode": self.mode,
+            "dry_run": self.dry_run,
+            "steps": list(self.steps),
+            "current_step": self.current_step,
+            "next_step": self.next_step,
+            "share": self.share,
+            "target_share": self.target_share,
+            "target_weights": None if self.target_weights is None else dict(self.target_weights),
+            "hold_seconds": self.hold,
+            "hold_left_seconds": self.hold_left,
+            "since": self.since,
+            "waiting": list(self.waiting),
+            "why": self.why,
+            "paused_by": self.paused_by,
+            "in_flight": None if self.in_flight is None else dict(self.in_flight),
+            "failed_share": self.failed_share,
+            "history": [t.to_dict() for t in self.history],
+        }
+
+
+@dataclass(slots=True)
+class ShiftPlan:
+    """The plan's state. Build with `ShiftPlan(settings)` or `ShiftPlan.load(path, settings)`."""
+
+    settings: ShiftSettings
+    phase: Phase = Phase.HOLDING
+    share: float | None = None
+    # The weights cutover last wrote (or found and adopted). None: adopt the next read.
+    written: dict[str, int] | None = None
+    next_index: int | None = 0
+    since: float | None = None
+    in_flight: Change | None = None
+    paused_by: PausedBy | None = None
+    pause_reason: str | None = None
+    failed_share: float | None = None
+    seq: int = 0
+    # when the last change's outcome became known: weights read earlier predate it
+    fresh_after: float | None = None
+    ttl: float | None = None
+    firing: tuple[str, ...] = ()
+    history: list[Transition] = field(default_factory=list)
+    # the last observation and its time: status() explains waiting with it; not persisted
+    _last: Observation | None = None
+    _seen: tuple[str, ...] = ()
+
+    # --- what the daemon reads ------------------------------------------------------------
+
+    @property
+    def state(self) -> Phase:
+        return self.phase
+
+    @property
+    def samples_since(self) -> float | None:
+        """Count each side's probes from this time on for Observation.*_samples."""
+        return self.since
+
+    @property
+    def hold(self) -> float:
+        return self.settings.hold_for(self.ttl)
+
+    @property
+    def current_step(self) -> int | None:
+        share = self.share
+        if share is None:
+            return None
+        steps = self.settings.steps
+        return next((i for i, s in enumerate(steps) if abs(s - share) < _EPS), None)
+
+    def hold_left(self, now: float) -> float | None:
+        """Seconds of hold left at the current share; None where no hold applies."""
+        if self.since is None or not self._needs_hold():
+            return None
+        return max(0.0, self.since + self.hold - now)
+
+    def status(self, now: float) -> ShiftStatus:
+        target = self.in_flight
+        return ShiftStatus(
+            state=self.phase,
+            record=self.settings.record,
+            mode=self.settings.mode,
+            dry_run=self.settings.dry_run,
+            steps=self.settings.steps,
+            current_step=self.current_step,
+            next_step=self.next_index,
+            share=self.share,
+            target_share=target.share if target is not None else self.share,
+            target_weights=dict(target.weights if target is not None else self.written or {})
+            or None,
+            hold=self.hold,
+            hold_left=self.hold_left(now),
+            since=self.since,
+            waiting=tuple(self._waiting(now)),
+            paused_by=self.paused_by,
+            in_flight=None if target is None else target.to_dict(),
+            failed_share=self.failed_share,
+            history=tuple(self.history),
+        )
+
+    # --- one evaluation -------------------------------------------------------------------
+
+    def step(self, now: float, observation: Observation) -> list[Action]:
+        """Feed one evaluation; returns what to do, in order."""
+        obs = observation
+        if (
+            obs.weights is not None
+            and obs.read_at is not None
+            and self.fresh_after is not None
+            and obs.read_at < self.fresh_after
+        ):
+            obs = dataclasses.replace(obs, weights=None)
+        self._last = obs
+        if obs.weights is not None:
+            # None is an alias record's answer, not "unknown": only a fresh read says
+            self.ttl = None if obs.ttl is None else float(obs.ttl)
+        self.firing = tuple(obs.firing)
+        weights = self._two(obs.weights)
+        actions: list[Action] = []
+
+        landed: bool | None = None
+        change = self.in_flight
+        if change is not None and change.unknown and weights is not None:
+            landed = self._reconcile(now, change, weights, actions)
+
+        if obs.firing and self._guarded() and self._exposed():
+            actions += self._roll_back(
+                now, f"regression firing: {', '.join(obs.firing)}", tuple(obs.firing)
+            )
+            return actions
+
+        change = self.in_flight
+        if change is not None:
+            if landed is False:
+                actions += self._retry(now, change)
+            return actions
+
+        if self.phase is Phase.DONE:
+            return actions
+
+        if self.written is None:
+            if weights is not None and self.phase is Phase.HOLDING:
+                self._adopt(now, weights)
+            return actions
+
+        if (
+            weights is not None
+            and not self.settings.dry_run
+            and weights != self.written
+            and self.paused_by != "hand_change"
+        ):
+            actions += self._hand_change(now, weights)
+            return actions
+
+        if obs.firing and self.phase is Phase.HOLDING and set(obs.firing) != set(self._seen):
+            # below the first step nothing is rolled back, but the samples count afresh
+            self.since = now
+            self._note(now, f"regression firing: {', '.join(obs.firing)}; samples count afresh")
+        self._seen = tuple(obs.firing)
+
+        if self.phase in (Phase.HOLDING, Phase.WAITING_APPROVAL) and not self._blockers(now):
+            if self.next_index is None:
+                self._move(now, Phase.DONE, f"{self._held_text()}: the shift is done")
+                actions.append(
+                    Notify(
+                        "done",
+                        f"{self.settings.record}: {self.settings.candidate} carries "
+                        f"{_pct(self.share)} of the traffic: the shift is done",
+                    )
+                )
+            elif self.settings.mode == "auto":
+                actions += self._issue_step(now, self.next_index, self._held_text())
+            elif self.phase is Phase.HOLDING:
+                goal = _pct(self.settings.steps[self.next_index])
+                self._move(now, Phase.WAITING_APPROVAL, f"{self._held_text()}: approve {goal}")
+                actions.append(
+                    Notify(
+                        "waiting_approval",
+                        f"{self.settings.record}: {self.settings.candidate} held "
+                        f"{_pct(self.share)}; approve to go to {goal}",
+                    )
+                )
+        return actions
+
+    def change_applied(self, now: float, seq: int) -> list[Action]:
+        """The writer confirmed change `seq` INSYNC (or wrote it dry). Stale seqs are ignored."""
+        change = self.in_flight
+        if change is None or change.seq != seq:
+            return []
+        return self._confirm(now, change, "INSYNC")
+
+    def change_failed(self, now: float, seq: int, error: str) -> list[Action]:
+        """The writer gave up on change `seq`; the next evaluation reads Route53 to see."""
+        change = self.in_flight
+        if change is None or change.seq != seq:
+            return []
+        change.unknown = True
+        change.error = error
+        self.fresh_after = now
+        what = "rollback" if change.kind == "rollback" else "step"
+        self._note(now, f"{what} to {_pct(change.share)} failed: {error}")
+        return [
+            Notify(
+                "change_failed",
+                f"{self.settings.record}: setting {self.settings.candidate} to "
+                f"{_pct(change.share)} failed: {error}; checking Route53 before trying again",
+            )
+        ]
+
+    # --- control: a person's word ---------------------------------------------------------
+
+    def pause(self, now: float, reason: str = "paused by a person") -> list[Action]:
+        if self.phase is Phase.DONE:
+            raise Refused("nothing to pause: the shift is done")
+        if self.phase is Phase.PAUSED:
+            raise Refused(f"already paused ({self.pause_reason})")
+        if self.phase is Phase.ROLLED_BACK:
+            raise Refused(
+                f"already stopped: rolled back to {_pct(self.settings.rollback_to)}; "
+                "resume to continue"
+            )
+        self.paused_by, self.pause_reason = "person", reason
+        self._move(now, Phase.PAUSED, reason)
+        return [Notify("paused", f"{self.settings.record}: shift paused ({reason})")]
+
+    def resume(self, now: float, reason: str = "resumed by a person") -> list[Action]:
+        if self.phase not in (Phase.PAUSED, Phase.ROLLED_BACK):
+            raise Refused(f"not paused: {self._where(now)}")
+        if self.firing:
+            raise Refused(
+                f"cannot resume while a regression is firing ({', '.join(self.firing)}): "
+                "wait until it resolves"
+            )
+        change = self.in_flight
+        if self.phase is Phase.ROLLED_BACK and change is not None:
+            raise Refused(f"the rollback to {_pct(change.share)} is still being applied")
+        text = reason
+        if self.paused_by == "hand_change":
+            # The person's weights stand: take them as they are at the next read.
+            self.written = None
+            self.failed_share = None
+            text += "; taking the weights found in Route53 as the new starting point"
+            self._move(now, Phase.HOLDING, text)
+        elif self.phase is Phase.ROLLED_BACK:
+            failed = self.failed_share if self.failed_share is not None else self.share or 0.0
+            below = [i for i, s in enumerate(self.settings.steps) if s < failed - _EPS]
+            self.next_index = below[-1] if below else 0
+            self.since = now
+            self.failed_share = None
+            goal = _pct(self.settings.steps[self.next_index])
+            text += f"; going back to {goal} once both sides have samples again"
+            self._move(now, Phase.HOLDING, text)
+        elif change is not None:
+            self._move(now, Phase.RUNNING, text)
+        else:
+            self._move(now, Phase.HOLDING, text)
+        self.paused_by = self.pause_reason = None
+        return [Notify("resumed", f"{self.settings.record}: shift {text}")]
+
+    def approve(self, now: float) -> list[Action]:
+        if self.settings.mode != "manual":
+            raise Refused("nothing to approve: the plan runs in auto mode")
+        if self.phase is not Phase.WAITING_APPROVAL:
+            raise Refused(f"nothing to approve: {self._where(now)}")
+        blockers = self._blockers(now)
+        if blockers:
+            raise Refused(f"cannot approve now: {'; '.join(blockers)}")
+        assert self.next_index is not None
+        goal = _pct(self.settings.steps[self.next_index])
+        actions: list[Action] = [
+            Notify("approved", f"{self.settings.record}: step to {goal} approved")
+        ]
+        return actions + self._issue_step(now, self.next_index, f"approved: {goal}")
+
+    def rollback(self, now: float, reason: str = "rolled back by a person") -> list[Action]:
+        if self.phase is Phase.ROLLED_BACK:
+            raise Refused(f"already rolled back to {_pct(self.settings.rollback_to)}")
+        if not self._exposed():
+            raise Refused(
+                f"nothing to roll back: the candidate is at {_pct(self.share)} "
+                f"(rollback_to is {_pct(self.settings.rollback_to)})"
+            )
+        return self._roll_back(now, reason, ())
+
+    def replace_settings(self, now: float, settings: ShiftSettings) -> None:
+        """A reloaded config: keep the position, re-aim the next step at the new steps."""
+        old = self.settings
+        if normalize_name(old.record) != normalize_name(settings.record):
+            raise ValueError("a plan for another record is a new plan: build a new ShiftPlan")
+        if old.dry_run != settings.dry_run:
+            raise ValueError("a plan that starts or stops writing is a new plan: build a new one")
+        self.settings = settings
+        if old.steps != settings.steps:
+            self._reindex(now)
+
+    # --- persistence ------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "record": normalize_name(self.settings.record),
+            "dry_run": self.settings.dry_run,
+            "steps": list(self.settings.steps),
+            "phase": self.phase.value,
+            "share": self.share,
+            "written": None if self.written is None else dict(self.written),
+            "next_index": self.next_index,
+            "since": self.since,
+            "in_flight": None if self.in_flight is None else self.in_flight.to_dict(),
+            "paused_by": self.paused_by,
+            "pause_reason": self.pause_reason,
+            "failed_share": self.failed_share,
+            "seq": self.seq,
+            "fresh_after": self.fresh_after,
+            "ttl": self.ttl,
+            "firing": list(self.firing),
+            "history": [t.to_dict() for t in self.history],
+        }
+
+    @classmethod
+    def from_dict(cls, data: object, settings: ShiftSettings, now: float) -> ShiftPlan:
+        """The plan saved in `data`; a state for another record or write mode starts afresh.
+
+        A change that was in flight comes back as `unknown`: the plan reads Route53 before
+        doing anything else, so a restart never applies a step twice nor skips one.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"expected an object, got {type(data).__name__}")
+        if data.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported state version {data.get('version')!r}")
+        record = _str(data.get("record"), "record")
+        if record != normalize_name(settings.record):
+            plan = cls(settings)
+            plan._note(now, f"saved plan was for {record}: starting a new plan")
+            return plan
+        if data.get("dry_run") is not settings.dry_run:
+            plan = cls(settings)
+            was = "a dry run" if data.get("dry_run") else "writing to Route53"
+            plan._note(now, f"saved plan was {was}: starting a new plan")
+            return plan
+        paused_by = data.get("paused_by")
+        if paused_by not in (None, "person", "hand_change", "failure", "rollback"):
+            raise ValueError(f"unknown paused_by {paused_by!r}")
+        written = data.get("written")
+        in_flight = data.get("in_flight")
+        history = data.get("history", [])
+        firing = data.get("firing", [])
+        if not isinstance(history, list) or not isinstance(firing, list):
+            raise ValueError("history and firing must be lists")
+        plan = cls(
+            settings,
+            phase=_phase(data.get("phase")),
+            share=_optional_share(data.get("share"), "share"),
+            written=None if written is None else _weights(written, "written"),
+            next_index=_optional_int(data.get("next_index"), "next_index"),
+            since=_optional_time(data.get("since"), "since"),
+            in_flight=None if in_flight is None else Change.from_dict(_mapping(in_flight)),
+            paused_by=cast("PausedBy | None", paused_by),
+            pause_reason=_optional_str(data.get("pause_reason"), "pause_reason"),
+            failed_share=_optional_share(data.get("failed_share"), "failed_share"),
+            seq=_int(data.get("seq", 0), "seq"),
+            fresh_after=_optional_time(data.get("fresh_after"), "fresh_after"),
+            ttl=_optional_time(data.get("ttl"), "ttl"),
+            firing=tuple(_str(f, "firing") for f in firing),
+            history=[Transition.from_dict(_mapping(t)) for t in history][-HISTORY_LIMIT:],
+        )
+        steps = data.get("steps")
+        saved = tuple(steps) if isinstance(steps, list) else None
+        if saved != settings.steps:
+            plan._reindex(now)
+        elif plan.next_index is not None and not 0 <= plan.next_index < len(settings.steps):
+            raise ValueError(f"next_index {plan.next_index} is not a step")
+        if plan.in_flight is not None:
+            plan._note(
+                now,
+                f"restarted with the change to {_pct(plan.in_flight.share)} in flight: "
+                "reading Route53 before anything else",
+            )
+        return plan
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True, allow_nan=False)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        save_atomic(path, self.to_json())
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str], settings: ShiftSettings, now: float | None = None
+    ) -> ShiftPlan:
+        """The plan saved at `path`, or a new one when there is none.
+
+        A corrupt file is moved aside to `<name>.corrupt-<unix time>` and reported as a
+        ValueError naming both files; the caller decides whether to start afresh.
+        """
+        at = time.time() if now is None else now
+        text = read_state(path)
+        if text is None:
+            return cls(settings)
+        try:
+            return cls.from_dict(json.loads(text), settings, at)
+        except json.JSONDecodeError as e:
+            raise _set_aside(Path(path), f"not JSON: {e}", at) from None
+        except (ValueError, TypeError) as e:
+            raise _set_aside(Path(path), str(e), at) from None
+
+    # --- inside ----------------------------------------------------------------------------
+
+    def _two(self, weights: Mapping[str, int | None] | None) -> dict[str, int | None] | None:
+        if weights is None:
+            return None
+        s = self.settings
+        return {s.baseline: weights.get(s.baseline), s.candidate: weights.get(s.candidate)}
+
+    def _needs_hold(self) -> bool:
+        return self.share is not None and self.share > self.settings.rollback_to + _EPS
+
+    def _exposed(self) -> bool:
+        """Does the candidate carry (or is it being given) more than rollback_to?"""
+        shares = [self.share or 0.0]
+        if self.in_flight is not None and self.in_flight.kind == "step":
+            shares.append(self.in_flight.share)
+        return max(shares) > self.settings.rollback_to + _EPS
+
+    def _guarded(self) -> bool:
+        """May a firing regression roll back now? Not once a person took the weights over."""
+        if self.phase in (Phase.RUNNING, Phase.HOLDING, Phase.WAITING_APPROVAL):
+            return True
+        return self.phase is Phase.PAUSED and self.paused_by in ("person", "failure")
+
+    def _blockers(self, now: float) -> list[str]:
+        """Why the plan may not advance now, from the last observation."""
+        out: list[str] = []
+        left = self.hold_left(now)
+        if left is not None and left > 0 and self.phase is Phase.HOLDING:
+            out.append(f"holding: {format_left(left)} left")
+        obs = self._last
+        if obs is None:
+            return [*out, "waiting for the first evaluation"]
+        if obs.weights is None:
+            out.append("waiting for a fresh read of the Route53 weights")
+        if obs.firing:
+            out.append(f"regression firing: {', '.join(obs.firing)}")
+        if obs.pending:
+            out.append(f"regression pending: {', '.join(obs.pending)}")
+        need = self.settings.min_samples
+        for side, have in (
+            ("candidate", obs.candidate_samples),
+            ("baseline", obs.baseline_samples),
+        ):
+            if have < need:
+                out.append(f"inconclusive: {side} has {have}/{need} samples")
+        return out
+
+    def _waiting(self, now: float) -> list[str]:
+        change = self.in_flight
+        flight: list[str] = []
+        if change is not None:
+            if change.unknown:
+                cause = f"the write failed: {change.error}" if change.error else "after a restart"
+                flight.append(
+                    f"checking whether the change to {_pct(change.share)} landed ({cause}): "
+                    "waiting for the Route53 weights"
+                )
+            else:
+                flight.append(f"applying {_pct(change.share)}: waiting for Route53 (INSYNC)")
+        if self.phase is Phase.RUNNING:
+            return flight
+        if self.phase is Phase.DONE:
+            return []
+        if self.phase is Phase.PAUSED:
+            return [f"{self.pause_reason}; resume to continue", *flight]
+        if self.phase is Phase.ROLLED_BACK:
+            text = f"rolled back to {_pct(self.settings.rollback_to)}"
+            if self.pause_reason:
+                text += f" ({self.pause_reason})"
+            if self.paused_by == "hand_change":
+                text += "; the weights were then changed by hand"
+            return [f"{text}; resume to continue", *flight]
+        if self.written is None:
+            obs = self._last
+            if obs is not None and obs.weights is not None:
+                found = ", ".join(f"{p}={w}" for p, w in (self._two(obs.weights) or {}).items())
+                return [f"a record set is missing in Route53 ({found.replace('None', '-')})"]
+            return ["waiting for the Route53 weights"]
+        blockers = self._blockers(now)
+        if self.phase is Phase.WAITING_APPROVAL and self.next_index is not None:
+            goal = _pct(self.settings.steps[self.next_index])
+            return [f"waiting for approval to go to {goal}", *blockers]
+        return blockers
+
+    def _where(self, now: float) -> str:
+        if self.phase is Phase.HOLDING:
+            left = self.hold_left(now)
+            at = f"holding at {_pct(self.share)}"
+            return at + (f" ({format_left(left)} left)" if left else "")
+        if self.phase is Phase.RUNNING and self.in_flight is not None:
+            return f"applying {_pct(self.in_flight.share)}"
+        if self.phase is Phase.DONE:
+            return f"the shift is done at {_pct(self.share)}"
+        return self.phase.value.replace("_", " ")
+
+    def _held_text(self) -> str:
+        if self._needs_hold():
+            return f"held {_pct(self.share)} for {format_left(self.hold)}"
+        return f"{self.settings.candidate} at {_pct(self.share)}, both sides have samples"
+
+    def _note(self, now: float, reason: str) -> None:
+        self.history.append(Transition(now, self.phase, reason))
+        del self.history[:-HISTORY_LIMIT]
+
+    def _move(self, now: float, phase: Phase, reason: str) -> None:
+        self.phase = phase
+        self._note(now, reason)
+
+    def _adopt(self, now: float, weights: Mapping[str, int | None]) -> None:
+        s = self.settings
+        share = candidate_percent(weights, s.baseline, s.candidate)
+        if share is None:
+            return  # a record set is missing: status says so through the reader's warnings
+        self.share = share
+        self.written = {p: int(w) for p, w in weights.items() if w is not None}
+        self.since = now
+        above = [i for i, step in enumerate(s.steps) if step > share + _EPS]
+        self.next_index = above[0] if above else None
+        found = ", ".join(f"{p} {w}" for p, w in self.written.items())
+        self._note(now, f"found {found} in Route53 ({s.candidate} at {_pct(share)})")
+
+    def _issue_step(self, now: float, index: int, reason: str) -> list[Action]:
+        s = self.settings
+        share = s.steps[index]
+        self.seq += 1
+        change = Change(
+            seq=self.seq,
+            kind="step",
+            share=share,
+            weights=weights_for(share, s.baseline, s.candidate),
+            previous=None if self.written is None else dict(self.written),
+            issued_at=now,
+            index=index,
+        )
+        self.in_flight = change
+        self._move(now, Phase.RUNNING, f"{reason}: setting {s.candidate} to {_pct(share)}")
+        return [self._set_weights(change, reason)]
+
+    def _set_weights(self, change: Change, reason: str) -> SetWeights:
+        expected = None if change.kind == "rollback" or change.previous is None else change.previous
+        return SetWeights(
+            seq=change.seq,
+            share=change.share,
+            weights=dict(change.weights),
+            expected=None if expected is None else dict(expected),
+            rollback=change.kind == "rollback",
+            reason=reason,
+        )
+
+    def _roll_back(self, now: float, reason: str, about: tuple[str, ...]) -> list[Action]:
+        s = self.settings
+        flight = self.in_flight
+        failed = flight.share if flight is not None and flight.kind == "step" else self.share
+        self.failed_share = failed
+        self.seq += 1
+        change = Change(
+            seq=self.seq,
+            kind="rollback",
+            share=s.rollback_to,
+            weights=weights_for(s.rollback_to, s.baseline, s.candidate),
+            previous=None if self.written is None else dict(self.written),
+            issued_at=now,
+        )
+        self.in_flight = change
+        self.paused_by, self.pause_reason = "rollback", reason
+        self._move(now, Phase.ROLLED_BACK, f"rolling back from {_pct(failed)}: {reason}")
+        return [
+            self._set_weights(change, reason),
+            Notify(
+                "rollback",
+                f"{s.record}: rolling {s.candidate} back from {_pct(failed)} to "
+                f"{_pct(s.rollback_to)}: {reason}",
+                about,
+            ),
+        ]
+
+    def _confirm(self, now: float, change: Change, how: str) -> list[Action]:
+        s = self.settings
+        was = self.share
+        self.in_flight = None
+        self.share = change.share
+        self.written = dict(change.weights)
+        self.since = now
+        self.fresh_after = now
+        if change.kind == "rollback":
+            self._note(now, f"{s.candidate} at {_pct(change.share)} ({how})")
+            return [
+                Notify(
+                    "rolled_back",
+                    f"{s.record}: {s.candidate} rolled back to {_pct(change.share)} "
+                    f"(was {_pct(was)}); paused until a person resumes",
+                    self.firing,
+                )
+            ]
+        assert change.index is not None
+        self.next_index = change.index + 1 if change.index + 1 < len(s.steps) else None
+        text = f"{s.candidate} at {_pct(change.share)} ({how})"
+        if self.phase is Phase.RUNNING:
+            self._move(now, Phase.HOLDING, text)
+        else:
+            self._note(now, text)
+        return [
+            Notify(
+                "step",
+                f"{s.record}: {s.candidate} now gets {_pct(change.share)} of the traffic "
+                f"(was {_pct(was)}); holding {format_left(self.hold)}",
+            )
+        ]
+
+    def _reconcile(
+        self, now: float, change: Change, weights: Mapping[str, int | None], out: list[Action]
+    ) -> bool | None:
+        """After a restart or a failed write: did the change land? True, False, or None (hand)."""
+        if weights == change.weights or self.settings.dry_run:
+            out += self._confirm(now, change, "read back from Route53")
+            return True
+        if change.previous is None or weights == change.previous:
+            return False
+        # Neither ours before nor ours after: somebody else wrote them.
+        self.in_flight = None
+        out += self._hand_change(now, weights, since=change.previous)
+        return None
+
+    def _retry(self, now: float, change: Change) -> list[Action]:
+        if change.kind == "step" and self.phase is Phase.PAUSED:
+            # paused by a person while it was in flight: do not push it again
+            self.in_flight = None
+            self._note(now, f"the change to {_pct(change.share)} did not land; staying paused")
+            return []
+        if change.kind == "step" and change.attempts >= MAX_STEP_ATTEMPTS:
+            self.in_flight = None
+            reason = (
+                f"setting {_pct(change.share)} failed {change.attempts} times: "
+                f"{change.error or 'unknown error'}"
+            )
+            self.paused_by, self.pause_reason = "failure", reason
+            self._move(now, Phase.PAUSED, reason)
+            return [Notify("paused", f"{self.settings.record}: shift paused: {reason}")]
+        change.attempts += 1
+        change.unknown = False
+        change.error = None
+        change.issued_at = now
+        what = "rollback" if change.kind == "rollback" else "change"
+        reason = f"the {what} to {_pct(change.share)} did not land: trying again"
+        self._note(now, f"{reason} (attempt {change.attempts})")
+        return [self._set_weights(change, reason)]
+
+    def _hand_change(
+        self,
+        now: float,
+        weights: Mapping[str, int | None],
+        since: Mapping[str, int] | None = None,
+    ) -> list[Action]:
+        before = since if since is not None else self.written or {}
+        diffs = ", ".join(
+            f"{p} {before.get(p, '-')} -> {'-' if weights.get(p) is None else weights.get(p)}"
+            for p in (self.settings.baseline, self.settings.candidate)
+            if before.get(p) != weights.get(p)
+        )
+        reason = f"weights changed by hand: {diffs}"
+        self.paused_by, self.pause_reason = "hand_change", reason
+        if self.phase is Phase.ROLLED_BACK:
+            self._note(now, reason)
+        else:
+            self._move(now, Phase.PAUSED, reason)
+        return [
+            Notify(
+                "hand_change",
+                f"{self.settings.record}: {reason}. The shift is paused and will not overwrite "
+                "them; resume to continue from the weights as they are",
+            )
+        ]
+
+    def _reindex(self, now: float) -> None:
+        steps = self.settings.steps
+        if self.share is not None and self.phase is not Phase.ROLLED_BACK:
+            above = [i for i, s in enumerate(steps) if s > self.share + _EPS]
+            self.next_index = above[0] if above else None
+        elif self.next_index is not None:
+            self.next_index = min(self.next_index, len(steps) - 1)
+        if self.in_flight is not None and self.in_flight.index is not None:
+            match = [i for i, s in enumerate(steps) if abs(s - self.in_flight.share) < _EPS]
+            self.in_flight.index = match[0] if match else None
+            if not match:
+                # a step that is no longer in the plan: land on it, then go on from there
+                above = [i for i, s in enumerate(steps) if s > self.in_flight.share + _EPS]
+                self.in_flight.index = (above[0] - 1) if above else len(steps) - 1
+        if self.phase is Phase.DONE and self.next_index is not None:
+            self.phase = Phase.HOLDING
+        self._note(now, f"steps are now {', '.join(_pct(s) for s in steps)}")
+
+
+def _set_aside(path: Path, reason: str, now: float) -> ValueError:
+    aside = path.with_name(f"{path.name}.corrupt-{int(now)}")
+    try:
+        os.replace(path, aside)
+    except OSError as e:
+        return ValueError(f"{path}: corrupt state file ({reason}); could not move it aside: {e}")
+    return ValueError(f"{path}: corrupt state file ({reason}); moved aside to {aside}")
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"expected an object, got {value!r}")
+    return value
+
+
+def _str(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def _optional_str(value: object, what: str) -> str | None:
+    return None if value is None else _str(value, what)
+
+
+def _int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{what}: expected a whole number >= 0, got {value!r}")
+    return value
+
+
+def _optional_int(value: object, what: str) -> int | None:
+    return None if value is None else _int(value, what)
+
+
+def _time(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{what}: expected seconds, got {value!r}")
+    return float(value)
+
+
+def _optional_time(value: object, what: str) -> float | None:
+    return None if value is None else _time(value, what)
+
+
+def _share(value: object, what: str) -> float:
+    share = _time(value, what)
+    if not 0 <= share <= 100:
+        raise ValueError(f"{what}: expected a percent, got {value!r}")
+    return share
+
+
+def _optional_share(value: object, what: str) -> float | None:
+    return None if value is None else _share(value, what)
+
+
+def _weights(value: object, what: str) -> dict[str, int]:
+    data = _mapping(value)
+    out: dict[str, int] = {}
+    for platform, weight in data.items():
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 255:
+            raise ValueError(f"{what}.{platform}: expected a weight 0-255, got {weight!r}")
+        out[str(platform)] = weight
+    return out
+
+
+def _phase(value: object) -> Phase:
+    try:
+        return Phase(str(value))
+    except ValueError:
+        raise ValueError(f"unknown state {value!r}") from None

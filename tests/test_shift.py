@@ -1,0 +1,720 @@
+"""The guarded shift plan as a pure state machine, driven by a synthetic clock."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exporter.shift import (
+    HISTORY_LIMIT,
+    Action,
+    Notify,
+    Observation,
+    Phase,
+    Refused,
+    SetWeights,
+    ShiftPlan,
+    ShiftSettings,
+    candidate_percent,
+    format_left,
+    weights_for,
+)
+
+SETTINGS = ShiftSettings(
+    record="api.example.com",
+    baseline="heroku",
+    candidate="aws",
+    steps=(10, 25, 50, 100),
+    hold=60.0,
+    ttl_margin=5.0,
+    min_samples=20,
+    rollback_to=0.0,
+    mode="auto",
+    dry_run=False,
+)
+ENOUGH = 50
+TTL = 30.0  # below the hold: the hold stays 60 s unless a test raises the TTL
+
+
+class World:
+    """Route53 as the plan sees it, and a driver that does what the daemon would."""
+
+    def __init__(self, plan: ShiftPlan, weights: dict[str, int], t: float = 1000.0) -> None:
+        self.plan = plan
+        self.weights = dict(weights)
+        self.t = t
+        self.written: list[float] = []  # shares written, in order
+        self.notes: list[Notify] = []
+        self.unapplied: list[SetWeights] = []
+        self.auto_apply = True
+
+    def obs(self, **kw: Any) -> Observation:
+        kw.setdefault("weights", dict(self.weights))
+        kw.setdefault("baseline_samples", ENOUGH)
+        kw.setdefault("candidate_samples", ENOUGH)
+        kw.setdefault("ttl", TTL)
+        return Observation(**kw)
+
+    def evaluate(self, dt: float = 0.0, **kw: Any) -> list[Action]:
+        self.t += dt
+        actions = self.plan.step(self.t, self.obs(**kw))
+        self.run(actions)
+        return actions
+
+    def run(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Notify):
+                self.notes.append(action)
+            elif self.auto_apply:
+                self.apply(action)
+            else:
+                self.unapplied.append(action)
+
+    def apply(self, action: SetWeights) -> None:
+        self.weights = dict(action.weights)
+        self.written.append(action.share)
+        self.run(self.plan.change_applied(self.t, action.seq))
+
+    @property
+    def share(self) -> float | None:
+        return candidate_percent(self.weights, "heroku", "aws")
+
+    def kinds(self) -> list[str]:
+        return [n.kind for n in self.notes]
+
+
+def world(**settings: Any) -> World:
+    s = dataclasses.replace(SETTINGS, **settings)
+    return World(ShiftPlan(s), {"heroku": 100, "aws": 0})
+
+
+def started(w: World) -> World:
+    """Adopt the weights, then pass the gates: the first step is written."""
+    w.evaluate()
+    w.evaluate(1)
+    return w
+
+
+def sets(actions: list[Action]) -> list[SetWeights]:
+    return [a for a in actions if isinstance(a, SetWeights)]
+
+
+def at_share(share: float, **settings: Any) -> World:
+    """A plan holding at `share` (a step), just confirmed."""
+    w = started(world(**settings))
+    while w.plan.share != share:
+        w.evaluate(61)
+        assert w.written, "the plan did not move"
+    assert w.plan.state is Phase.HOLDING
+    return w
+
+
+# --- weights ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("percent", "weights"),
+    [
+        (0, {"heroku": 100, "aws": 0}),
+        (10, {"heroku": 90, "aws": 10}),
+        (100, {"heroku": 0, "aws": 100}),
+        (12.5, {"heroku": 175, "aws": 25}),
+        (33.3, {"heroku": 170, "aws": 85}),
+        (0.4, {"heroku": 254, "aws": 1}),
+        (99.6, {"heroku": 1, "aws": 254}),
+    ],
+)
+def test_weights_for_a_share(percent: float, weights: dict[str, int]) -> None:
+    got = weights_for(percent, "heroku", "aws")
+    assert got == weights
+    assert all(0 <= w <= 255 for w in got.values()) and any(got.values())
+    # 1/255 is as fine as Route53's weights go
+    assert candidate_percent(got, "heroku", "aws") == pytest.approx(percent, abs=100 / 255 / 2)
+
+
+def test_all_zero_weights_are_an_even_split() -> None:
+    assert candidate_percent({"heroku": 0, "aws": 0}, "heroku", "aws") == 50.0
+    assert candidate_percent({"heroku": 0, "aws": None}, "heroku", "aws") is None
+
+
+def test_format_left() -> None:
+    assert [format_left(s) for s in (252, 42, 0.2, 3900, 3600, 120)] == [
+        "4m 12s",
+        "42s",
+        "1s",
+        "1h 5m",
+        "1h",
+        "2m",
+    ]
+
+
+# --- the plan ---------------------------------------------------------------------------------
+
+
+def test_full_plan_walks_the_steps_with_holds() -> None:
+    w = world()
+
+    assert w.evaluate() == []  # the first read: the weights are adopted as the start
+    assert w.plan.share == 0 and w.plan.next_index == 0
+    first = w.evaluate(1)
+    assert [(a.share, dict(a.weights), a.expected) for a in sets(first)] == [
+        (10, {"heroku": 90, "aws": 10}, {"heroku": 100, "aws": 0})
+    ]
+    assert w.plan.state is Phase.HOLDING and w.plan.share == 10
+    start = w.t
+
+    for share, nxt in ((10, 25), (25, 50), (50, 100)):
+        assert w.evaluate(30) == []
+        status = w.plan.status(w.t)
+        assert status.why == "holding: 30s left"
+        assert (status.hold_left, status.share, status.target_share) == (30, share, share)
+        assert w.evaluate(29.5) == []
+        assert w.evaluate(0.5) != []
+        assert w.plan.share == nxt
+
+    assert w.evaluate(59) == []
+    assert w.plan.state is Phase.HOLDING
+    done = w.evaluate(1)
+    assert w.plan.state is Phase.DONE
+    assert [n.text for n in done] == [
+        "api.example.com: aws carries 100% of the traffic: the shift is done"
+    ]
+    assert w.written == [10, 25, 50, 100]
+    assert w.weights == {"heroku": 0, "aws": 100}
+    assert w.t - start == 4 * 60
+    assert w.kinds() == ["step", "step", "step", "step", "done"]
+    assert w.notes[1].text == (
+        "api.example.com: aws now gets 25% of the traffic (was 10%); holding 1m"
+    )
+    assert w.evaluate(3600) == [] and w.plan.state is Phase.DONE
+    states = [t.state for t in w.plan.history]
+    assert states.count(Phase.RUNNING) == 4 and states[-1] is Phase.DONE
+
+
+def test_hold_is_raised_to_ttl_plus_margin() -> None:
+    w = started(world(hold=10.0))
+    assert w.plan.hold == 35  # TTL 30 s + 5 s
+
+    w.evaluate(0, ttl=300)
+    assert w.plan.hold == 305
+    assert w.plan.status(w.t).why == "holding: 5m 5s left"
+    assert w.evaluate(304, ttl=300) == []
+    assert sets(w.evaluate(1, ttl=300))[0].share == 25
+
+    w.evaluate(0, ttl=None)  # an alias: the target's TTL, 60 s, is assumed
+    assert w.plan.hold == 65
+
+
+def test_inconclusive_holds_and_never_advances() -> None:
+    w = started(world())
+
+    for _ in range(5):
+        assert w.evaluate(600, candidate_samples=12) == []
+    status = w.plan.status(w.t)
+    assert status.why == "inconclusive: candidate has 12/20 samples"
+    assert w.plan.state is Phase.HOLDING and w.written == [10]
+
+    w.evaluate(1, candidate_samples=3, baseline_samples=7)
+    assert w.plan.status(w.t).waiting == (
+        "inconclusive: candidate has 3/20 samples",
+        "inconclusive: baseline has 7/20 samples",
+    )
+    assert sets(w.evaluate(1))[0].share == 25
+
+
+def test_the_first_step_waits_for_samples_and_the_weights() -> None:
+    w = world()
+    w.evaluate(candidate_samples=0, baseline_samples=0)  # adopts
+    assert w.evaluate(1, candidate_samples=5) == []
+    assert w.plan.status(w.t).why == "inconclusive: candidate has 5/20 samples"
+    assert w.evaluate(1, weights=None) == []
+    assert w.plan.status(w.t).why == "waiting for a fresh read of the Route53 weights"
+    assert sets(w.evaluate(1))[0].share == 10
+
+
+def test_before_the_first_read_nothing_happens() -> None:
+    w = world()
+    assert w.evaluate(weights=None) == []
+    status = w.plan.status(w.t)
+    assert (status.state, status.share, status.why) == (
+        Phase.HOLDING,
+        None,
+        "waiting for the Route53 weights",
+    )
+
+
+def test_pending_regression_holds() -> None:
+    w = started(world())
+    assert w.evaluate(61, pending=["health/latency"]) == []
+    assert w.plan.status(w.t).why == "regression pending: health/latency"
+    assert sets(w.evaluate(1))[0].share == 25
+
+
+def test_firing_regression_mid_plan_rolls_back_at_once_and_pauses() -> None:
+    w = at_share(50)
+    w.evaluate(10)
+
+    actions = w.evaluate(1, firing=["health/down"])
+
+    back = sets(actions)
+    assert [(a.share, dict(a.weights), a.rollback, a.expected) for a in back] == [
+        (0, {"heroku": 100, "aws": 0}, True, None)
+    ]
+    assert w.weights == {"heroku": 100, "aws": 0}
+    assert w.plan.state is Phase.ROLLED_BACK
+    # the write goes first; this driver confirms it before it reaches the notification
+    assert w.kinds()[-2:] == ["rolled_back", "rollback"]
+    assert w.notes[-1].text == (
+        "api.example.com: rolling aws back from 50% to 0%: regression firing: health/down"
+    )
+    assert w.notes[-1].about == ("health/down",)
+    assert w.notes[-2].text == (
+        "api.example.com: aws rolled back to 0% (was 50%); paused until a person resumes"
+    )
+    assert w.plan.status(w.t).why == (
+        "rolled back to 0% (regression firing: health/down); resume to continue"
+    )
+    # stays there: no more writes, firing or not, however long
+    assert w.evaluate(1, firing=["health/down"]) == []
+    assert w.evaluate(7200) == []
+    assert w.plan.state is Phase.ROLLED_BACK and w.written == [10, 25, 50, 0]
+
+
+def test_regression_while_a_step_is_in_flight_supersedes_it() -> None:
+    w = at_share(10)
+    w.auto_apply = False
+    forward = sets(w.evaluate(61))
+    assert [a.share for a in forward] == [25]
+    assert w.plan.state is Phase.RUNNING
+    assert w.plan.status(w.t).why == "applying 25%: waiting for Route53 (INSYNC)"
+
+    back = sets(w.evaluate(1, firing=["health/errors"]))
+
+    assert [(a.share, a.rollback) for a in back] == [(0, True)]
+    assert back[0].seq > forward[0].seq
+    # the forward change lands late: it no longer counts
+    assert w.plan.change_applied(w.t, forward[0].seq) == []
+    assert w.plan.state is Phase.ROLLED_BACK
+    w.auto_apply = True
+    w.apply(back[0])
+    assert w.plan.share == 0 and w.plan.failed_share == 25
+
+
+def test_resume_after_rollback_goes_back_to_the_last_good_share() -> None:
+    w = at_share(50)
+    w.evaluate(1, firing=["health/latency"])
+    assert w.plan.state is Phase.ROLLED_BACK
+
+    with pytest.raises(Refused, match=r"cannot resume while a regression is firing \(health/"):
+        w.plan.resume(w.t)
+    w.evaluate(120)  # resolved
+    w.run(w.plan.resume(w.t))
+
+    assert w.plan.state is Phase.HOLDING
+    assert w.notes[-1].text == (
+        "api.example.com: shift resumed by a person; going back to 25% once both sides have "
+        "samples again"
+    )
+    # the samples count afresh from the resume; no hold below the first step
+    assert w.plan.samples_since == w.t
+    assert w.evaluate(1, candidate_samples=4) == []
+    assert sets(w.evaluate(1))[0].share == 25
+    assert w.plan.state is Phase.HOLDING
+    assert w.evaluate(59) == []
+    assert sets(w.evaluate(1))[0].share == 50
+    assert w.written == [10, 25, 50, 0, 25, 50]
+
+
+def test_resume_after_a_rollback_at_the_first_step_starts_over() -> None:
+    w = at_share(10)
+    w.evaluate(1, firing=["health/down"])
+    w.evaluate(1)
+    w.plan.resume(w.t)
+    assert sets(w.evaluate(1))[0].share == 10
+
+
+def test_firing_below_the_first_step_writes_nothing_and_restarts_the_count() -> None:
+    w = world()
+    w.evaluate()
+    assert w.evaluate(1, firing=["health/down"]) == []
+    assert w.plan.samples_since == w.t
+    assert w.plan.status(w.t).why == "regression firing: health/down"
+    assert w.written == []
+    assert sets(w.evaluate(1))[0].share == 10
+
+
+def test_hand_change_pauses_and_is_never_overwritten() -> None:
+    w = at_share(25)
+    w.weights = {"heroku": 70, "aws": 30}
+
+    w.evaluate(5)
+
+    assert w.plan.state is Phase.PAUSED
+    assert w.plan.status(w.t).why == (
+        "weights changed by hand: heroku 75 -> 70, aws 25 -> 30; resume to continue"
+    )
+    assert w.kinds()[-1] == "hand_change"
+    assert w.notes[-1].text.startswith(
+        "api.example.com: weights changed by hand: heroku 75 -> 70, aws 25 -> 30. "
+        "The shift is paused and will not overwrite them"
+    )
+    # nothing is written: not after the hold, not on a regression
+    assert w.evaluate(3600) == []
+    assert w.evaluate(1, firing=["health/down"]) == []
+    assert w.kinds().count("hand_change") == 1
+    assert w.weights == {"heroku": 70, "aws": 30} and w.written == [10, 25]
+
+    w.evaluate(120)
+    w.run(w.plan.resume(w.t))
+    assert w.evaluate(1) == []  # the person's 30% is the new starting point
+    assert (w.plan.share, w.plan.next_index) == (30, 2)
+    assert w.evaluate(59) == []
+    assert [(a.share, a.expected) for a in sets(w.evaluate(1))] == [(50, {"heroku": 70, "aws": 30})]
+
+
+def test_hand_change_after_a_rollback_is_kept_on_resume() -> None:
+    w = at_share(25)
+    w.evaluate(1, firing=["health/down"])
+    w.evaluate(1)
+    w.weights = {"heroku": 95, "aws": 5}
+    assert w.evaluate(1) == [w.notes[-1]]
+    assert w.plan.state is Phase.ROLLED_BACK
+    w.plan.resume(w.t)
+    w.evaluate(1)
+    assert (w.plan.share, w.plan.next_index) == (5, 0)
+    assert w.evaluate(59) == []  # 5% is above rollback_to: it is held
+    assert sets(w.evaluate(1))[0].share == 10
+
+
+def test_manual_mode_waits_for_approval() -> None:
+    w = world(mode="manual")
+    w.evaluate()
+    assert w.evaluate(1) == [w.notes[-1]]
+    assert w.plan.state is Phase.WAITING_APPROVAL
+    assert w.notes[-1].text == "api.example.com: aws held 0%; approve to go to 10%"
+    assert w.evaluate(3600) == []
+    assert w.plan.status(w.t).why == "waiting for approval to go to 10%"
+
+    w.run(w.plan.approve(w.t))
+    assert w.written == [10] and w.plan.state is Phase.HOLDING
+    with pytest.raises(Refused, match=r"^nothing to approve: holding at 10% \(1m left\)$"):
+        w.plan.approve(w.t)
+    w.evaluate(60)
+    assert w.plan.state is Phase.WAITING_APPROVAL
+    w.evaluate(1, pending=["health/latency"])
+    with pytest.raises(Refused, match=r"^cannot approve now: regression pending: health/latency$"):
+        w.plan.approve(w.t)
+    w.evaluate(1)
+    w.run(w.plan.approve(w.t))
+    assert w.written == [10, 25]
+    assert w.kinds().count("approved") == 2
+
+
+def test_a_regression_while_waiting_for_approval_rolls_back() -> None:
+    w = world(mode="manual")
+    w.evaluate()
+    w.evaluate(1)
+    w.run(w.plan.approve(w.t))
+    w.evaluate(60)
+    assert w.plan.state is Phase.WAITING_APPROVAL
+    w.evaluate(1, firing=["health/down"])
+    assert w.plan.state is Phase.ROLLED_BACK and w.written == [10, 0]
+
+
+def test_pause_stops_the_steps_but_not_the_rollback() -> None:
+    w = at_share(25)
+    w.run(w.plan.pause(w.t))
+    assert w.evaluate(3600) == []
+    assert w.plan.status(w.t).why == "paused by a person; resume to continue"
+
+    w.evaluate(1, firing=["health/errors"])
+    assert w.plan.state is Phase.ROLLED_BACK and w.written == [10, 25, 0]
+
+
+def test_resume_after_pause_keeps_the_hold_already_done() -> None:
+    w = at_share(25)
+    w.evaluate(30)
+    w.plan.pause(w.t)
+    w.evaluate(10)
+    w.plan.resume(w.t)
+    assert w.plan.hold_left(w.t) == 20
+    assert w.evaluate(19) == []
+    assert sets(w.evaluate(1))[0].share == 50
+
+
+def test_control_calls_refuse_clearly_when_they_do_not_apply() -> None:
+    w = world()
+    w.evaluate()
+    with pytest.raises(Refused, match=r"^nothing to approve: the plan runs in auto mode$"):
+        w.plan.approve(w.t)
+    with pytest.raises(Refused, match=r"^nothing to roll back: the candidate is at 0% \(roll"):
+        w.plan.rollback(w.t)
+    w.evaluate(1)
+    with pytest.raises(Refused, match=r"^not paused: holding at 10% \(1m left\)$"):
+        w.plan.resume(w.t)
+    w.plan.pause(w.t, "paused by alice")
+    with pytest.raises(Refused, match=r"^already paused \(paused by alice\)$"):
+        w.plan.pause(w.t)
+    w.run(w.plan.rollback(w.t))
+    assert w.written == [10, 0]
+    with pytest.raises(Refused, match=r"^already rolled back to 0%$"):
+        w.plan.rollback(w.t)
+    with pytest.raises(Refused, match=r"^already stopped: rolled back to 0%; resume to continue$"):
+        w.plan.pause(w.t)
+
+    done = at_share(100)
+    done.evaluate(60)
+    assert done.plan.state is Phase.DONE
+    with pytest.raises(Refused, match=r"^nothing to pause: the shift is done$"):
+        done.plan.pause(done.t)
+    with pytest.raises(Refused, match=r"^not paused: the shift is done at 100%$"):
+        done.plan.resume(done.t)
+    # a person may still take it all back
+    done.run(done.plan.rollback(done.t, "rolled back by bob"))
+    assert done.weights == {"heroku": 100, "aws": 0}
+    assert (
+        done.plan.status(done.t).why == "rolled back to 0% (rolled back by bob); resume to continue"
+    )
+
+
+def test_rollback_while_the_rollback_is_in_flight_cannot_be_resumed() -> None:
+    w = at_share(25)
+    w.auto_apply = False
+    w.run(w.plan.rollback(w.t))
+    w.evaluate(1)
+    with pytest.raises(Refused, match=r"^the rollback to 0% is still being applied$"):
+        w.plan.resume(w.t)
+
+
+# --- failures and restarts --------------------------------------------------------------------
+
+
+def test_failed_write_is_checked_retried_then_pauses() -> None:
+    w = at_share(10)
+    w.auto_apply = False
+    first = sets(w.evaluate(61))[0]
+
+    failed = w.plan.change_failed(w.t, first.seq, "throttling (Rate exceeded)")
+    assert [n.kind for n in failed] == ["change_failed"]
+    assert w.plan.status(w.t).why == (
+        "checking whether the change to 25% landed (the write failed: throttling (Rate "
+        "exceeded)): waiting for the Route53 weights"
+    )
+    assert w.evaluate(1, weights=None) == []
+    again = sets(w.evaluate(1))  # Route53 still has 90/10: it never landed
+    assert [(a.share, a.seq) for a in again] == [(25, first.seq)]
+    w.plan.change_failed(w.t, first.seq, "throttling (Rate exceeded)")
+    assert sets(w.evaluate(1))
+    w.plan.change_failed(w.t, first.seq, "throttling (Rate exceeded)")
+
+    actions = w.evaluate(1)
+
+    assert sets(actions) == []
+    assert w.plan.state is Phase.PAUSED
+    assert w.plan.status(w.t).why == (
+        "setting 25% failed 3 times: throttling (Rate exceeded); resume to continue"
+    )
+    w.plan.resume(w.t)
+    assert [a.share for a in sets(w.evaluate(1))] == [25]
+
+
+def test_failed_write_that_landed_after_all_is_confirmed() -> None:
+    w = at_share(10)
+    w.auto_apply = False
+    change = sets(w.evaluate(61))[0]
+    w.plan.change_failed(w.t, change.seq, "timeout (change C1 not INSYNC after 180s)")
+    w.weights = dict(change.weights)
+
+    assert [n.kind for n in w.evaluate(1)] == ["step"]
+    assert (w.plan.state, w.plan.share, w.plan.samples_since) == (Phase.HOLDING, 25, w.t)
+
+
+def test_failed_rollback_is_retried_for_as_long_as_it_takes() -> None:
+    w = at_share(50)
+    w.auto_apply = False
+    back = sets(w.evaluate(1, firing=["health/down"]))[0]
+    for _ in range(5):
+        w.plan.change_failed(w.t, back.seq, "timeout (no answer)")
+        assert [a.share for a in sets(w.evaluate(1, firing=["health/down"]))] == [0]
+    assert w.plan.state is Phase.ROLLED_BACK
+
+
+def restart(w: World, path: Path) -> World:
+    w.plan.save(path)
+    plan = ShiftPlan.load(path, w.plan.settings, now=w.t)
+    again = World(plan, w.weights, w.t)
+    again.written = list(w.written)
+    return again
+
+
+def test_restart_mid_hold_resumes_where_it_was(tmp_path: Path) -> None:
+    w = at_share(25)
+    w.evaluate(40)
+    before = w.plan.status(w.t)
+
+    w = restart(w, tmp_path / "shift.json")
+
+    assert w.plan.status(w.t).why == "holding: 20s left; waiting for the first evaluation"
+    w.evaluate(0)
+    after = w.plan.status(w.t)
+    assert after.to_dict() == before.to_dict()
+    assert (after.state, after.share, after.hold_left, after.since) == (
+        Phase.HOLDING,
+        25,
+        20,
+        before.since,
+    )
+    assert w.evaluate(19) == []
+    assert [a.share for a in sets(w.evaluate(1))] == [50]
+    assert w.written == [10, 25, 50]
+
+
+@pytest.mark.parametrize(
+    ("route53", "outcome"),
+    [
+        ({"heroku": 50, "aws": 50}, "landed"),
+        ({"heroku": 75, "aws": 25}, "reissued"),
+        ({"heroku": 60, "aws": 40}, "hand"),
+    ],
+)
+def test_restart_with_a_change_in_flight_reads_route53_first(
+    tmp_path: Path, route53: dict[str, int], outcome: str
+) -> None:
+    w = at_share(25)
+    w.auto_apply = False
+    issued = sets(w.evaluate(61))[0]
+    assert issued.share == 50
+
+    w = restart(w, tmp_path / "shift.json")
+    assert w.plan.state is Phase.RUNNING
+    assert w.evaluate(1, weights=None) == []
+    assert w.plan.status(w.t).why == (
+        "checking whether the change to 50% landed (after a restart): waiting for the Route53 "
+        "weights"
+    )
+    w.weights = route53
+    w.auto_apply = False
+    actions = w.evaluate(1)
+
+    if outcome == "landed":
+        assert sets(actions) == [] and [n.kind for n in actions] == ["step"]
+        assert (w.plan.state, w.plan.share, w.plan.next_index) == (Phase.HOLDING, 50, 3)
+    elif outcome == "reissued":
+        assert [(a.share, a.seq, a.expected) for a in sets(actions)] == [
+            (50, issued.seq, {"heroku": 75, "aws": 25})
+        ]
+        assert w.plan.state is Phase.RUNNING
+    else:
+        assert sets(actions) == [] and w.plan.state is Phase.PAUSED
+        assert w.plan.pause_reason == "weights changed by hand: heroku 75 -> 60, aws 25 -> 40"
+
+
+def test_restart_keeps_a_rollback_and_its_reason(tmp_path: Path) -> None:
+    w = at_share(50)
+    w.evaluate(1, firing=["health/down"])
+    w = restart(w, tmp_path / "shift.json")
+    assert w.plan.state is Phase.ROLLED_BACK and w.plan.failed_share == 50
+    assert w.evaluate(60) == []
+    w.plan.resume(w.t)
+    assert sets(w.evaluate(1))[0].share == 25
+
+
+def test_corrupt_state_file_is_moved_aside(tmp_path: Path) -> None:
+    path = tmp_path / "shift.json"
+    path.write_text("{not json")
+
+    with pytest.raises(ValueError) as caught:
+        ShiftPlan.load(path, SETTINGS, now=1234)
+
+    aside = tmp_path / "shift.json.corrupt-1234"
+    assert str(caught.value).startswith(f"{path}: corrupt state file (not JSON")
+    assert str(caught.value).endswith(f"moved aside to {aside}")
+    assert aside.read_text() == "{not json" and not path.exists()
+    assert ShiftPlan.load(path, SETTINGS).state is Phase.HOLDING  # afresh
+
+
+def test_state_that_does_not_make_sense_is_moved_aside(tmp_path: Path) -> None:
+    w = at_share(25)
+    data = w.plan.to_dict()
+    data["phase"] = "sleeping"
+    path = tmp_path / "shift.json"
+    path.write_text(json.dumps(data))
+
+    with pytest.raises(ValueError, match=r"corrupt state file \(unknown state 'sleeping'\)"):
+        ShiftPlan.load(path, SETTINGS, now=5)
+    assert (tmp_path / "shift.json.corrupt-5").exists()
+
+
+def test_a_dry_run_state_is_not_used_for_writes(tmp_path: Path) -> None:
+    dry = at_share(50, dry_run=True)
+    dry.plan.save(tmp_path / "shift.json")
+
+    plan = ShiftPlan.load(tmp_path / "shift.json", SETTINGS, now=dry.t)
+
+    assert (plan.state, plan.share, plan.written) == (Phase.HOLDING, None, None)
+    assert plan.history[-1].reason == "saved plan was a dry run: starting a new plan"
+
+
+def test_dry_run_walks_the_plan_without_the_weights_moving() -> None:
+    w = world(dry_run=True)
+    w.auto_apply = False
+    w.evaluate()
+    for share in (10, 25, 50, 100):
+        action = sets(w.evaluate(61))[0]
+        assert action.share == share
+        w.run(w.plan.change_applied(w.t, action.seq))
+    assert w.weights == {"heroku": 100, "aws": 0}  # the writer wrote nothing
+    assert w.plan.state is Phase.HOLDING and w.plan.share == 100
+    w.evaluate(61)
+    assert w.plan.state is Phase.DONE
+
+
+def test_new_steps_on_reload_re_aim_the_next_step() -> None:
+    w = at_share(25)
+    w.plan.replace_settings(w.t, dataclasses.replace(SETTINGS, steps=(10, 30, 100)))
+    assert w.plan.next_index == 1
+    assert sets(w.evaluate(60))[0].share == 30
+    with pytest.raises(ValueError, match="another record"):
+        w.plan.replace_settings(w.t, dataclasses.replace(SETTINGS, record="www.example.com"))
+    with pytest.raises(ValueError, match="starts or stops writing"):
+        w.plan.replace_settings(w.t, dataclasses.replace(SETTINGS, dry_run=True))
+    assert w.plan.settings.steps == (10, 30, 100)
+
+
+def test_weights_read_before_the_last_change_are_not_a_hand_change() -> None:
+    w = at_share(10)
+    confirmed = w.t
+    stale = {"heroku": 100, "aws": 0}  # read by the poller just before the step landed
+
+    assert w.evaluate(1, weights=stale, read_at=confirmed - 1) == []
+    assert w.plan.state is Phase.HOLDING
+    assert w.plan.status(w.t).why == (
+        "holding: 59s left; waiting for a fresh read of the Route53 weights"
+    )
+    w.evaluate(1, weights=stale, read_at=confirmed + 1)
+    assert w.plan.state is Phase.PAUSED
+
+
+def test_history_is_bounded_and_status_is_json() -> None:
+    w = at_share(10)
+    for _ in range(HISTORY_LIMIT):
+        w.plan.pause(w.t)
+        w.plan.resume(w.t)
+    assert len(w.plan.history) == HISTORY_LIMIT
+    assert w.plan.history[-1].reason == "resumed by a person"
+    status = json.loads(json.dumps(w.plan.status(w.t).to_dict()))
+    assert status["state"] == "holding"
+    assert (status["share"], status["current_step"], status["next_step"]) == (10, 0, 1)
+    assert status["target_weights"] == {"heroku": 90, "aws": 10}
+    assert status["hold_seconds"] == 60 and len(status["history"]) == HISTORY_LIMIT
+
+
+def test_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="rollback_to must be >= 0 and below the first step"):
+        dataclasses.replace(SETTINGS, rollback_to=10)
+    with pytest.raises(ValueError, match="steps must increase strictly"):
+        dataclasses.replace(SETTINGS, steps=(10, 10))
