@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import getpass
+import json
 import logging
 import os
 import signal
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
+from dataclasses import replace
+
+from prometheus_client import CollectorRegistry
 
 from exporter import __version__
 from exporter.config import Config, format_duration, load_config, parse_listen
-from exporter.daemon import Daemon
+from exporter.daemon import Daemon, StateDirError, slack_settings
 from exporter.demo import run_demo
 from exporter.errors import ConfigError, UsageError
 from exporter.logs import setup_logging
+from exporter.slack import Notifier, SlackError
 from exporter.web import start_server
 
 log = logging.getLogger("cutover")
@@ -63,10 +72,37 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"HOST:PORT (default: $CUTOVER_LISTEN, the config's listen, or {DEFAULT_LISTEN})",
     )
+    run.add_argument(
+        "--allow-route53-writes",
+        action="store_true",
+        default=None,
+        help="let the shift plan write weights (with shift.enabled: true; default: "
+        "$CUTOVER_ALLOW_ROUTE53_WRITES=true, else off)",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="never write to Route53: log and show what the shift plan would write",
+    )
     logging_flags(run)
 
     check = sub.add_parser("check", help="validate a configuration file and summarise it")
     check.add_argument("--config", default=None, help="YAML file (default: $CUTOVER_CONFIG)")
+    check.add_argument(
+        "--slack-test",
+        action="store_true",
+        help="also post a test message with the configured Slack settings (opt-in)",
+    )
+
+    shift = sub.add_parser("shift", help="control the guarded shift of a running daemon")
+    shift.add_argument("action", choices=("status", "pause", "resume", "approve", "rollback"))
+    shift.add_argument(
+        "--url",
+        default=None,
+        help="the daemon (default: $CUTOVER_URL or http://127.0.0.1:9877); the bearer token "
+        "comes from $CUTOVER_CONTROL_TOKEN",
+    )
+    shift.add_argument("--reason", default=None, help="said in the log, the history and Slack")
 
     demo = sub.add_parser("demo", help="run against two embedded simulated platforms")
     demo.add_argument(
@@ -181,8 +217,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(path)
     host, port = _listen(args, cfg.listen, DEFAULT_LISTEN)
 
+    allow = args.allow_route53_writes
+    if allow is None:
+        allow = os.environ.get("CUTOVER_ALLOW_ROUTE53_WRITES", "").lower() in ("1", "true", "yes")
+
     async def main() -> int:
-        return await _serve(Daemon(cfg, config_path=path), host, port)
+        daemon = Daemon(cfg, config_path=path, allow_route53_writes=allow, dry_run=args.dry_run)
+        return await _serve(daemon, host, port)
 
     return asyncio.run(main())
 
@@ -191,7 +232,81 @@ def cmd_check(args: argparse.Namespace) -> int:
     path = _config_path(args)
     cfg = load_config(path)
     print(summary(cfg, path))
+    if args.slack_test:
+        return asyncio.run(_slack_test(cfg))
     return EXIT_OK
+
+
+async def _slack_test(cfg: Config) -> int:
+    settings = slack_settings(cfg)
+    if settings is None:
+        print(
+            "cutover: --slack-test: no alerting.slack section in the configuration", file=sys.stderr
+        )
+        return EXIT_USAGE
+    # a throwaway registry and no state_dir: a test message is not part of any outbox
+    notifier = Notifier(replace(settings, state_dir=None), registry=CollectorRegistry())
+    try:
+        await notifier.send_test(
+            f"cutover {__version__}: test message. Alerts for {cfg.candidate} (candidate) vs "
+            f"{cfg.baseline} (baseline) will arrive here."
+        )
+    except SlackError as exc:
+        print(f"cutover: Slack test failed: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print("Slack: test message sent")
+    return EXIT_OK
+
+
+def cmd_shift(args: argparse.Namespace) -> int:
+    base = (args.url or os.environ.get("CUTOVER_URL") or "http://127.0.0.1:9877").rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise UsageError(f"--url: expected http:// or https://, got {base!r}")
+    url = f"{base}/api/v1/shift" + ("" if args.action == "status" else f"/{args.action}")
+    headers = {"Accept": "application/json"}
+    token = os.environ.get("CUTOVER_CONTROL_TOKEN")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    body = None
+    if args.action != "status":
+        if not token:
+            raise UsageError("set CUTOVER_CONTROL_TOKEN to the daemon's control token")
+        headers["Content-Type"] = "application/json"
+        body = json.dumps({"reason": args.reason, "who": getpass.getuser()}).encode()
+    method = "GET" if body is None else "POST"
+    # the scheme is checked above: http(s) only
+    request = urllib.request.Request(url, data=body, headers=headers, method=method)  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            data = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        text = exc.read().decode(errors="replace")
+        with contextlib.suppress(ValueError):
+            text = json.loads(text).get("error", text)
+        print(f"cutover: shift {args.action}: {text}", file=sys.stderr)
+        return EXIT_ERROR
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"cutover: cannot reach the daemon at {base}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(_shift_text(data))
+    return EXIT_OK
+
+
+def _shift_text(data: dict[str, object]) -> str:
+    status = data.get("shift", data)
+    if not isinstance(status, dict):
+        return json.dumps(data, indent=1)
+    lines = [
+        f"shift of {status.get('record')}: {status.get('state')}"
+        + (" (dry run)" if status.get("dry_run") else ""),
+        f"  steps {status.get('steps')}, candidate at {status.get('share')}%"
+        + (f", moving to {status.get('target_share')}%" if status.get("in_flight") else ""),
+    ]
+    if status.get("why"):
+        lines.append(f"  waiting: {status.get('why')}")
+    if data.get("result"):
+        lines.append(f"  {data.get('result')}")
+    return "\n".join(lines)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -203,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command != "check":
+        if args.command not in ("check", "shift"):
             setup_logging(
                 args.log_level or _env_choice("CUTOVER_LOG_LEVEL", LOG_LEVELS, "info"),
                 args.log_format or _env_choice("CUTOVER_LOG_FORMAT", LOG_FORMATS, "text"),
@@ -212,6 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "check":
             return cmd_check(args)
+        if args.command == "shift":
+            return cmd_shift(args)
         return cmd_demo(args)
     except ConfigError as exc:
         print(f"cutover: invalid configuration {exc.source}:", file=sys.stderr)
@@ -221,5 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"cutover: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StateDirError as exc:
+        print(f"cutover: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_OK

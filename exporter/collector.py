@@ -14,11 +14,23 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from exporter.alerts import Incident, Phase
 from exporter.config import Config
+from exporter.judge import SIGNALS
 from exporter.probe import REASONS
 from exporter.route53 import RecordSpec, Route53Snapshot
+from exporter.shift import Phase as ShiftPhase
+from exporter.shift import ShiftStatus
 from exporter.state import DURATION_BUCKETS, CheckState, ratio
 from exporter.window import QUANTILES
+
+
+@dataclass(frozen=True, slots=True)
+class ShiftView:
+    status: ShiftStatus
+    changes: Mapping[str, int]
+    last_change: float | None
+    last_rollback: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +42,8 @@ class View:
     now: float  # monotonic time, for trimming windows
     route53: Route53Snapshot | None = None
     records: Mapping[str, RecordSpec] = field(default_factory=dict)  # config key -> record
+    alerts: tuple[Incident, ...] = ()  # open incidents, pending and firing
+    shift: ShiftView | None = None
 
     def shares_for(self, check: str) -> dict[str, float] | None:
         """Traffic share per platform of the record a check represents, once read."""
@@ -126,8 +140,28 @@ class StateCollector(Collector):
             "What users see through DNS: sum over platforms of traffic share x window error ratio.",
             labels=["check"],
         )
+        regression = GaugeMetricFamily(
+            "cutover_regression",
+            "The judge's verdict now: 1 when the candidate regressed on this signal.",
+            labels=["check", "signal"],
+        )
+        firing = GaugeMetricFamily(
+            "cutover_alert_firing",
+            "1 while the alert fires (after `for`; down at once).",
+            labels=["check", "signal"],
+        )
+        fired = {i.key for i in view.alerts if i.phase is Phase.FIRING}
         baseline, candidate = cfg.baseline, cfg.candidate
         for state in view.checks:
+            if state.evaluation is not None:
+                for verdict in state.evaluation.verdicts():
+                    regression.add_metric(
+                        [state.name, verdict.signal], 1.0 if verdict.regressed else 0.0
+                    )
+            for signal in SIGNALS:
+                firing.add_metric(
+                    [state.name, signal], 1.0 if (state.name, signal) in fired else 0.0
+                )
             stats = {}
             for name, series in state.series.items():
                 lv = [state.name, name, series.role]
@@ -166,10 +200,57 @@ class StateCollector(Collector):
                 ratios = {p: st.error_ratio for p, st in stats.items()}
                 expected.add_metric([state.name], expected_error_ratio(shares, ratios))
         yield from (success, duration, phase, status, probes, failures, expiry)
-        yield from (w_latency, w_errors, w_samples, l_ratio, e_delta)
+        yield from (w_latency, w_errors, w_samples, l_ratio, e_delta, regression, firing)
         if view.route53 is not None:
             yield expected
             yield from route53_families(view.route53, view.records.values())
+        if view.shift is not None:
+            yield from shift_families(view.shift)
+
+
+def shift_families(view: ShiftView) -> Iterator[Metric]:
+    status = view.status
+    step = GaugeMetricFamily(
+        "cutover_shift_step",
+        "The plan's current step (1 = the first of shift.steps); 0 when not on a step.",
+    )
+    step.add_metric([], float(status.current_step + 1 if status.current_step is not None else 0))
+    yield step
+    target = GaugeMetricFamily(
+        "cutover_shift_target_share",
+        "The share (0..1) the plan wants each platform to have now.",
+        labels=["platform"],
+    )
+    weights = status.target_weights or {}
+    total = sum(weights.values())
+    for platform, weight in weights.items():
+        target.add_metric([platform], weight / total if total else 0.0)
+    yield target
+    state = GaugeMetricFamily(
+        "cutover_shift_state", "1 for the plan's current state.", labels=["state"]
+    )
+    for phase in ShiftPhase:
+        state.add_metric([phase.value], 1.0 if status.state is phase else 0.0)
+    yield state
+    changes = CounterMetricFamily(
+        "cutover_shift_changes",
+        "Weight changes the plan made, by result (ok, dry_run, or the failure's reason).",
+        labels=["result"],
+    )
+    for result in sorted({"ok", "dry_run", *view.changes}):
+        changes.add_metric([result], float(view.changes.get(result, 0)))
+    yield changes
+    dry = GaugeMetricFamily("cutover_shift_dry_run", "1 while the plan writes nothing to Route53.")
+    dry.add_metric([], 1.0 if status.dry_run else 0.0)
+    yield dry
+    for name, value, text in (
+        ("cutover_shift_last_change_timestamp_seconds", view.last_change, "last weight change"),
+        ("cutover_shift_last_rollback_timestamp_seconds", view.last_rollback, "last rollback"),
+    ):
+        family = GaugeMetricFamily(name, f"Time of the plan's {text} (for dashboard annotations).")
+        if value is not None:
+            family.add_metric([], value)
+        yield family
 
 
 def route53_families(snap: Route53Snapshot, records: Iterable[RecordSpec]) -> Iterator[Metric]:

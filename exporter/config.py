@@ -450,8 +450,14 @@ def _cross_check(cfg: Config) -> list[str]:
         if slack.token is not None and not slack.token.strip():
             errors.append("alerting.slack.token: is empty")
     if cfg.shift is not None:
-        if normalize_name(cfg.shift.record) not in record_keys:
+        key = normalize_name(cfg.shift.record)
+        if key not in record_keys:
             errors.append(f"shift.record: {cfg.shift.record!r} is not one of route53.records")
+        elif not any((r := cfg.record_for(c)) is not None and r.key == key for c in cfg.checks):
+            errors.append(
+                f"shift.record: no check is tied to {cfg.shift.record!r} (checks[].record), so "
+                "no regression could stop or roll back the shift"
+            )
         if cfg.shift.rollback_to >= cfg.shift.steps[0]:
             errors.append("shift.rollback_to: must be below the first step")
     return errors

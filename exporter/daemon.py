@@ -14,12 +14,24 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client.process_collector import ProcessCollector
 
 from exporter import __version__
-from exporter.collector import BuildInfoCollector, StateCollector, View
+from exporter.alerts import Alerts, AlertSettings, Event, Fired, Incident, Resolved
+from exporter.collector import (
+    BuildInfoCollector,
+    ShiftView,
+    StateCollector,
+    View,
+    expected_error_ratio,
+)
 from exporter.config import Check, Config, load_config, probe_spec
-from exporter.errors import ConfigError
+from exporter.errors import ConfigError, CutoverError
+from exporter.judge import JudgeSettings, judge
 from exporter.logs import REDACTOR
+from exporter.messages import Context, notifications
 from exporter.probe import Prober
-from exporter.route53 import RecordSpec, Route53Reader, Route53State
+from exporter.route53 import RecordSpec, Route53Reader, Route53State, normalize_name
+from exporter.shift import Notify, Observation, ShiftSettings
+from exporter.shift_runner import ShiftRunner
+from exporter.slack import Notification, Notifier, SlackSettings
 from exporter.state import CheckState, Series
 from exporter.window import Window
 
@@ -41,6 +53,60 @@ def record_specs(cfg: Config) -> dict[str, RecordSpec]:
         )
         for r in cfg.route53.records
     }
+
+
+def judge_settings(cfg: Config) -> JudgeSettings:
+    j = cfg.judge
+    return JudgeSettings(
+        min_samples=j.min_samples,
+        confidence=j.confidence,
+        latency_max_ratio=j.latency.max_ratio,
+        latency_min_increase=j.latency.min_increase,
+        errors_max_increase=j.errors.max_increase,
+        down_after=j.down_after,
+        window=j.window,
+    )
+
+
+def alert_settings(cfg: Config) -> AlertSettings:
+    a = cfg.alerting
+    if a is None:
+        return AlertSettings()
+    return AlertSettings(
+        for_=a.for_, resolve_after=a.resolve_after, repeat_interval=a.repeat_interval
+    )
+
+
+def slack_settings(cfg: Config) -> SlackSettings | None:
+    if cfg.alerting is None or cfg.alerting.slack is None:
+        return None
+    slack = cfg.alerting.slack
+    api_url = slack.api_url + "/" if slack.api_url else None
+    return SlackSettings(
+        token=slack.token,
+        webhook_url=slack.webhook_url,
+        channel=slack.channel,
+        api_url=api_url,
+        state_dir=cfg.state_dir,
+    )
+
+
+class StateDirError(CutoverError):
+    """The state directory cannot be created or written."""
+
+
+def prepare_state_dir(path: str | None) -> Path | None:
+    if path is None:
+        return None
+    directory = Path(path)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".cutover-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise StateDirError(f"state_dir {path}: not writable: {exc.strerror or exc}") from None
+    return directory
 
 
 def secrets_of(cfg: Config) -> Iterator[str]:
@@ -77,6 +143,8 @@ class Daemon:
         config_path: str | Path | None = None,
         registry: CollectorRegistry | None = None,
         prober: Prober | None = None,
+        allow_route53_writes: bool = False,
+        dry_run: bool = False,
     ) -> None:
         self.config = config
         self.config_path = Path(config_path) if config_path is not None else None
@@ -90,6 +158,17 @@ class Daemon:
         self.records: dict[str, RecordSpec] = {}
         self.route53: Route53State | None = None
         self._route53_task: asyncio.Task[None] | None = None
+        self.judge_settings = judge_settings(config)
+        self.state_dir = prepare_state_dir(config.state_dir)
+        self.alerts = self._load_alerts(config)
+        self._alerts_mark: tuple[tuple[str, str, bool], ...] = self._alerts_signature()
+        self.notifier: Notifier | None = None
+        self._notifier_task: asyncio.Task[None] | None = None
+        # writes need both the config's `shift.enabled` and the command line's permission
+        self.allow_route53_writes = allow_route53_writes and not dry_run
+        self.shift: ShiftRunner | None = None
+        self._shift_task: asyncio.Task[None] | None = None
+        self._shift_base: tuple[float | None, dict[tuple[str, str], int]] = (None, {})
 
         self.reload_ok = Gauge(
             "cutover_config_last_reload_successful",
@@ -126,6 +205,15 @@ class Daemon:
             now=time.monotonic(),
             route53=self.route53.snapshot() if self.route53 is not None else None,
             records=self.records,
+            alerts=self.alerts.incidents,
+            shift=None
+            if self.shift is None
+            else ShiftView(
+                status=self.shift.plan.status(time.time()),
+                changes=dict(self.shift.changes),
+                last_change=self.shift.last_change,
+                last_rollback=self.shift.last_rollback,
+            ),
         )
 
     @property
@@ -137,6 +225,8 @@ class Daemon:
     async def start(self) -> None:
         self._apply(self.config, previous={})
         self._apply_route53(self.config, previous=None)
+        self._apply_slack(self.config)
+        self._apply_shift(self.config)
         self._spawn(self._watch_loop_lag(), "loop-lag")
 
     async def stop(self) -> None:
@@ -151,6 +241,19 @@ class Daemon:
         self._tasks.clear()
         if self.route53 is not None:
             self.route53.close()
+        self._save_alerts()
+        if self._shift_task is not None:
+            self._shift_task.cancel()
+            await asyncio.gather(self._shift_task, return_exceptions=True)
+        if self.shift is not None:
+            await self.shift.aclose()
+        if self.notifier is not None:
+            # a short grace to deliver what is queued; the rest waits on disk for the next start
+            await self.notifier.flush(timeout=5.0)
+            if self._notifier_task is not None:
+                self._notifier_task.cancel()
+                await asyncio.gather(self._notifier_task, return_exceptions=True)
+            await self.notifier.aclose()
 
     def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
@@ -176,9 +279,19 @@ class Daemon:
             return exc.details
         if new.listen != self.config.listen:
             log.warning("listen address changes take effect only after a restart")
+        if new.state_dir != self.config.state_dir:
+            log.warning("state_dir changes take effect only after a restart")
         self._apply(new, previous=self._running)
         self._apply_route53(new, previous=self.config)
+        self.judge_settings = judge_settings(new)
+        self.alerts.settings = alert_settings(new)
+        for incident in self._forget_removed_checks(new):
+            log.info(
+                "incident %s closed: check %s left the configuration", incident.id, incident.check
+            )
         self.config = new
+        self._apply_slack(new)
+        self._apply_shift(new)
         self.config_loaded_at = time.time()
         self.reload_ok.set(1)
         self.last_reload_ok = True
@@ -254,6 +367,264 @@ class Daemon:
             self._route53_loop(self.route53, cfg.route53.interval), name="route53"
         )
 
+    # -- alerts and notifications ---------------------------------------------------------
+
+    def _alerts_path(self) -> Path | None:
+        return self.state_dir / "alerts.json" if self.state_dir is not None else None
+
+    def _load_alerts(self, cfg: Config) -> Alerts:
+        path = self._alerts_path()
+        if path is None:
+            return Alerts(alert_settings(cfg))
+        try:
+            alerts = Alerts.load(path, alert_settings(cfg), now=time.time())
+        except ValueError as exc:
+            # the file was moved aside; starting empty beats not starting at all
+            log.error("alert state unreadable, starting without it: %s", exc)
+            return Alerts(alert_settings(cfg))
+        if alerts.incidents:
+            log.info("alert state loaded: %d open incident(s)", len(alerts.incidents))
+        return alerts
+
+    def _alerts_signature(self) -> tuple[tuple[str, str, bool], ...]:
+        return tuple((i.id, i.phase.value, i.clear_since is None) for i in self.alerts.incidents)
+
+    def _save_alerts(self) -> None:
+        path = self._alerts_path()
+        if path is None:
+            return
+        try:
+            self.alerts.save(path)
+        except OSError as exc:
+            log.error("cannot save alert state to %s: %s", path, exc.strerror or exc)
+
+    def _forget_removed_checks(self, cfg: Config) -> list[Incident]:
+        names = {c.name for c in cfg.checks}
+        removed = []
+        for incident in self.alerts.incidents:
+            if incident.check not in names:
+                removed.extend(self.alerts.remove_check(incident.check))
+        if removed:
+            self._save_alerts()
+        return removed
+
+    def _apply_slack(self, cfg: Config) -> None:
+        settings = slack_settings(cfg)
+        if settings is None:
+            if self.notifier is not None:
+                log.warning(
+                    "Slack removed from the configuration: %d notification(s) stay on disk",
+                    self.notifier.pending(),
+                )
+                if self._notifier_task is not None:
+                    self._notifier_task.cancel()
+                self.notifier = None
+                self._notifier_task = None
+            return
+        if self.notifier is None:
+            self.notifier = Notifier(
+                settings, registry=self.registry, logger=logging.getLogger("cutover.slack")
+            )
+        else:
+            self.notifier.update_settings(settings)
+        if self._notifier_task is None or self._notifier_task.done():
+            self._notifier_task = asyncio.create_task(self.notifier.run(), name="slack")
+
+    def _evaluate(self, state: CheckState, t: float) -> None:
+        """Judge one check after a tick, advance its incidents, and notify."""
+        cfg = self.config
+        baseline = state.series.get(cfg.baseline)
+        candidate = state.series.get(cfg.candidate)
+        if baseline is None or candidate is None:
+            return
+        evaluation = judge(
+            baseline.window.samples(),
+            candidate.window.samples(),
+            t,
+            self.judge_settings,
+            previous=state.evaluation,
+        )
+        state.evaluation = evaluation
+        events = self.alerts.update(state.name, evaluation, time.time())
+        mark = self._alerts_signature()
+        if events or mark != self._alerts_mark:
+            self._save_alerts()
+            self._alerts_mark = mark
+        for event in events:
+            self._notify(event, state)
+
+    def _notify(self, event: Event, state: CheckState) -> None:
+        incident = event.incident
+        if isinstance(event, Fired):
+            log.warning(
+                "FIRING %s: %s regression on %s (%s)",
+                incident.id, incident.signal, incident.check, self.config.candidate,
+            )  # fmt: skip
+        elif isinstance(event, Resolved):
+            log.info("RESOLVED %s after %.0fs", incident.id, event.duration)
+        if self.notifier is None:
+            return
+        for notification in notifications(event, self._context(state)):
+            self.notifier.enqueue(notification)
+
+    def _context(self, state: CheckState) -> Context:
+        cfg = self.config
+        view = self.view()
+        shares = view.shares_for(state.name)
+        share = expected = None
+        if shares is not None:
+            share = shares.get(cfg.candidate, 0.0)
+            ratios = {p: s.stats(view.now).error_ratio for p, s in state.series.items()}
+            expected = expected_error_ratio(shares, ratios)
+        alerting = cfg.alerting
+        return Context(
+            baseline=cfg.baseline,
+            candidate=cfg.candidate,
+            candidate_share=share,
+            expected_error_ratio=expected,
+            dashboard_url=alerting.dashboard_url if alerting else None,
+            max_ratio=cfg.judge.latency.max_ratio,
+            max_error_increase=cfg.judge.errors.max_increase,
+        )
+
+    # -- guarded shifting -------------------------------------------------------------------
+
+    def shift_settings(self, cfg: Config) -> ShiftSettings | None:
+        if cfg.shift is None:
+            return None
+        return ShiftSettings.from_config(
+            cfg.shift,
+            baseline=cfg.baseline,
+            candidate=cfg.candidate,
+            dry_run=not (cfg.shift.enabled and self.allow_route53_writes),
+        )
+
+    def _apply_shift(self, cfg: Config) -> None:
+        settings = self.shift_settings(cfg)
+        if self.shift is not None and settings is not None:
+            if settings == self.shift.settings:
+                return
+            try:
+                self.shift.plan.replace_settings(time.time(), settings)
+                self.shift.settings = settings
+                self.shift.save()
+                return
+            except ValueError as exc:
+                log.warning("shift: a new plan replaces the old one: %s", exc)
+        if self._shift_task is not None:
+            self._shift_task.cancel()
+            self._shift_task = None
+        if self.shift is not None:
+            old = self.shift
+            self.shift = None
+            self._spawn(old.aclose(), "shift-close")
+        if settings is None or cfg.shift is None or cfg.route53 is None:
+            return
+        record = self.records[normalize_name(cfg.shift.record)]
+        self.shift = ShiftRunner(
+            settings,
+            record,
+            state_path=self.state_dir / "shift.json" if self.state_dir is not None else None,
+            endpoint_url=cfg.route53.endpoint_url,
+            notify=self._notify_shift,
+        )
+        if settings.dry_run:
+            log.info(
+                "shift: dry run, nothing is written to Route53 (%s)",
+                "shift.enabled is false"
+                if not cfg.shift.enabled
+                else "cutover run was not given --allow-route53-writes",
+            )
+        self._shift_task = asyncio.create_task(self._shift_loop(), name="shift")
+
+    def shift_checks(self) -> list[str]:
+        """The checks that guard the shifted record: their regressions roll it back."""
+        cfg = self.config
+        if cfg.shift is None:
+            return []
+        key = normalize_name(cfg.shift.record)
+        return [c.name for c in cfg.checks if (r := cfg.record_for(c)) is not None and r.key == key]
+
+    def _shift_observation(self) -> Observation:
+        assert self.shift is not None
+        checks = set(self.shift_checks())
+        spec = self.shift.record
+        weights = ttl = read_at = None
+        if self.route53 is not None:
+            rw = self.route53.weights.get(spec)
+            if rw is not None and spec not in self.route53.failing:
+                weights, ttl, read_at = rw.platform_weights(), rw.ttl, rw.fetched_at
+        firing = [i.id for i in self.alerts.firing() if i.check in checks]
+        pending = [
+            i.id
+            for i in self.alerts.incidents
+            if i.check in checks and i not in self.alerts.firing()
+        ]
+        # probes made since the plan's current share began, per side, the fewest over the checks
+        since = self.shift.plan.samples_since
+        base_since, base = self._shift_base
+        totals = {
+            (r.state.name, p): s.probes_total
+            for r in self._running.values()
+            if r.state.name in checks
+            for p, s in r.state.series.items()
+        }
+        if since != base_since:
+            self._shift_base = (since, totals)
+            base = totals
+        counts = {
+            role: min(
+                (totals[key] - base.get(key, totals[key]) for key in totals if key[1] == platform),
+                default=0,
+            )
+            for role, platform in (
+                ("baseline", self.config.baseline),
+                ("candidate", self.config.candidate),
+            )
+        }
+        return Observation(
+            weights=weights,
+            baseline_samples=counts["baseline"],
+            candidate_samples=counts["candidate"],
+            firing=firing,
+            pending=pending,
+            ttl=ttl,
+            read_at=read_at,
+        )
+
+    async def _shift_loop(self) -> None:
+        while True:
+            try:
+                if self.shift is not None:
+                    self.shift.evaluate(time.time(), self._shift_observation())
+            except Exception:
+                log.exception("shift: unexpected error while evaluating the plan")
+            await asyncio.sleep(0.5)
+
+    def _notify_shift(self, action: Notify) -> None:
+        if self.notifier is None:
+            return
+        now = time.time()
+        # `about` holds the ids of the firing incidents (see _shift_observation); their firing
+        # posts are ahead in the outbox, so the replies find the threads when they go out
+        threads = list(action.about)
+        base = f"shift:{action.kind}:{round(now * 1000)}"
+        if threads:
+            # a rollback answers the incidents that caused it, in their threads
+            for incident in threads:
+                self.notifier.enqueue(
+                    Notification(
+                        key=f"{base}:{incident}",
+                        incident=incident,
+                        action="reply",
+                        text=action.text,
+                    )
+                )
+            return
+        self.notifier.enqueue(
+            Notification(key=base, incident=base, action="post", text=f"[SHIFT] {action.text}")
+        )
+
     # -- loops ------------------------------------------------------------------------------
 
     async def _probe_loop(self, check: Check, state: CheckState) -> None:
@@ -270,17 +641,23 @@ class Daemon:
             t = time.monotonic()
             series = list(state.series.values())
             # both platforms at the same moment: the judge compares them pairwise
-            results = await asyncio.gather(*(self.prober.probe(s.spec) for s in series))
-            for s, result in zip(series, results, strict=True):
-                s.record(result, t, tick)
-                if not result.success:
-                    log.debug(
-                        "probe %s on %s failed: %s (%s)",
-                        check.name,
-                        s.platform,
-                        result.reason,
-                        result.detail,
-                    )
+            try:
+                results = await asyncio.gather(*(self.prober.probe(s.spec) for s in series))
+                for s, result in zip(series, results, strict=True):
+                    s.record(result, t, tick)
+                    if not result.success:
+                        log.debug(
+                            "probe %s on %s failed: %s (%s)",
+                            check.name,
+                            s.platform,
+                            result.reason,
+                            result.detail,
+                        )
+                self._evaluate(state, t)
+            except Exception:
+                # the prober never raises for a failing target, so this is a bug of ours: say
+                # so loudly, and keep this check on its schedule rather than silently stop it
+                log.exception("probing or judging %s failed unexpectedly", check.name)
             next_at += interval
             late = loop.time() - next_at
             if late > 0:

@@ -6,6 +6,7 @@ import math
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
+from exporter.judge import Evaluation
 from exporter.probe import PHASES, REASONS, ProbeResult, ProbeSpec
 from exporter.window import Sample, Window, WindowStats
 
@@ -68,6 +69,7 @@ class CheckState:
     name: str
     series: dict[str, Series]  # platform name -> series
     next_tick: int = 0
+    evaluation: Evaluation | None = None  # the judge's last verdicts, and its hysteresis state
 
     @property
     def probed(self) -> bool:

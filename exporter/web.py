@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hmac
 import math
+import os
 import time
 from html import escape
 from typing import Any
@@ -11,8 +13,10 @@ from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__
+from exporter.alerts import Incident, Phase
 from exporter.collector import View, expected_error_ratio
 from exporter.daemon import Daemon
+from exporter.shift import Refused
 from exporter.state import CheckState, ratio
 
 DAEMON = web.AppKey("daemon", Daemon)
@@ -122,6 +126,9 @@ def status_data(daemon: Daemon) -> dict[str, Any]:
                 "comparison": comparison,
                 "traffic_share": shares,
                 "expected_error_ratio": expected,
+                "verdicts": None
+                if state.evaluation is None
+                else {v.signal: v.as_dict() for v in state.evaluation.verdicts()},
             }
         )
     return {
@@ -143,7 +150,16 @@ def status_data(daemon: Daemon) -> dict[str, Any]:
         },
         "checks": checks,
         "route53": route53_data(view),
+        "alerts": [_incident_data(i) for i in view.alerts],
+        "shift": shift_data(daemon),
+        "notifications_pending": daemon.notifier.pending() if daemon.notifier else None,
     }
+
+
+def _incident_data(incident: Incident) -> dict[str, Any]:
+    data = incident.to_dict()
+    data.pop("notify", None)  # the notification layer's bookkeeping, not for readers
+    return data
 
 
 # -- HTML ------------------------------------------------------------------------------------
@@ -232,6 +248,16 @@ def _check_table(daemon: Daemon, view: View, state: CheckState) -> str:
             "<tr><th class='l'>users see (through DNS)</th>"
             f"<td colspan=2 class='l'>{_pct(users)} of requests failing</td></tr>"
         )
+    if state.evaluation is not None:
+        verdicts = []
+        for v in state.evaluation.verdicts():
+            css = "bad" if v.regressed else ("muted" if v.state.value == "inconclusive" else "ok")
+            verdicts.append(
+                f"{escape(v.signal)} <span class='{css}'>{escape(v.state.value)}</span>"
+            )
+        comparison += (
+            f"<tr><th class='l'>judge</th><td colspan=2 class='l'>{' · '.join(verdicts)}</td></tr>"
+        )
     spec = series[0].spec if series else None
     title = escape(state.name) + (
         f" <code class='muted'>{escape(_path_of(spec.url))}</code>" if spec else ""
@@ -298,11 +324,68 @@ def _route53_html(view: View) -> str:
     return "".join(parts)
 
 
+def _shift_html(daemon: Daemon) -> str:
+    data = shift_data(daemon)
+    if data is None:
+        return ""
+    steps = " → ".join(
+        f"<b>{s:g}%</b>" if i == data["current_step"] else f"{s:g}%"
+        for i, s in enumerate(data["steps"])
+    )
+    left = data["hold_left_seconds"]
+    rows = [
+        (
+            "state",
+            escape(data["state"])
+            + (" <span class='muted'>(dry run)</span>" if data["dry_run"] else ""),
+        ),
+        ("plan", f"{steps} <span class='muted'>({escape(data['mode'])} mode)</span>"),
+        ("candidate share", "–" if data["share"] is None else f"{data['share']:g}%"),
+        ("hold left", "–" if left is None else f"{left:.0f}s of {data['hold_seconds']:.0f}s"),
+        ("waiting for", escape(data["why"] or "nothing")),
+        ("guarded by", escape(", ".join(data["guarded_by"]) or "no check")),
+    ]
+    history = "".join(
+        f"<li>{escape(_ago(t['at']))}: {escape(t['state'])}: {escape(t['reason'])}</li>"
+        for t in reversed(data["history"][-5:])
+    )
+    return (
+        f"<h2>Guarded shift of {escape(data['record'])}</h2><table>"
+        + "".join(f"<tr><th class='l'>{k}</th><td class='l'>{v}</td></tr>" for k, v in rows)
+        + "</table>"
+        + (f"<ul class='muted'>{history}</ul>" if history else "")
+    )
+
+
+def _alerts_html(view: View) -> str:
+    if not view.alerts:
+        return "<h2>Alerts</h2><p class='ok'>No regression: nothing firing or pending.</p>"
+    rows = []
+    for incident in view.alerts:
+        firing = incident.phase is Phase.FIRING
+        figures = incident.figures
+        p95 = figures.get("p95_ratio")
+        delta = figures.get("error_ratio_delta")
+        rows.append(
+            f"<tr{' class=warn' if firing else ''}><td class='l'>{escape(incident.check)}</td>"
+            f"<td class='l'>{escape(incident.signal)}</td>"
+            f"<td class='l {'bad' if firing else 'muted'}'>{escape(incident.phase.value)}</td>"
+            f"<td class='l'>{escape(_ago(incident.started_at))}</td>"
+            f"<td>{_x(p95) if isinstance(p95, float) else '–'}</td>"
+            f"<td>{_pct(delta) if isinstance(delta, float) else '–'}</td></tr>"
+        )
+    return (
+        "<h2>Alerts</h2><table><tr><th class='l'>check</th><th class='l'>signal</th>"
+        "<th class='l'>state</th><th class='l'>since</th><th>p95 ratio</th>"
+        "<th>error ratio increase</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
 def status_html(daemon: Daemon) -> str:
     cfg = daemon.config
     view = daemon.view()
     tables = "".join(_check_table(daemon, view, state) for state in view.checks)
-    tables = _route53_html(view) + tables
+    tables = _alerts_html(view) + _shift_html(daemon) + _route53_html(view) + tables
     ready = "ready" if daemon.ready else "starting: not every check has been probed yet"
     reload_note = (
         ""
@@ -360,15 +443,65 @@ async def reload(request: web.Request) -> web.Response:
     return web.Response(text="reloaded\n")
 
 
+CONTROL_TOKEN = web.AppKey("control_token", str)
+
+
+def shift_data(daemon: Daemon) -> dict[str, Any] | None:
+    if daemon.shift is None:
+        return None
+    status = daemon.shift.plan.status(time.time())
+    data = status.to_dict()
+    data["guarded_by"] = daemon.shift_checks()
+    data["changes"] = dict(daemon.shift.changes)
+    return data
+
+
+async def api_shift(request: web.Request) -> web.Response:
+    data = shift_data(request.app[DAEMON])
+    if data is None:
+        return web.json_response({"error": "no shift section in the configuration"}, status=404)
+    return web.json_response({"shift": data})
+
+
+async def shift_control(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    token = request.app[CONTROL_TOKEN]
+    if not token:
+        return web.json_response(
+            {"error": "control is disabled: start the daemon with CUTOVER_CONTROL_TOKEN set"},
+            status=403,
+        )
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        return web.json_response({"error": "a valid bearer token is required"}, status=401)
+    if daemon.shift is None:
+        return web.json_response({"error": "no shift section in the configuration"}, status=404)
+    action = request.match_info["action"]
+    try:
+        body = await request.json() if request.can_read_body else {}
+    except ValueError:
+        body = {}
+    who = str(body.get("who") or request.remote or "api")[:64] if isinstance(body, dict) else "api"
+    reason = body.get("reason") if isinstance(body, dict) else None
+    try:
+        result = daemon.shift.control(action, who, str(reason)[:200] if reason else None)
+    except Refused as exc:
+        return web.json_response({"error": str(exc), "shift": shift_data(daemon)}, status=409)
+    return web.json_response({"result": f"{action}: {result}", "shift": shift_data(daemon)})
+
+
 def build_app(daemon: Daemon) -> web.Application:
     app = web.Application()
     app[DAEMON] = daemon
+    app[CONTROL_TOKEN] = os.environ.get("CUTOVER_CONTROL_TOKEN", "")
     app.router.add_get("/", index)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/v1/status", api_status)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
     app.router.add_post("/-/reload", reload)
+    app.router.add_get("/api/v1/shift", api_shift)
+    app.router.add_post("/api/v1/shift/{action:pause|resume|approve|rollback}", shift_control)
     return app
 
 

@@ -324,3 +324,28 @@ def test_systemd_state_dir_matches_the_documented_configuration() -> None:
     readme = (ROOT / "deploy" / "README.md").read_text()
     assert "state_dir: /var/lib/cutover" in readme
     assert "deploy/systemd/cutover.service" in readme
+
+
+def test_iam_policies_in_the_readme_match_the_files() -> None:
+    import json as _json
+    from pathlib import Path as _Path
+
+    root = _Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    for name in ("route53-read-policy.json", "route53-shift-policy.json"):
+        policy = _json.loads((root / "deploy" / "iam" / name).read_text())
+        blocks = [
+            _json.loads(b) for b in readme.split("```json\n")[1:] for b in [b.split("```")[0]]
+        ]
+        assert policy in blocks, name
+        actions = {
+            a
+            for st in policy["Statement"]
+            for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])
+        }
+        assert "route53:ListResourceRecordSets" in actions
+        assert actions <= {
+            "route53:ListResourceRecordSets",
+            "route53:ChangeResourceRecordSets",
+            "route53:GetChange",
+        }

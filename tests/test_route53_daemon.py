@@ -46,7 +46,7 @@ def moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[Moto]:
     m.stop()
 
 
-def zone(moto: Moto, weights: dict[str, int], *, others: int = 0) -> tuple[Any, str]:
+def zone(moto: Moto, weights: dict[str, int], *, others: int = 0, ttl: int = 60) -> tuple[Any, str]:
     client = boto3.client("route53", endpoint_url=moto.url)
     zid = client.create_hosted_zone(Name="example.com", CallerReference=str(free_port()))[
         "HostedZone"
@@ -63,11 +63,13 @@ def zone(moto: Moto, weights: dict[str, int], *, others: int = 0) -> tuple[Any, 
     ]  # fmt: skip
     if changes:
         client.change_resource_record_sets(HostedZoneId=zid, ChangeBatch={"Changes": changes})
-    set_weights(client, zid, weights, action="CREATE")
+    set_weights(client, zid, weights, action="CREATE", ttl=ttl)
     return client, zid
 
 
-def set_weights(client: Any, zid: str, weights: dict[str, int], action: str = "UPSERT") -> None:
+def set_weights(
+    client: Any, zid: str, weights: dict[str, int], action: str = "UPSERT", ttl: int = 60
+) -> None:
     targets = {
         "heroku": "myapp.herokuapp.com",
         "aws": "lb.elb.amazonaws.com",
@@ -81,7 +83,7 @@ def set_weights(client: Any, zid: str, weights: dict[str, int], action: str = "U
                     "Action": action,
                     "ResourceRecordSet": {
                         "Name": NAME, "Type": "CNAME", "SetIdentifier": sid, "Weight": w,
-                        "TTL": 60, "ResourceRecords": [{"Value": targets[sid]}],
+                        "TTL": ttl, "ResourceRecords": [{"Value": targets[sid]}],
                     },
                 }
                 for sid, w in weights.items()

@@ -1,0 +1,218 @@
+"""Slack wording: incidents and their figures as Block Kit messages with a plain-text fallback."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from exporter.alerts import Event, Fired, Incident, Reminder, Resolved
+from exporter.slack import Notification
+
+SIGNAL_TITLES = {
+    "down": "is down",
+    "errors": "fails more requests",
+    "latency": "is slower",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a message needs besides the incident: names, traffic and where to look."""
+
+    baseline: str
+    candidate: str
+    # the candidate's current traffic share (0..1) and what users see; None without Route53
+    candidate_share: float | None = None
+    expected_error_ratio: float | None = None
+    dashboard_url: str | None = None
+    max_ratio: float = 1.5
+    max_error_increase: float = 0.02
+
+
+def _num(figures: Mapping[str, Any], key: str) -> float:
+    value = figures.get(key)
+    return (
+        float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+    )
+
+
+def _ms(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value * 1000:.0f} ms"
+
+
+def _pct(value: float) -> str:
+    if math.isnan(value):
+        return "n/a"
+    return f"{value * 100:.1f}%" if value < 0.995 or value == 1 else f"{value * 100:.2f}%"
+
+
+def _x(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.1f}x"
+
+
+def duration_text(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
+
+
+def severity(incident: Incident, ctx: Context) -> str:
+    """critical when users are hurt now, warning when they could be, info when none are exposed."""
+    if ctx.candidate_share is not None and ctx.candidate_share <= 0:
+        return "info"
+    if incident.signal in ("down", "errors"):
+        return "critical"
+    return "warning"
+
+
+def figures_lines(figures: Mapping[str, Any], ctx: Context) -> tuple[str, str, str]:
+    """The candidate's and the baseline's figures side by side, and the comparison."""
+    cand = (
+        f"p50 {_ms(_num(figures, 'candidate_p50'))} · p95 {_ms(_num(figures, 'candidate_p95'))}"
+        f" · errors {_pct(_num(figures, 'candidate_error_ratio'))}"
+    )
+    base = (
+        f"p50 {_ms(_num(figures, 'baseline_p50'))} · p95 {_ms(_num(figures, 'baseline_p95'))}"
+        f" · errors {_pct(_num(figures, 'baseline_error_ratio'))}"
+    )
+    delta = _num(figures, "error_ratio_delta")
+    comparison = (
+        f"p95 {_x(_num(figures, 'p95_ratio'))} (tolerated {ctx.max_ratio:g}x) · "
+        f"p50 {_x(_num(figures, 'p50_ratio'))} · errors "
+        + ("n/a" if math.isnan(delta) else f"{delta * 100:+.1f} pts")
+        + f" (tolerated +{ctx.max_error_increase * 100:g} pts)"
+    )
+    return cand, base, comparison
+
+
+def traffic_line(ctx: Context) -> str:
+    share = ctx.candidate_share
+    if share is None:
+        return "Traffic share unknown (no Route53 record configured for this check)."
+    if share <= 0:
+        return f"{ctx.candidate} gets 0% of traffic: no users affected yet."
+    line = f"{ctx.candidate} gets {_pct(share)} of traffic"
+    if ctx.expected_error_ratio is not None and not math.isnan(ctx.expected_error_ratio):
+        line += f": users see {_pct(ctx.expected_error_ratio)} of requests failing"
+    return line + "."
+
+
+def _blocks(
+    title: str, incident: Incident, ctx: Context, extra: str | None
+) -> list[dict[str, Any]]:
+    cand, base, comparison = figures_lines(incident.figures, ctx)
+    context = [f"incident `{incident.id}`", f"since {_clock(incident.started_at)}"]
+    if ctx.dashboard_url:
+        context.append(f"<{ctx.dashboard_url}|dashboard>")
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": title[:150]}},
+        {
+            "type": "section",
+            "fields": [
+                {"type": "mrkdwn", "text": f"*{ctx.candidate}* (candidate)\n{cand}"},
+                {"type": "mrkdwn", "text": f"*{ctx.baseline}* (baseline)\n{base}"},
+            ],
+        },
+        {
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": f"*Candidate / baseline:* {comparison}"},
+        },
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"*Users:* {traffic_line(ctx)}"}},
+    ]
+    if extra:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": extra}})
+    blocks.append(
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": " · ".join(context)}]}
+    )
+    return blocks
+
+
+def _clock(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+
+
+def _text(title: str, incident: Incident, ctx: Context, extra: str | None) -> str:
+    cand, base, comparison = figures_lines(incident.figures, ctx)
+    lines = [
+        title,
+        f"{ctx.candidate} (candidate): {cand}",
+        f"{ctx.baseline} (baseline): {base}",
+        f"candidate / baseline: {comparison}",
+        traffic_line(ctx),
+    ]
+    if extra:
+        lines.append(extra)
+    if ctx.dashboard_url:
+        lines.append(f"dashboard: {ctx.dashboard_url}")
+    return "\n".join(lines)
+
+
+def firing_title(incident: Incident, ctx: Context) -> str:
+    sev = severity(incident, ctx)
+    return (
+        f"[{sev.upper()}] {incident.check}: {ctx.candidate} {SIGNAL_TITLES[incident.signal]} "
+        f"than {ctx.baseline} ({incident.signal})"
+        if incident.signal != "down"
+        else f"[{sev.upper()}] {incident.check}: {ctx.candidate} is down ({incident.signal})"
+    )
+
+
+def notifications(event: Event, ctx: Context) -> list[Notification]:
+    """What to send for one incident event: a post, an edit and a reply, or a reply."""
+    incident = event.incident
+    if isinstance(event, Fired):
+        title = firing_title(incident, ctx)
+        return [
+            Notification(
+                key=f"{incident.id}:fire",
+                incident=incident.id,
+                action="post",
+                text=_text(title, incident, ctx, None),
+                blocks=tuple(_blocks(title, incident, ctx, None)),
+            )
+        ]
+    if isinstance(event, Resolved):
+        lasted = duration_text(event.duration)
+        title = f"[RESOLVED] {incident.check}: {ctx.candidate} {incident.signal} regression"
+        extra = (
+            f"*Resolved* after {lasted}. The figures above are the last ones seen while it fired."
+        )
+        reply = f"Resolved: {incident.check} {incident.signal} lasted {lasted}."
+        return [
+            Notification(
+                key=f"{incident.id}:resolve:edit",
+                incident=incident.id,
+                action="edit",
+                text=_text(title, incident, ctx, extra),
+                blocks=tuple(_blocks(title, incident, ctx, extra)),
+            ),
+            Notification(
+                key=f"{incident.id}:resolve:reply",
+                incident=incident.id,
+                action="reply",
+                text=reply,
+            ),
+        ]
+    assert isinstance(event, Reminder)
+    since = duration_text((incident.reminded_at or incident.started_at) - incident.started_at)
+    cand, base, comparison = figures_lines(incident.figures, ctx)
+    text = (
+        f"Still firing after {since}: {ctx.candidate} {cand} vs {ctx.baseline} {base} "
+        f"({comparison}). {traffic_line(ctx)}"
+    )
+    return [
+        Notification(
+            key=f"{incident.id}:remind:{round(incident.reminded_at or 0)}",
+            incident=incident.id,
+            action="reply",
+            text=text,
+        )
+    ]

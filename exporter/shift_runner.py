@@ -1,0 +1,157 @@
+"""Carries out the shift plan's actions: weight writes off the evaluation path, persistence, news."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from exporter.route53 import RecordSpec, Route53Error
+from exporter.route53_write import Route53Writer
+from exporter.shift import (
+    Action,
+    Notify,
+    Observation,
+    Refused,
+    SetWeights,
+    ShiftPlan,
+    ShiftSettings,
+)
+
+log = logging.getLogger("cutover.shift")
+
+CONTROLS = ("pause", "resume", "approve", "rollback")
+
+
+class ShiftRunner:
+    """Owns the plan, its state file and the writer; the daemon feeds it observations.
+
+    Writes run in their own tasks so that an evaluation never waits for Route53 (a rollback
+    must be decided while a step still waits for INSYNC); the writer serialises changes per
+    hosted zone. The plan is saved before anything is written, so a restart knows a change
+    was in flight.
+    """
+
+    def __init__(
+        self,
+        settings: ShiftSettings,
+        record: RecordSpec,
+        *,
+        state_path: Path | None,
+        endpoint_url: str | None,
+        notify: Callable[[Notify], None],
+        writer: Route53Writer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.record = record
+        self.state_path = state_path
+        self._notify = notify
+        self.writer = writer or Route53Writer(endpoint_url=endpoint_url, dry_run=settings.dry_run)
+        self.changes: dict[str, int] = {}
+        self.last_change: float | None = None
+        self.last_rollback: float | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.plan = self._load()
+
+    def _load(self) -> ShiftPlan:
+        if self.state_path is None:
+            return ShiftPlan(self.settings)
+        try:
+            plan = ShiftPlan.load(self.state_path, self.settings, now=time.time())
+        except ValueError as exc:
+            log.error("shift state unreadable, starting the plan afresh: %s", exc)
+            return ShiftPlan(self.settings)
+        log.info("shift plan loaded: %s", plan.status(time.time()).state.value)
+        return plan
+
+    def save(self) -> None:
+        if self.state_path is None:
+            return
+        try:
+            self.plan.save(self.state_path)
+        except OSError as exc:
+            log.error("cannot save the shift plan to %s: %s", self.state_path, exc.strerror or exc)
+
+    # -- driving ----------------------------------------------------------------------------
+
+    def evaluate(self, now: float, observation: Observation) -> None:
+        self.perform(self.plan.step(now, observation))
+
+    def control(self, action: str, who: str, reason: str | None = None) -> str:
+        """A person's word (pause, resume, approve, rollback); raises Refused when it does not apply."""
+        now = time.time()
+        text = reason or f"{action} by {who}"
+        if action == "pause":
+            actions = self.plan.pause(now, text)
+        elif action == "resume":
+            actions = self.plan.resume(now, text)
+        elif action == "approve":
+            actions = self.plan.approve(now)
+        elif action == "rollback":
+            actions = self.plan.rollback(now, text)
+        else:
+            raise Refused(f"unknown action {action!r}: use one of {', '.join(CONTROLS)}")
+        log.info("shift: %s by %s", action, who)
+        self.perform(actions)
+        return self.plan.status(now).why or self.plan.status(now).state.value
+
+    def perform(self, actions: list[Action]) -> None:
+        if not actions:
+            return
+        self.save()
+        for action in actions:
+            if isinstance(action, Notify):
+                log.info("shift: %s", action.text)
+                self._notify(action)
+            else:
+                self._spawn_write(action)
+
+    def _spawn_write(self, action: SetWeights) -> None:
+        task = asyncio.create_task(self._write(action), name=f"shift-write-{action.seq}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _write(self, action: SetWeights) -> None:
+        what = "rollback" if action.rollback else "step"
+        log.info(
+            "shift: %s %s to %s (%s)%s",
+            what,
+            self.record.describe(),
+            ", ".join(f"{p}={w}" for p, w in action.weights.items()),
+            action.reason,
+            " [dry run: nothing is written]" if self.settings.dry_run else "",
+        )
+        try:
+            # a dry run wrote nothing before either: Route53 still holds the real weights, not
+            # the ones the plan pretends it wrote, so there is nothing to compare them with
+            expected = None if self.settings.dry_run else action.expected
+            result = await self.writer.apply_weights(
+                self.record, action.weights, expected=expected, comment=action.reason
+            )
+        except Route53Error as exc:
+            self.changes[exc.reason] = self.changes.get(exc.reason, 0) + 1
+            log.warning("shift: %s to %g%% failed: %s", what, action.share, exc)
+            follow = self.plan.change_failed(time.time(), action.seq, str(exc))
+        except ValueError as exc:
+            self.changes["invalid"] = self.changes.get("invalid", 0) + 1
+            log.error("shift: %s to %g%% refused: %s", what, action.share, exc)
+            follow = self.plan.change_failed(time.time(), action.seq, str(exc))
+        else:
+            result_label = "dry_run" if result.dry_run else "ok"
+            self.changes[result_label] = self.changes.get(result_label, 0) + 1
+            now = time.time()
+            self.last_change = now
+            if action.rollback:
+                self.last_rollback = now
+            follow = self.plan.change_applied(now, action.seq)
+        self.save()
+        self.perform(follow)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.save()
+        self.writer.close()

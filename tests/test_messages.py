@@ -1,0 +1,82 @@
+"""Slack wording: figures side by side, traffic exposure and severity, for each incident event."""
+
+from __future__ import annotations
+
+from exporter.alerts import Fired, Incident, Phase, Reminder, Resolved
+from exporter.messages import Context, duration_text, notifications, severity
+
+FIGURES = {
+    "candidate_p50": 0.120, "candidate_p95": 0.240, "candidate_error_ratio": 0.052,
+    "baseline_p50": 0.040, "baseline_p95": 0.080, "baseline_error_ratio": 0.001,
+    "p50_ratio": 3.0, "p95_ratio": 3.0, "error_ratio_delta": 0.051,
+}  # fmt: skip
+
+
+def incident(signal: str = "latency") -> Incident:
+    return Incident(
+        id=f"health.{signal}.1000", check="health", signal=signal, started_at=1000.0,
+        phase=Phase.FIRING, fired_at=1060.0, reminded_at=1060.0, figures=dict(FIGURES),
+    )  # fmt: skip
+
+
+def ctx(**kw: object) -> Context:
+    base: dict[str, object] = {"baseline": "heroku", "candidate": "aws"}
+    base.update(kw)
+    return Context(**base)  # type: ignore[arg-type]
+
+
+def test_firing_message_has_both_sides_ratio_and_link() -> None:
+    c = ctx(candidate_share=0.1, expected_error_ratio=0.0053, dashboard_url="https://g.example/d/x")
+    (n,) = notifications(Fired(incident()), c)
+    assert n.action == "post" and n.key == "health.latency.1000:fire"
+    assert n.text.splitlines() == [
+        "[WARNING] health: aws is slower than heroku (latency)",
+        "aws (candidate): p50 120 ms · p95 240 ms · errors 5.2%",
+        "heroku (baseline): p50 40 ms · p95 80 ms · errors 0.1%",
+        "candidate / baseline: p95 3.0x (tolerated 1.5x) · p50 3.0x · errors +5.1 pts (tolerated +2 pts)",
+        "aws gets 10.0% of traffic: users see 0.5% of requests failing.",
+        "dashboard: https://g.example/d/x",
+    ]
+    assert n.blocks is not None
+    fields = n.blocks[1]["fields"]
+    assert fields[0]["text"].startswith("*aws* (candidate)\np50 120 ms")
+    assert fields[1]["text"].startswith("*heroku* (baseline)\np50 40 ms")
+    assert "<https://g.example/d/x|dashboard>" in n.blocks[-1]["elements"][0]["text"]
+
+
+def test_no_traffic_means_no_users_affected_and_lower_severity() -> None:
+    c = ctx(candidate_share=0.0, expected_error_ratio=0.0)
+    (n,) = notifications(Fired(incident("errors")), c)
+    assert "aws gets 0% of traffic: no users affected yet." in n.text
+    assert n.text.startswith("[INFO]")
+    assert severity(incident("errors"), ctx(candidate_share=0.25)) == "critical"
+    assert severity(incident("down"), ctx()) == "critical"
+    assert "Traffic share unknown" in notifications(Fired(incident()), ctx())[0].text
+
+
+def test_resolve_is_an_edit_and_a_thread_reply_with_the_duration() -> None:
+    edit, reply = notifications(Resolved(incident(), 312.0), ctx())
+    assert (edit.action, reply.action) == ("edit", "reply")
+    assert edit.incident == reply.incident == "health.latency.1000"
+    assert edit.text.startswith("[RESOLVED] health: aws latency regression")
+    assert "Resolved* after 5m 12s" in str(edit.blocks)
+    assert reply.text == "Resolved: health latency lasted 5m 12s."
+    assert len({edit.key, reply.key}) == 2
+
+
+def test_reminder_goes_to_the_thread_with_current_figures() -> None:
+    inc = incident()
+    inc.reminded_at = 1000.0 + 3600
+    (n,) = notifications(Reminder(inc), ctx())
+    assert n.action == "reply" and n.key == "health.latency.1000:remind:4600"
+    assert n.text.startswith("Still firing after 1h 0m: aws p50 120 ms")
+
+
+def test_duration_text() -> None:
+    assert [duration_text(s) for s in (0, 59, 61, 3600, 3725)] == [
+        "0s",
+        "59s",
+        "1m 1s",
+        "1h 0m",
+        "1h 2m",
+    ]
