@@ -30,7 +30,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
-from exporter.alerts import read_state, save_atomic
+from exporter.persist import read_state, save_atomic, set_aside
 from exporter.route53 import normalize_name
 
 if TYPE_CHECKING:
@@ -753,9 +753,9 @@ class ShiftPlan:
         try:
             return cls.from_dict(json.loads(text), settings, at)
         except json.JSONDecodeError as e:
-            raise _set_aside(Path(path), f"not JSON: {e}", at) from None
+            raise set_aside(Path(path), f"not JSON: {e}", at) from None
         except (ValueError, TypeError) as e:
-            raise _set_aside(Path(path), str(e), at) from None
+            raise set_aside(Path(path), str(e), at) from None
 
     # --- inside ----------------------------------------------------------------------------
 
@@ -1048,15 +1048,6 @@ class ShiftPlan:
         if self.phase is Phase.DONE and self.next_index is not None:
             self.phase = Phase.HOLDING
         self._note(now, f"steps are now {', '.join(_pct(s) for s in steps)}")
-
-
-def _set_aside(path: Path, reason: str, now: float) -> ValueError:
-    aside = path.with_name(f"{path.name}.corrupt-{int(now)}")
-    try:
-        os.replace(path, aside)
-    except OSError as e:
-        return ValueError(f"{path}: corrupt state file ({reason}); could not move it aside: {e}")
-    return ValueError(f"{path}: corrupt state file ({reason}); moved aside to {aside}")
 
 
 def _mapping(value: object) -> Mapping[str, Any]:

@@ -6,10 +6,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import random
 import re
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -24,6 +22,7 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 from slack_sdk.webhook.webhook_response import WebhookResponse
 
 from exporter.errors import CutoverError
+from exporter.persist import save_atomic, set_aside
 
 Action = Literal["post", "edit", "reply"]
 ACTIONS: tuple[Action, ...] = ("post", "edit", "reply")
@@ -271,28 +270,6 @@ def _typed(data: dict[str, Any], key: str, kind: type[Any]) -> Any:
     if not isinstance(value, kind):
         raise ValueError(f"{key}: not a {kind.__name__}")
     return value
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    # the rename itself must survive a power cut too
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 class Notifier:
@@ -793,7 +770,8 @@ class Notifier:
             "done": list(self._done),
         }
         try:
-            _write_atomically(path, json.dumps(state, ensure_ascii=False, separators=(",", ":")))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_atomic(path, json.dumps(state, ensure_ascii=False, separators=(",", ":")))
         except OSError as e:
             if not self._save_failing:
                 self.log.error(
@@ -832,17 +810,11 @@ class Notifier:
             channels = {str(k): str(v) for k, v in _typed(data, "channels", dict).items()}
             done = {str(k): None for k in _typed(data, "done", list)}
         except (ValueError, TypeError, AttributeError) as e:
-            aside = path.with_name(f"{path.name}.corrupt-{int(self._clock())}")
-            try:
-                os.replace(path, aside)
-            except OSError as move_error:
-                aside = Path(f"(not moved: {move_error.strerror})")
+            moved = set_aside(path, str(e)[:200], self._clock())
             self.log.error(
-                "the Slack outbox %s is unreadable (%s): moved it to %s and started empty; "
-                "notifications queued before are lost and an old one may be sent again",
-                path,
-                str(e)[:200],
-                aside,
+                "the Slack outbox is unreadable: %s; started empty: notifications queued before "
+                "are lost and an old one may be sent again",
+                moved,
             )
             return
         self._queue, self._threads, self._channel_ids, self._done = queue, threads, channels, done

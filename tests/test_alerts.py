@@ -17,10 +17,9 @@ from exporter.alerts import (
     Phase,
     Reminder,
     Resolved,
-    load_json,
-    save_atomic,
 )
 from exporter.judge import Evaluation, JudgeSettings, State, Verdict, judge
+from exporter.persist import load_json, save_atomic
 from exporter.window import Sample
 
 SETTINGS = AlertSettings(for_=60.0, resolve_after=120.0, repeat_interval=3600.0)

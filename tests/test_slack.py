@@ -431,7 +431,7 @@ async def test_a_corrupt_outbox_is_moved_aside_and_delivery_goes_on(
     (tmp_path / "slack-outbox.json").write_text('{"version": 1, "queue": [{"key": ')
     n = notifier(token_settings(standin, state_dir=str(tmp_path)))
     [line] = errors(caplog)
-    assert "is unreadable" in line and "moved it to" in line
+    assert "is unreadable" in line and "moved aside to" in line
     assert len(list(tmp_path.glob("slack-outbox.json.corrupt-*"))) == 1
     async with running(n):
         n.enqueue(fire("inc-1"))
