@@ -80,6 +80,20 @@ def _zone_id(hosted_zone_id: str) -> str:
     return hosted_zone_id.strip().rsplit("/", 1)[-1]
 
 
+def make_client(endpoint_url: str | None, timeout: float, max_attempts: int) -> Route53Client:
+    """A Route53 client on the standard credential chain, with botocore's `standard` retries.
+
+    `max_attempts` counts every attempt, the first included (botocore's `max_attempts` key
+    would count retries only). Blocking: call it from a worker thread.
+    """
+    config = Config(
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
+        connect_timeout=timeout,
+        read_timeout=timeout,
+    )
+    return boto3.session.Session().client("route53", endpoint_url=endpoint_url, config=config)
+
+
 @dataclass(frozen=True, slots=True)
 class RecordSpec:
     """One configured record: which weighted group to read and which platform owns which set."""
@@ -300,15 +314,7 @@ class Route53Reader:
             if self._closed:
                 raise Route53Error("other", "reader is closed")
             if self._client is None:
-                config = Config(
-                    retries={"mode": "standard", "total_max_attempts": self.max_attempts},
-                    connect_timeout=self.timeout,
-                    read_timeout=self.timeout,
-                )
-                session = boto3.session.Session()
-                self._client = session.client(
-                    "route53", endpoint_url=self.endpoint_url, config=config
-                )
+                self._client = make_client(self.endpoint_url, self.timeout, self.max_attempts)
             return self._client
 
     def _read_blocking(self, record: RecordSpec, deadline: float) -> RecordWeights:

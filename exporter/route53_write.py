@@ -29,10 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
-import boto3
-from botocore.config import Config
-
-from exporter.route53 import RecordSpec, Route53Error, classify, normalize_name
+from exporter.route53 import RecordSpec, Route53Error, classify, make_client, normalize_name
 
 if TYPE_CHECKING:
     from mypy_boto3_route53 import Route53Client
@@ -144,15 +141,7 @@ class Route53Writer:
             if self._closed:
                 raise Route53Error("other", "writer is closed")
             if self._client is None:
-                config = Config(
-                    retries={"mode": "standard", "total_max_attempts": self.max_attempts},
-                    connect_timeout=self.timeout,
-                    read_timeout=self.timeout,
-                )
-                session = boto3.session.Session()
-                self._client = session.client(
-                    "route53", endpoint_url=self.endpoint_url, config=config
-                )
+                self._client = make_client(self.endpoint_url, self.timeout, self.max_attempts)
             return self._client
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
