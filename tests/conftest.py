@@ -13,10 +13,13 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import boto3
 import pytest
 from aiohttp import web
+from moto.server import ThreadedMotoServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -257,3 +260,38 @@ def start_daemon(tmp_path: Path) -> Iterator[object]:
     yield start
     for d in started:
         d.stop()
+
+
+# -- AWS: fake credentials and moto's server on 127.0.0.1 (per test module) -------------------
+
+
+@pytest.fixture(scope="module")
+def aws_env() -> Iterator[None]:
+    """Fake credentials and no way for boto3 to reach anything but 127.0.0.1."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key in list(os.environ):
+            if key.startswith("AWS_") or key.lower() in ("http_proxy", "https_proxy"):
+                mp.delenv(key)
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        mp.setenv("AWS_SESSION_TOKEN", "testing")
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        mp.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+        mp.setenv("NO_PROXY", "127.0.0.1,localhost")
+        yield
+
+
+@pytest.fixture(scope="module")
+def moto_url(aws_env: None) -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def r53(moto_url: str) -> Any:
+    return boto3.client("route53", endpoint_url=moto_url)

@@ -5,16 +5,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from exporter.route53 import (
     RecordSpec,
@@ -31,37 +28,8 @@ ELB_ZONE = "Z32O12XQLNTSW2"
 LOGGER = "exporter.route53"
 RATIOS = [(90, 10), (75, 25), (50, 50), (0, 0), (0, 255)]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def aws_env() -> Iterator[None]:
-    """Fake credentials and no way for boto3 to reach anything but 127.0.0.1."""
-    with pytest.MonkeyPatch.context() as mp:
-        for key in list(os.environ):
-            if key.startswith("AWS_") or key.lower() in ("http_proxy", "https_proxy"):
-                mp.delenv(key)
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_SESSION_TOKEN", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        mp.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
-        mp.setenv("NO_PROXY", "127.0.0.1,localhost")
-        yield
-
-
-@pytest.fixture(scope="module")
-def moto_url(aws_env: None) -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def r53(moto_url: str) -> Any:
-    return boto3.client("route53", endpoint_url=moto_url)
+# fake AWS credentials for every test here (tests/conftest.py: aws_env, moto_url, r53)
+pytestmark = pytest.mark.usefixtures("aws_env")
 
 
 def weighted(
