@@ -207,7 +207,7 @@ class Alerts:
         events: list[Event] = []
         for verdict in evaluation.verdicts():
             figures: dict[str, FigureValue] | None = None
-            if verdict.state is State.REGRESSED:
+            if verdict.state is State.REGRESSED or verdict.pending:
                 figures = {**evaluation.figures.as_dict(), **verdict.as_dict()}
             event = self.observe(check, verdict, now, figures)
             if event is not None:
@@ -221,12 +221,23 @@ class Alerts:
         now: float,
         figures: Mapping[str, FigureValue] | None = None,
     ) -> Event | None:
-        """Feed one signal's verdict; returns the event it causes, if any."""
+        """Feed one signal's verdict; returns the event it causes, if any.
+
+        A pending incident opens at the first verdict that is regressed or `pending` (credible
+        evidence, not yet significant), stays open while they go on, and fires once `for` has
+        passed since it opened and the current verdict is `significant` (down: at once). So the
+        `for` clock starts when the evidence first shows, while firing still needs the full
+        confidence. A firing incident is held and resolved on `regressed` alone: credible
+        evidence neither keeps it alive nor reopens a resolving one.
+        """
         key = (check, verdict.signal)
         incident = self._open.get(key)
         present = verdict.state is State.REGRESSED
         # too few samples says nothing either way: an open incident neither advances nor clears
         unknown = verdict.state is State.INCONCLUSIVE
+        if incident is None or incident.phase is Phase.PENDING:
+            # before firing, credible evidence counts as seen: the `for` clock runs from it
+            present = present or verdict.pending
         if incident is None:
             if not present:
                 return None

@@ -63,7 +63,8 @@ class JudgeSettings:
     errors_max_increase: float = 0.02
     down_after: int = 3
     window: float = 300.0  # seconds
-    # hysteresis: a regression starts at p < 1 - confidence and holds while p < hold_p_value
+    # hysteresis: a regression starts at p < 1 - confidence and holds while p < hold_p_value;
+    # latency below hold_p_value (the estimate beyond the threshold) is already "pending"
     hold_p_value: float = 0.2
 
     def __post_init__(self) -> None:
@@ -279,11 +280,17 @@ class Verdict:
     """One signal's answer at one evaluation.
 
     `state` carries the hysteresis; `significant` says whether this evaluation clears the
-    confidence, which firing requires. `test` and `horizon` (pairs) name the evidence with the
-    smallest p-value, `estimate` is its effect (latency: candidate/baseline ratio, or share of
-    pairs starting a tail exceedance; errors: failure-ratio increase; down: consecutive
-    candidate failures) and `threshold` what it was held against. `since` is when the current
-    regression was first seen (None unless regressed): the judge's own state.
+    confidence, which firing requires. `pending` (latency only) marks evidence that is credible
+    but not established: not regressed, yet p < hold_p_value and the estimate beyond it. The
+    incident machine starts its `for` clock there (and keeps it running while the evidence stays
+    credible or regressed), so that a step fires once `for` has passed since it first showed,
+    not since it first cleared the confidence; firing itself still needs `significant`.
+    `test` and `horizon` (pairs) name the evidence with the smallest p-value, `estimate` is its
+    effect (latency: candidate/baseline ratio, or share of pairs starting a tail exceedance;
+    errors: failure-ratio increase; down: consecutive candidate failures) and `threshold` what
+    it was held against. `since` is when the current regression was first seen (None unless
+    regressed or pending; for a regression that was pending first, when it became pending):
+    the judge's own state.
     """
 
     signal: str
@@ -295,6 +302,7 @@ class Verdict:
     estimate: float
     threshold: float
     since: float | None = None
+    pending: bool = False
 
     @property
     def regressed(self) -> bool:
@@ -312,6 +320,7 @@ class Verdict:
             "estimate": _finite_or_none(self.estimate),
             "threshold": _finite_or_none(self.threshold),
             "since": self.since,
+            "pending": self.pending,
         }
 
 
@@ -364,9 +373,14 @@ def judge(
     Each test runs over the latest 1, 2, 4, ... pairs and the whole window: a step shows in
     seconds, a drift over the window. The noise level comes from the baseline's history,
     widened for its autocorrelation. A regression starts at p < 1 - confidence and holds while
-    p < hold_p_value; once under way it is judged only on horizons covering half of it, counts
-    need a new event to confirm it, and a long horizon stops counting as soon as the latest
-    samples contradict it, so that an ended regression ages out in seconds, not a window.
+    p < hold_p_value; before it starts, latency evidence at p < hold_p_value with the estimate
+    beyond the threshold makes the verdict `pending` (credible, not yet significant: the
+    incident's `for` clock starts there). Failures are not given that head start: one failure in
+    a short horizon already reaches p < hold_p_value, and background failures would keep errors
+    pending all the time. Once pending or under way a regression is judged only on horizons
+    covering half of it, counts need a new event to confirm it, and a long horizon stops
+    counting as soon as the latest samples contradict it, so that an ended regression ages out
+    in seconds, not a window.
     """
     cutoff = now - settings.window
     base = _by_tick(baseline, cutoff)
@@ -420,6 +434,7 @@ def judge(
         settings,
         previous,
         now,
+        may_pend=True,
     )
     return Evaluation(at=now, down=down, errors=errors, latency=latency, figures=figures)
 
@@ -478,11 +493,12 @@ class _Found:
 _TOO_FEW = _Found(None, _Evidence(math.nan, "too few samples", 0, math.nan, math.nan))
 
 
-def _since(signal: str, regressed: bool, previous: Evaluation | None, now: float) -> float | None:
-    if not regressed:
+def _since(signal: str, seen: bool, previous: Evaluation | None, now: float) -> float | None:
+    """When the regression (or its pending evidence) `seen` now was first seen; None if not."""
+    if not seen:
         return None
     before = previous.verdict(signal) if previous is not None else None
-    if before is not None and before.regressed and before.since is not None:
+    if before is not None and (before.regressed or before.pending) and before.since is not None:
         return before.since
     return now
 
@@ -494,8 +510,16 @@ def _decide(
     settings: JudgeSettings,
     previous: Evaluation | None,
     now: float,
+    may_pend: bool = False,
 ) -> Verdict:
-    """Turn per-horizon evidence into a verdict, with the hysteresis of the previous one."""
+    """Turn per-horizon evidence into a verdict, with the hysteresis of the previous one.
+
+    A regression starts at p < 1 - confidence and holds while p < hold_p_value. With
+    `may_pend`, evidence short of that (p < hold_p_value, the estimate beyond the threshold)
+    makes the verdict `pending`, for as long as it stays that strong; from the first pending
+    verdict on, as for an ongoing regression, only horizons covering half of the pairs since
+    then count, so a lucky pair or two cannot keep it pending (or confirm it) for long.
+    """
     if found.evidence is None:
         return Verdict(
             signal=signal,
@@ -508,7 +532,9 @@ def _decide(
             threshold=math.nan,
         )
     before = previous.verdict(signal) if previous is not None else None
-    since = before.since if before is not None and before.regressed else None
+    was_regressed = before is not None and before.regressed
+    # pending or regressed: judged on horizons covering half of it since it was first seen
+    since = before.since if before is not None and (was_regressed or before.pending) else None
     candidates = found.evidence
     if since is not None:
         seen = len(times) - bisect_left(times, since)  # pairs probed since it was first seen
@@ -525,7 +551,11 @@ def _decide(
     if significant:
         best = confirmed
     p = best.p_value
-    regressed = significant or (since is not None and p < settings.hold_p_value)
+    regressed = significant or (was_regressed and p < settings.hold_p_value)
+    # Credible but not yet significant: the incident's `for` clock may start here.
+    pending = (
+        may_pend and not regressed and p < settings.hold_p_value and best.estimate > best.threshold
+    )
     return Verdict(
         signal=signal,
         state=State.REGRESSED if regressed else State.OK,
@@ -535,7 +565,8 @@ def _decide(
         horizon=best.horizon,
         estimate=best.estimate,
         threshold=best.threshold,
-        since=_since(signal, regressed, previous, now),
+        since=_since(signal, regressed or pending, previous, now),
+        pending=pending,
     )
 
 

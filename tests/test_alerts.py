@@ -26,17 +26,20 @@ SETTINGS = AlertSettings(for_=60.0, resolve_after=120.0, repeat_interval=3600.0)
 STEP = 15.0  # one evaluation per probe interval
 
 
-def verdict(signal: str, state: State, significant: bool | None = None) -> Verdict:
+def verdict(
+    signal: str, state: State, significant: bool | None = None, pending: bool = False
+) -> Verdict:
     regressed = state is State.REGRESSED
     return Verdict(
         signal=signal,
         state=state,
         significant=regressed if significant is None else significant,
-        p_value=0.001 if regressed else 0.5,
+        p_value=0.001 if regressed else 0.1 if pending else 0.5,
         test="paired log-ratio",
         horizon=16,
-        estimate=3.0 if regressed else 1.0,
+        estimate=3.0 if regressed else 1.8 if pending else 1.0,
         threshold=1.5,
+        pending=pending,
     )
 
 
@@ -54,12 +57,21 @@ class Clock:
         self.events: list[Fired | Resolved | Reminder] = []
         self.times: list[float] = []  # when each event came: incidents change in place
 
-    def feed(self, state: State, steps: int = 1, significant: bool | None = None) -> list[object]:
+    def feed(
+        self,
+        state: State,
+        steps: int = 1,
+        significant: bool | None = None,
+        pending: bool = False,
+    ) -> list[object]:
         new: list[object] = []
         for _ in range(steps):
             self.now += STEP
             event = self.alerts.observe(
-                "health", verdict(self.signal, state, significant), self.now, {"ratio": 3.0}
+                "health",
+                verdict(self.signal, state, significant, pending),
+                self.now,
+                {"ratio": 3.0},
             )
             if event is not None:
                 new.append(event)
@@ -112,6 +124,56 @@ def test_firing_needs_the_evidence_to_clear_the_bar_again() -> None:
     assert clock.feed(REGRESSED, 6, significant=False) == []
     [fired] = clock.feed(REGRESSED, significant=True)
     assert isinstance(fired, Fired)
+
+
+def test_credible_evidence_starts_the_for_clock_and_firing_needs_significance() -> None:
+    clock = Clock(Alerts(SETTINGS))
+    # not yet significant, but credible: the incident is pending from here
+    assert clock.feed(OK, pending=True) == []
+    incident = clock.alerts.get("health", "latency")
+    assert incident is not None and incident.phase is Phase.PENDING
+    started = clock.now
+    assert incident.started_at == started
+    assert incident.figures == {"ratio": 3.0}
+    assert clock.feed(OK, 2, pending=True) == []
+    # significant from 45 s on: pending since the first credible verdict, not since this one
+    assert clock.feed(REGRESSED) == []
+    [fired] = clock.feed(REGRESSED)  # 60 s after the first credible verdict
+    assert isinstance(fired, Fired)
+    assert fired.incident is incident
+    assert fired.incident.fired_at == started + 60
+
+
+def test_credible_evidence_alone_never_fires_and_a_gap_restarts_the_clock() -> None:
+    clock = Clock(Alerts(SETTINGS))
+    assert clock.feed(OK, 10, pending=True) == []  # 150 s credible, never significant
+    incident = clock.alerts.get("health", "latency")
+    assert incident is not None and incident.phase is Phase.PENDING
+    clock.feed(OK)  # neither credible nor regressed: the pending incident is dropped
+    assert clock.alerts.incidents == ()
+    clock.feed(OK, pending=True)
+    restarted = clock.now
+    # significant, but only 45 s since the evidence showed again
+    assert clock.feed(REGRESSED, 3) == []
+    [fired] = clock.feed(REGRESSED)
+    assert isinstance(fired, Fired)
+    assert fired.incident.started_at == restarted
+    assert fired.incident.fired_at == restarted + 60
+
+
+def test_credible_evidence_does_not_hold_a_firing_incident() -> None:
+    clock = Clock(Alerts(SETTINGS))
+    clock.feed(REGRESSED, 5)
+    assert [type(e) for e in clock.events] == [Fired]
+    # no longer regressed, merely credible: recovering, resolved after resolve_after
+    assert clock.feed(OK, 8, pending=True) == []
+    assert clock.alerts.firing()[0].clear_since is not None
+    [resolved] = clock.feed(OK, pending=True)
+    assert isinstance(resolved, Resolved)
+    # and credible evidence after that opens a new pending incident, nothing more
+    assert clock.feed(OK, pending=True) == []
+    [pending] = clock.alerts.incidents
+    assert pending.phase is Phase.PENDING and pending is not resolved.incident
 
 
 def test_down_fires_at_once() -> None:
