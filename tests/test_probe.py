@@ -486,6 +486,55 @@ async def test_post_with_body(prober: Prober) -> None:
     assert seen == [("POST", "11", b'{"ping": 1}'), ("POST", "0", b"")]
 
 
+async def test_request_larger_than_the_socket_buffer_is_sent_whole(prober: Prober) -> None:
+    # The server takes its time reading, so send() takes the request in several parts.
+    body = os.urandom(8 << 20)
+    got: list[bytes] = []
+
+    async def slow_reader(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await read_head(reader)
+        length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+        received = bytearray()
+        while len(received) < length:
+            received += await reader.read(256 * 1024)
+            await asyncio.sleep(0.002)
+        got.append(bytes(received))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    async with raw_server(slow_reader) as port:
+        r = await probe(prober, f"http://127.0.0.1:{port}/", method="PUT", body=body, timeout=20)
+    assert (r.success, r.status, r.detail) == (True, 200, "ok"), r
+    assert got == [body]
+
+
+async def test_connect_that_never_completes_times_out_in_connect(prober: Prober) -> None:
+    # A listener that never accepts, with its accept queue full: Linux drops further SYNs, so
+    # the probe's connect stays pending, as with a firewalled or unreachable platform.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        await asyncio.sleep(0.05)
+        before = await settle_fds(fd_count())
+        r = await probe(prober, f"http://127.0.0.1:{port}/", timeout=0.3)
+        assert (r.reason, r.status) == ("timeout", 0), r
+        assert r.detail == "timed out after 0.3s in connect"
+        assert r.connect >= 0.29 and r.processing == 0.0
+        assert await settle_fds(before) <= before
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
 def test_spec_rejects_what_cannot_be_sent() -> None:
     with pytest.raises(ValueError, match="Authorization") as err:
         ProbeSpec("http://h/", headers=(("Authorization", "Bearer abc\r\nX-Evil: 1"),))
