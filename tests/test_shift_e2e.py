@@ -80,14 +80,17 @@ class ShiftDaemon(DaemonProcess):
             if predicate(data):
                 return data
             if time.monotonic() > deadline:
-                raise AssertionError(f"shift condition not met:\n{json.dumps(data, indent=1)}\n{self.log()[-3000:]}")
+                raise AssertionError(
+                    f"shift condition not met:\n{json.dumps(data, indent=1)}\n{self.log()[-3000:]}"
+                )
             await asyncio.sleep(0.1)
 
     async def control(self, action: str, token: str | None = CONTROL) -> tuple[int, dict[str, Any]]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with aiohttp.ClientSession() as s, s.post(
-            f"{self.url}/api/v1/shift/{action}", json={"who": "test"}, headers=headers
-        ) as r:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(f"{self.url}/api/v1/shift/{action}", json={"who": "test"}, headers=headers) as r,
+        ):
             return r.status, await r.json()
 
 
@@ -248,7 +251,11 @@ async def test_dry_run_writes_nothing(
     platforms: tuple[FakePlatform, FakePlatform], moto: Moto, start_shift: Any, how: str
 ) -> None:
     _, zid = zone(moto, {"heroku": 100, "aws": 0}, ttl=1)
-    flags = {"no flag": (), "disabled in config": ("--allow-route53-writes",), "--dry-run": ("--allow-route53-writes", "--dry-run")}[how]
+    flags = {
+        "no flag": (),
+        "disabled in config": ("--allow-route53-writes",),
+        "--dry-run": ("--allow-route53-writes", "--dry-run"),
+    }[how]
     d = start_shift(shift_config(platforms, moto, zid, enabled=how != "disabled in config"), *flags)
     await d.wait_ready()
     data = await d.wait_shift(lambda s: s["state"] == "done", timeout=60)
@@ -280,3 +287,46 @@ async def test_control_needs_the_token(
 
 def test_tokens_are_not_in_the_environment_of_other_tests() -> None:
     assert os.environ.get("CUTOVER_CONTROL_TOKEN") is None
+
+
+async def test_rollback_is_posted_in_the_incident_thread(
+    platforms: tuple[FakePlatform, FakePlatform], moto: Moto, start_shift: Any
+) -> None:
+    from tests.slack_standin import SlackStandIn
+
+    _, candidate = platforms
+    _, zid = zone(moto, {"heroku": 100, "aws": 0}, ttl=1)
+    slack = SlackStandIn(token="xoxb-shift-test-token", channels={"#migration": "C0MIGR"})
+    await slack.start()
+    try:
+        config = shift_config(platforms, moto, zid, hold="60s") + (
+            "  slack:\n    token: xoxb-shift-test-token\n    channel: '#migration'\n"
+            f"    api_url: {slack.url}\n"
+        )
+        d = start_shift(config, "--allow-route53-writes")
+        await d.wait_ready()
+        await d.wait_shift(lambda s: s["share"] == 10 and s["state"] == "holding", timeout=30)
+        candidate.status = 503
+        await d.wait_shift(lambda s: s["state"] == "rolled_back" and s["share"] == 0, timeout=15)
+        assert weights_in(moto, zid) == {"heroku": 100, "aws": 0}
+
+        def incident_post() -> Any:
+            return next(
+                (m for m in slack.top_level("C0MIGR") if "aws is down" in (m.text or "")), None
+            )
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (
+            (post := incident_post()) is not None
+            and any("roll" in (r.text or "").lower() for r in slack.replies(post.ts))
+        ):
+            await asyncio.sleep(0.1)
+        post = incident_post()
+        assert post is not None, [m.text for m in slack.top_level("C0MIGR")]
+        replies = [r.text or "" for r in slack.replies(post.ts)]
+        assert any("roll" in r.lower() and "0%" in r for r in replies), replies
+        # the step itself was announced on its own
+        assert any("[SHIFT]" in (m.text or "") for m in slack.top_level("C0MIGR"))
+        assert d.stop() == 0
+    finally:
+        await slack.stop()
