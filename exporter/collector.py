@@ -1,4 +1,4 @@
-"""Renders the current state as metric families at scrape time."""
+"""Renders the current state as metric families at scrape time (see also exposition.py)."""
 
 from __future__ import annotations
 
@@ -9,20 +9,16 @@ from dataclasses import dataclass, field
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
-    HistogramMetricFamily,
     Metric,
 )
 from prometheus_client.registry import Collector
 
-from exporter.alerts import Incident, Phase
+from exporter.alerts import Incident
 from exporter.config import Config
-from exporter.judge import SIGNALS
-from exporter.probe import REASONS
 from exporter.route53 import RecordSpec, Route53Snapshot
 from exporter.shift import Phase as ShiftPhase
 from exporter.shift import ShiftStatus
-from exporter.state import DURATION_BUCKETS, CheckState, ratio
-from exporter.window import QUANTILES
+from exporter.state import CheckState
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +65,12 @@ def expected_error_ratio(shares: Mapping[str, float], error_ratios: Mapping[str,
     return total
 
 
-def _q(q: float) -> str:
-    return f"{q:g}"
-
-
 class StateCollector(Collector):
-    """Renders probe results, windows and comparisons. A check removed on reload simply vanishes."""
+    """Renders the Route53 weights and the shift plan.
+
+    The per-check families (probe results, windows, comparisons) are written by
+    `exposition.render_checks`, straight to text, because there are thousands of them.
+    """
 
     def __init__(self, view: Callable[[], View | None]) -> None:
         self._view = view
@@ -87,122 +83,7 @@ class StateCollector(Collector):
         view = self._view()
         if view is None:
             return
-        cfg = view.config
-        labels = ["check", "platform", "role"]
-        success = GaugeMetricFamily(
-            "cutover_probe_success", "1 if the last probe passed.", labels=labels
-        )
-        duration = HistogramMetricFamily(
-            "cutover_probe_duration_seconds",
-            "Duration of every successful probe.",
-            labels=labels,
-        )
-        phase = GaugeMetricFamily(
-            "cutover_probe_phase_seconds",
-            "Phases of the last probe: resolve, connect, tls, processing, transfer.",
-            labels=[*labels, "phase"],
-        )
-        status = GaugeMetricFamily(
-            "cutover_probe_http_status_code", "Last HTTP status code, 0 when none.", labels=labels
-        )
-        probes = CounterMetricFamily("cutover_probes", "Probes made.", labels=labels)
-        failures = CounterMetricFamily(
-            "cutover_probe_failures", "Failed probes by reason.", labels=[*labels, "reason"]
-        )
-        expiry = GaugeMetricFamily(
-            "cutover_probe_tls_expiry_timestamp_seconds",
-            "Expiry of the certificate served in the last TLS handshake (https only).",
-            labels=labels,
-        )
-        w_latency = GaugeMetricFamily(
-            "cutover_window_latency_seconds",
-            "Quantiles of successful probe durations over the judge window.",
-            labels=[*labels, "quantile"],
-        )
-        w_errors = GaugeMetricFamily(
-            "cutover_window_error_ratio", "Failed / all probes in the judge window.", labels=labels
-        )
-        w_samples = GaugeMetricFamily(
-            "cutover_window_samples", "Probes in the judge window.", labels=labels
-        )
-        l_ratio = GaugeMetricFamily(
-            "cutover_latency_ratio",
-            "Candidate / baseline window latency quantile.",
-            labels=["check", "quantile"],
-        )
-        e_delta = GaugeMetricFamily(
-            "cutover_error_ratio_delta",
-            "Candidate minus baseline window error ratio.",
-            labels=["check"],
-        )
-        expected = GaugeMetricFamily(
-            "cutover_expected_error_ratio",
-            "What users see through DNS: sum over platforms of traffic share x window error ratio.",
-            labels=["check"],
-        )
-        regression = GaugeMetricFamily(
-            "cutover_regression",
-            "The judge's verdict now: 1 when the candidate regressed on this signal.",
-            labels=["check", "signal"],
-        )
-        firing = GaugeMetricFamily(
-            "cutover_alert_firing",
-            "1 while the alert fires (after `for`; down at once).",
-            labels=["check", "signal"],
-        )
-        fired = {i.key for i in view.alerts if i.phase is Phase.FIRING}
-        baseline, candidate = cfg.baseline, cfg.candidate
-        for state in view.checks:
-            if state.evaluation is not None:
-                for verdict in state.evaluation.verdicts():
-                    regression.add_metric(
-                        [state.name, verdict.signal], 1.0 if verdict.regressed else 0.0
-                    )
-            for signal in SIGNALS:
-                firing.add_metric(
-                    [state.name, signal], 1.0 if (state.name, signal) in fired else 0.0
-                )
-            stats = {}
-            for name, series in state.series.items():
-                lv = [state.name, name, series.role]
-                last = series.last
-                stats[name] = series.stats(view.now)
-                if last is not None:
-                    success.add_metric(lv, 1.0 if last.success else 0.0)
-                    status.add_metric(lv, float(last.status))
-                    for ph, value in series.phases().items():
-                        phase.add_metric([*lv, ph], value)
-                cumulative = 0
-                buckets = []
-                for bound, count in zip(
-                    (*(f"{b:g}" for b in DURATION_BUCKETS), "+Inf"), series.buckets, strict=True
-                ):
-                    cumulative += count
-                    buckets.append((bound, float(cumulative)))
-                duration.add_metric(lv, buckets, series.duration_sum)
-                probes.add_metric(lv, float(series.probes_total))
-                for reason in REASONS:
-                    failures.add_metric([*lv, reason], float(series.failures[reason]))
-                if series.tls_expiry is not None:
-                    expiry.add_metric(lv, series.tls_expiry)
-                st = stats[name]
-                for q in QUANTILES:
-                    w_latency.add_metric([*lv, _q(q)], st.quantiles[q])
-                w_errors.add_metric(lv, st.error_ratio)
-                w_samples.add_metric(lv, float(st.samples))
-            b, c = stats.get(baseline), stats.get(candidate)
-            if b is not None and c is not None:
-                for q in QUANTILES:
-                    l_ratio.add_metric([state.name, _q(q)], ratio(c.quantiles[q], b.quantiles[q]))
-                e_delta.add_metric([state.name], c.error_ratio - b.error_ratio)
-            shares = view.shares_for(state.name)
-            if shares is not None:
-                ratios = {p: st.error_ratio for p, st in stats.items()}
-                expected.add_metric([state.name], expected_error_ratio(shares, ratios))
-        yield from (success, duration, phase, status, probes, failures, expiry)
-        yield from (w_latency, w_errors, w_samples, l_ratio, e_delta, regression, firing)
         if view.route53 is not None:
-            yield expected
             yield from route53_families(view.route53, view.records.values())
         if view.shift is not None:
             yield from shift_families(view.shift)

@@ -34,6 +34,17 @@ class Series:
     duration_sum: float = 0.0
     tls_expiry: float | None = None
     consecutive_failures: int = 0
+    # the label pairs, escaped once: /metrics writes them on ~45 lines per series and scrape
+    label_parts: tuple[str, str, str] = field(init=False, repr=False, compare=False)
+    labels: str = field(init=False, repr=False, compare=False)  # `check="…",platform="…",role="…"`
+
+    def __post_init__(self) -> None:
+        self.label_parts = (
+            f'check="{label_value(self.check)}"',
+            f'platform="{label_value(self.platform)}"',
+            f'role="{label_value(self.role)}"',
+        )
+        self.labels = ",".join(self.label_parts)
 
     def record(self, result: ProbeResult, t: float, tick: int) -> None:
         self.last = result
@@ -70,10 +81,19 @@ class CheckState:
     series: dict[str, Series]  # platform name -> series
     next_tick: int = 0
     evaluation: Evaluation | None = None  # the judge's last verdicts, and its hysteresis state
+    label: str = field(init=False, repr=False, compare=False)  # `check="…"`, escaped once
+
+    def __post_init__(self) -> None:
+        self.label = f'check="{label_value(self.name)}"'
 
     @property
     def probed(self) -> bool:
         return all(s.last is not None for s in self.series.values())
+
+
+def label_value(value: str) -> str:
+    """A label value escaped for Prometheus' text formats (both escape the same three)."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
 def ratio(candidate: float, baseline: float) -> float:

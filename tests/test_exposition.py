@@ -1,0 +1,218 @@
+"""/metrics' per-check families: the streamed text equals client_python's rendering of the same
+state, in both formats, and a scrape gives the event loop back while it renders."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import re
+import time
+from collections.abc import Callable, Iterator
+
+import aiohttp
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.openmetrics import exposition as om_exposition
+from prometheus_client.openmetrics import parser as om_parser
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.utils import floatToGoString
+
+from exporter.config import parse_config, probe_spec
+from exporter.daemon import Daemon, judge_settings
+from exporter.exposition import Scrape, number, render_checks
+from exporter.judge import judge
+from exporter.probe import ProbeResult
+from exporter.state import CheckState, Series
+from exporter.web import start_server
+from exporter.window import Window
+
+from .conftest import FakePlatform, config_yaml
+from .metrics_oracle import OracleCollector, oracle_registry
+
+ENV = {"PROBE_SECRET": "s3cret-header-value"}
+CFG = parse_config(config_yaml("http://127.0.0.1:1", "http://127.0.0.1:2"), env=ENV)
+SAMPLE = re.compile(r'[a-z_:]+(\{([a-z_]+="([^"\\]|\\.)*",?)*\})? [-+0-9.eInfNa]+')
+ODD = 'odd "name" \\ with\na newline'
+
+
+def result(ok: bool, duration: float, *, status: int = 200, reason: str | None = None,
+           expiry: float | None = None) -> ProbeResult:  # fmt: skip
+    return ProbeResult(
+        started=0.0, success=ok, duration=duration, status=status,
+        reason=None if ok else (reason or "status"), detail="",
+        resolve=0.0, connect=duration / 10, tls=0.0 if expiry is None else duration / 5,
+        processing=duration / 2, transfer=duration / 20, tls_expiry=expiry,
+    )  # fmt: skip
+
+
+def make_state(name: str, platforms: tuple[str, ...] = ("heroku", "aws")) -> CheckState:
+    series = {}
+    for pname in platforms:
+        platform = CFG.platforms[pname]
+        series[pname] = Series(
+            check=name, platform=pname, role=platform.role,
+            spec=probe_spec(platform, CFG.checks[0]), window=Window(CFG.judge.window),
+        )  # fmt: skip
+    return CheckState(name=name, series=series)
+
+
+def states(now: float) -> list[CheckState]:
+    rnd = random.Random(7)
+    health = make_state("health")
+    for tick in range(40):
+        t = now - 40 + tick
+        health.series["heroku"].record(result(True, rnd.uniform(0.04, 0.06)), t, tick)
+        health.series["aws"].record(result(tick % 9 != 0, rnd.uniform(0.1, 0.2)), t, tick)
+    b, c = health.series["heroku"], health.series["aws"]
+    health.evaluation = judge(b.window.samples(), c.window.samples(), now, judge_settings(CFG))
+    odd = make_state(ODD)
+    reasons = ("timeout", "connect", "tls", "dns", "body", "error")
+    for tick in range(12):
+        ok = tick % 3 == 0
+        for s in odd.series.values():
+            s.record(result(ok, 0.3 * tick, reason=reasons[tick % 6], expiry=1.8e9 + 0.25), now - 12 + tick, tick)  # fmt: skip
+    # counters past a million are written as Go writes them
+    odd.series["aws"].probes_total = 2_500_000
+    odd.series["aws"].duration_sum = 1234567.875
+    fresh = make_state("fresh")  # nothing probed yet: NaN figures, no last-probe families
+    lone = make_state("lone", ("heroku",))  # no pair: no ratio, no delta
+    lone.series["heroku"].record(result(True, 0.01), now - 1, 0)
+    return [health, odd, fresh, lone]
+
+
+def scrape_of(shares: bool) -> tuple[Scrape, Callable[[str], dict[str, float] | None] | None]:
+    table = {"health": {"heroku": 0.9, "aws": 0.1}, ODD: {"heroku": 0.0, "aws": 1.0}}
+    lookup = table.get if shares else None
+    fired = frozenset({("health", "latency"), (ODD, "down")})
+    return Scrape("heroku", "aws", fired, lookup), lookup
+
+
+def streamed(checks: list[CheckState], now: float, openmetrics: bool, shares: bool) -> str:
+    scrape, _ = scrape_of(shares)
+    text = "".join(render_checks(scrape, checks, now, openmetrics=openmetrics, slice_size=2))
+    return text + ("# EOF\n" if openmetrics else "")
+
+
+def reference(checks: list[CheckState], now: float, openmetrics: bool, shares: bool) -> str:
+    scrape, lookup = scrape_of(shares)
+    registry = oracle_registry(OracleCollector(checks, now, "heroku", "aws", scrape.fired, lookup))
+    encode = om_exposition.generate_latest if openmetrics else generate_latest
+    return encode(registry).decode()
+
+
+@pytest.mark.parametrize("openmetrics", [False, True], ids=["text", "openmetrics"])
+@pytest.mark.parametrize("shares", [False, True], ids=["no-route53", "route53"])
+def test_streamed_families_equal_client_python(openmetrics: bool, shares: bool) -> None:
+    now = 1000.0
+    mine = streamed(states(now), now, openmetrics, shares)
+    theirs = reference(states(now), now, openmetrics, shares)
+    assert mine == theirs  # byte for byte, labels in client_python's sorted order included
+    # and the strict parsers take it: the label escaping, NaN, +Inf and large values included
+    parse = (
+        om_parser.text_string_to_metric_families if openmetrics else text_string_to_metric_families
+    )
+    families = {f.name: f for f in parse(mine)}
+    assert [f.name for f in parse(theirs)] == list(families)
+    expected = "cutover_expected_error_ratio"
+    assert (expected in families) is shares
+    odd = [s for s in families["cutover_probe_success"].samples if s.labels["check"] == ODD]
+    assert len(odd) == 2
+
+
+def test_streamed_families_cover_every_sample_once() -> None:
+    """What the tests above compare is not empty: every per-check family is there."""
+    now = 1000.0
+    text = streamed(states(now), now, False, True)
+    names = {f.name for f in text_string_to_metric_families(text)}
+    assert names == {
+        "cutover_probe_success", "cutover_probe_duration_seconds", "cutover_probe_phase_seconds",
+        "cutover_probe_http_status_code", "cutover_probes", "cutover_probe_failures",
+        "cutover_probe_tls_expiry_timestamp_seconds", "cutover_window_latency_seconds",
+        "cutover_window_error_ratio", "cutover_window_samples", "cutover_latency_ratio",
+        "cutover_error_ratio_delta", "cutover_regression", "cutover_alert_firing",
+        "cutover_expected_error_ratio",
+    }  # fmt: skip
+    assert 'cutover_alert_firing{check="health",signal="latency"} 1.0' in text
+    assert (
+        'cutover_probes_total{check="odd \\"name\\" \\\\ with\\na newline",platform="aws",role="candidate"} 2.5e+06'
+        in text
+    )
+
+
+def values() -> Iterator[float]:
+    rnd = random.Random(11)
+    yield from (0.0, -0.0, 1.0, -1.0, 1e6, 999999.9, 1e6 - 1e-9, 123456789.0, 1e16, 1e22, 1e-9)
+    yield from (math.nan, math.inf, -math.inf, -1e6, -5e9, 2.5e6, 1.8e9 + 0.25)
+    for _ in range(5000):
+        yield rnd.uniform(-1e10, 1e10)
+        yield 10 ** rnd.uniform(-12, 25)
+
+
+def test_number_is_client_pythons_spelling() -> None:
+    for value in values():
+        assert number(value) == floatToGoString(value), value
+
+
+# ---------------------------------------------------------------- the handler, for real
+
+
+async def test_a_scrape_gives_the_loop_back_while_it_renders(
+    platforms: tuple[FakePlatform, FakePlatform],
+) -> None:
+    """2000 checks: the scrape takes tens of milliseconds or more; a task that wants the loop
+    every millisecond must never wait for most of it (it waited for all of it before)."""
+    baseline, candidate = platforms
+    extra = "".join(
+        f"  - {{name: c{i:04d}, path: /c{i}, interval: 1h, timeout: 1s}}\n" for i in range(2000)
+    )
+    cfg = parse_config(
+        config_yaml(baseline.url, candidate.url, extra_checks=extra, interval="1h"), env=ENV
+    )
+    daemon = Daemon(cfg)
+    await daemon.start()
+    runner, port = await start_server(daemon, "127.0.0.1", 0)
+    gaps: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while not done.is_set():
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            for accept in ("text/plain", "application/openmetrics-text; version=1.0.0"):
+                gaps.clear()
+                done.clear()
+                task = asyncio.create_task(ticker())
+                await asyncio.sleep(0.01)
+                gaps.clear()
+                started = time.perf_counter()
+                async with session.get(
+                    f"http://127.0.0.1:{port}/metrics", headers={"Accept": accept}
+                ) as resp:
+                    body = await resp.text()
+                took = time.perf_counter() - started
+                done.set()
+                await task
+                openmetrics = accept.startswith("application/openmetrics-text")
+                assert resp.headers["Content-Type"].startswith(
+                    "application/openmetrics-text" if openmetrics else "text/plain"
+                )
+                # the registry's part, then the streamed part, then (OpenMetrics) one EOF
+                assert "# TYPE cutover_event_loop_lag_seconds histogram" in body
+                assert "# TYPE cutover_build_info gauge" in body
+                assert body.count("# EOF") == (1 if openmetrics else 0)
+                assert body.endswith("# EOF\n" if openmetrics else "\n")
+                lines = body.splitlines()
+                assert all(SAMPLE.fullmatch(line) for line in lines if not line.startswith("#"))
+                samples = [line for line in lines if line.startswith("cutover_window_samples{")]
+                assert len(samples) == 2001 * 2
+                assert max(gaps) < took / 2, (max(gaps), took)
+    finally:
+        await runner.cleanup()
+        await daemon.stop()
