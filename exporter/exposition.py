@@ -48,6 +48,9 @@ def number(value: float) -> str:
     return text
 
 
+_SMALL = 1_000_000  # a count below is written `{n}.0`; from here on, Go's exponent
+
+
 def _bool(flag: bool) -> str:
     return "1.0" if flag else "0.0"
 
@@ -101,12 +104,17 @@ def _duration(scrape: Scrape, state: CheckState) -> Iterator[str]:
         labels = s.labels
         check, platform, role = s.label_parts
         total = 0
-        for le, count in zip(_LE, s.buckets, strict=True):
-            total += count
-            yield (
-                f"cutover_probe_duration_seconds_bucket{{{check},{le},{platform},{role}}} "
-                f"{number(total)}\n"
-            )
+        if s.probes_total < _SMALL:  # every count is: `{n}.0`, without a call per line
+            for le, count in zip(_LE, s.buckets, strict=True):
+                total += count
+                yield f"cutover_probe_duration_seconds_bucket{{{check},{le},{platform},{role}}} {total}.0\n"
+        else:
+            for le, count in zip(_LE, s.buckets, strict=True):
+                total += count
+                yield (
+                    f"cutover_probe_duration_seconds_bucket{{{check},{le},{platform},{role}}} "
+                    f"{number(total)}\n"
+                )
         yield f"cutover_probe_duration_seconds_count{{{labels}}} {number(total)}\n"
         yield f"cutover_probe_duration_seconds_sum{{{labels}}} {number(s.duration_sum)}\n"
 
@@ -140,6 +148,10 @@ def _failures(scrape: Scrape, state: CheckState) -> Iterator[str]:
     for s in state.series.values():
         check, platform, role = s.label_parts
         failures = s.failures
+        if s.probes_total < _SMALL:
+            for reason, label in zip(REASONS, _REASON, strict=True):
+                yield f"cutover_probe_failures_total{{{check},{platform},{label},{role}}} {failures[reason]}.0\n"
+            continue
         for reason, label in zip(REASONS, _REASON, strict=True):
             yield (
                 f"cutover_probe_failures_total{{{check},{platform},{label},{role}}} "
