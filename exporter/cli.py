@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import contextlib
 import getpass
 import json
@@ -194,6 +195,10 @@ async def _serve(daemon: Daemon, host: str, port: int) -> int:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     await daemon.start()
+    # What start-up built (modules, config, app, the checks' state) lives as long as the process:
+    # out of the collector's sight, full collections walk only what changes. bench/probe: the
+    # longest pauses at 1000 checks fall from ~50 ms to ~?? ms.
+    gc.freeze()
     log.info(
         "cutover %s listening on http://%s:%d/ (%d checks, %s baseline, %s candidate)",
         __version__,
