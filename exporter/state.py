@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import math
+from array import array
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
 from exporter.judge import Evaluation
 from exporter.probe import PHASES, REASONS, ProbeResult, ProbeSpec
-from exporter.window import Sample, Window, WindowStats
+from exporter.window import Window, WindowStats
 
 # Upper bounds of cutover_probe_duration_seconds: fine where health checks live (5 ms - 1 s),
 # coarse beyond, so that p95/p99 recording rules stay meaningful without hundreds of series.
 DURATION_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
+
+
+_SLOTS = len(DURATION_BUCKETS) + 1
 
 
 @dataclass(slots=True)
@@ -29,8 +33,8 @@ class Series:
     last: ProbeResult | None = None
     probes_total: int = 0
     failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
-    # non-cumulative bucket counts; the last slot is +Inf
-    buckets: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
+    # non-cumulative bucket counts; the last slot is +Inf. An array: not a container to the GC
+    buckets: array[int] = field(default_factory=lambda: array("q", bytes(8 * _SLOTS)))
     duration_sum: float = 0.0
     tls_expiry: float | None = None
     consecutive_failures: int = 0
@@ -60,7 +64,7 @@ class Series:
             # the certificate served by the last handshake (as blackbox_exporter's "earliest
             # expiry" of its last probe): a renewal shows at once; a failed probe keeps the last
             self.tls_expiry = result.tls_expiry
-        self.window.add(Sample(t=t, tick=tick, ok=result.success, latency=result.duration))
+        self.window.append(t, tick, result.success, result.duration)
 
     def phases(self) -> dict[str, float]:
         last = self.last
