@@ -6,8 +6,8 @@ import math
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import compress
-from typing import NamedTuple
+from itertools import compress, repeat
+from typing import Any, NamedTuple
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 
@@ -47,6 +47,9 @@ class WindowStats:
     @property
     def error_ratio(self) -> float:
         return self.failures / self.samples if self.samples else math.nan
+
+
+_new_tuple: Any = tuple.__new__
 
 
 class Window:
@@ -94,9 +97,11 @@ class Window:
 
     def samples(self) -> tuple[Sample, ...]:
         h = self._head
-        return tuple(
-            map(Sample, self._t[h:], self._tick[h:], map(bool, self._ok[h:]), self._latency[h:])
+        rows = zip(
+            self._t[h:], self._tick[h:], map(bool, self._ok[h:]), self._latency[h:], strict=True
         )
+        # tuple.__new__ straight from C: the judge reads every window after every tick
+        return tuple(map(_new_tuple, repeat(Sample), rows))
 
     def __len__(self) -> int:
         return len(self._t) - self._head
