@@ -11,7 +11,7 @@ RUN python -m venv /opt/cutover
 COPY pyproject.toml README.md ./
 COPY exporter/ exporter/
 # a regular (not editable) install: the runtime stage copies the virtualenv alone
-RUN /opt/cutover/bin/pip install . \
+RUN /opt/cutover/bin/pip install '.[uvloop]' \
     && /opt/cutover/bin/cutover --version
 
 FROM ${PYTHON_IMAGE}

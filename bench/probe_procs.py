@@ -270,7 +270,7 @@ def cutover_daemon(
     checks: int,
     interval: float,
     window: float,
-    loop: str = "asyncio",
+    loop: str = "auto",
     ready_timeout: float = 120.0,
 ) -> Iterator[tuple[int, Proc]]:
     """`cutover run` as a subprocess (the real daemon), ready: every check probed on both sides."""
@@ -279,9 +279,8 @@ def cutover_daemon(
     d.mkdir(parents=True, exist_ok=True)
     config = d / "cutover.yml"
     config.write_text(cutover_config(target, checks, interval, window, port))
-    launcher = Path(__file__).resolve().parent / "probe_launch.py"
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    args = [sys.executable, str(launcher), loop, "run", "--config", str(config)]
+    args = [sys.executable, "-m", "exporter", "run", "--loop", loop, "--config", str(config)]
     proc = Proc([*args, "--log-level", "warning"], d / "daemon.log", env=env, cwd=str(ROOT))
     try:
         wait_http(f"http://127.0.0.1:{port}/-/ready", ready_timeout, proc.proc)

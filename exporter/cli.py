@@ -14,8 +14,9 @@ import signal
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -34,6 +35,7 @@ DEFAULT_LISTEN = "0.0.0.0:9877"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+LOOPS = ("auto", "asyncio", "uvloop")
 
 
 def _env_choice(name: str, choices: Sequence[str], default: str) -> str:
@@ -66,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
             help="default: $CUTOVER_LOG_FORMAT or text",
         )
 
+    def loop_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--loop",
+            choices=LOOPS,
+            default=None,
+            help="event loop: uvloop when installed (pip install 'cutover[uvloop]'; about 6-16%% "
+            "less CPU per probe, bench/probe), else asyncio's (default: $CUTOVER_LOOP or auto)",
+        )
+
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("--config", default=None, help="YAML file (default: $CUTOVER_CONFIG)")
     run.add_argument(
@@ -86,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="never write to Route53: log and show what the shift plan would write",
     )
     logging_flags(run)
+    loop_flag(run)
 
     check = sub.add_parser("check", help="validate a configuration file and summarise it")
     check.add_argument("--config", default=None, help="YAML file (default: $CUTOVER_CONFIG)")
@@ -110,7 +122,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen", default=None, help="HOST:PORT (default: $CUTOVER_LISTEN or 127.0.0.1:9877)"
     )
     logging_flags(demo)
+    loop_flag(demo)
     return parser
+
+
+def loop_factory(args: argparse.Namespace) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The event loop `--loop` (or $CUTOVER_LOOP) asks for; auto: uvloop when it is installed."""
+    choice = args.loop or _env_choice("CUTOVER_LOOP", LOOPS, "auto")
+    if choice == "asyncio":
+        return asyncio.new_event_loop
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise UsageError(
+                "--loop uvloop: uvloop is not installed (pip install 'cutover[uvloop]')"
+            ) from None
+        return asyncio.new_event_loop
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def _run(args: argparse.Namespace, main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    factory = loop_factory(args)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        loop = runner.get_loop()
+        log.info("event loop: %s", type(loop).__module__.split(".")[0])
+        return runner.run(main())
 
 
 def _config_path(args: argparse.Namespace) -> str:
@@ -230,7 +268,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         daemon = Daemon(cfg, config_path=path, allow_route53_writes=allow, dry_run=args.dry_run)
         return await _serve(daemon, host, port)
 
-    return asyncio.run(main())
+    return _run(args, main)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -316,7 +354,7 @@ def _shift_text(data: dict[str, object]) -> str:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     host, port = _listen(args, None, "127.0.0.1:9877")
-    return asyncio.run(run_demo(host, port, _serve))
+    return _run(args, lambda: run_demo(host, port, _serve))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,25 @@ from aiohttp import web
 from moto.server import ThreadedMotoServer
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """The probe tests run on both loops the daemon runs on (`--loop`): uvloop's sockets and
+    TLS are not asyncio's. The daemon tests' subprocesses pick theirs with CUTOVER_LOOP."""
+    factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+        "asyncio": asyncio.new_event_loop
+    }
+    if item.path.name == "test_probe.py":
+        try:
+            import uvloop
+        except ImportError:
+            if os.environ.get("CI"):
+                raise
+        else:
+            factories["uvloop"] = uvloop.new_event_loop
+    return factories
 
 
 def free_port() -> int:

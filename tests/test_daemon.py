@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -270,3 +271,32 @@ async def test_metrics_pass_promtool_lint(
     assert problems == []
     assert "error" not in res.stderr.lower()
     assert d.stop() == 0
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_runs_on_the_event_loop_asked_for(
+    platforms: tuple[FakePlatform, FakePlatform], start_daemon: Start, loop: str
+) -> None:
+    baseline, candidate = platforms
+    baseline.delay, candidate.delay = 0.02, 0.04
+    d = start_daemon(config_yaml(baseline.url, candidate.url), CUTOVER_LOOP=loop)
+    await d.wait_ready()
+    m = await d.wait_for(lambda m: m.get(lbl("cutover_window_samples", platform="aws"), 0) >= 3)
+    assert f"event loop: {loop}" in d.log()
+    for platform, delay in (("heroku", 0.02), ("aws", 0.04)):
+        assert m[lbl("cutover_probe_success", platform=platform)] == 1
+        processing = m[lbl("cutover_probe_phase_seconds", platform=platform, phase="processing")]
+        assert delay <= processing < delay + 0.03
+    assert d.stop() == 0
+
+
+def test_an_unknown_event_loop_is_a_usage_error(tmp_path: Path) -> None:
+    config = tmp_path / "cutover.yml"
+    config.write_text(config_yaml("http://127.0.0.1:1", "http://127.0.0.1:2"))
+    env = daemon_env(CUTOVER_LOOP="trio")
+    r = subprocess.run(
+        [sys.executable, "-m", "exporter", "run", "--config", str(config)],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert "CUTOVER_LOOP='trio': expected one of auto, asyncio, uvloop" in r.stderr
