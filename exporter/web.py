@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import math
 import os
 import time
@@ -21,6 +22,7 @@ from exporter.exposition import Scrape, render_checks
 from exporter.shift import Refused
 from exporter.state import CheckState, ratio
 
+log = logging.getLogger("cutover.web")
 DAEMON = web.AppKey("daemon", Daemon)
 # /metrics renders for at most this long before it lets the probes in flight run
 SCRAPE_SLICE_SECONDS = 0.0005
@@ -435,26 +437,30 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     )
     resp = web.StreamResponse(headers={"Content-Type": content_type})
     await resp.prepare(request)
-    await resp.write(head)
-    parts: list[str] = []
-    size = 0
-    clock = time.perf_counter
-    deadline = clock() + SCRAPE_SLICE_SECONDS
-    for chunk in render_checks(scrape, list(view.checks), view.now, openmetrics=openmetrics):
-        if chunk:
-            parts.append(chunk)
-            size += len(chunk)
-            if size >= SCRAPE_WRITE_BYTES:
-                await resp.write("".join(parts).encode())
-                parts.clear()
-                size = 0
-        if clock() >= deadline:
-            await asyncio.sleep(0)
-            deadline = clock() + SCRAPE_SLICE_SECONDS
-    if openmetrics:
-        parts.append("# EOF\n")
-    await resp.write("".join(parts).encode())
-    await resp.write_eof()
+    try:
+        await resp.write(head)
+        parts: list[str] = []
+        size = 0
+        clock = time.perf_counter
+        deadline = clock() + SCRAPE_SLICE_SECONDS
+        for chunk in render_checks(scrape, list(view.checks), view.now, openmetrics=openmetrics):
+            if chunk:
+                parts.append(chunk)
+                size += len(chunk)
+                if size >= SCRAPE_WRITE_BYTES:
+                    await resp.write("".join(parts).encode())
+                    parts.clear()
+                    size = 0
+            if clock() >= deadline:
+                await asyncio.sleep(0)
+                deadline = clock() + SCRAPE_SLICE_SECONDS
+        if openmetrics:
+            parts.append("# EOF\n")
+        await resp.write("".join(parts).encode())
+        await resp.write_eof()
+    except ConnectionResetError:
+        # the scraper gave up (its scrape_timeout) or went away: nothing is wrong here
+        log.debug("/metrics: the client closed the connection before the end of the scrape")
     return resp
 
 

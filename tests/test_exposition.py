@@ -4,11 +4,12 @@ state, in both formats, and a scrape gives the event loop back while it renders.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import aiohttp
 import pytest
@@ -157,11 +158,9 @@ def test_number_is_client_pythons_spelling() -> None:
 # ---------------------------------------------------------------- the handler, for real
 
 
-async def test_a_scrape_gives_the_loop_back_while_it_renders(
-    platforms: tuple[FakePlatform, FakePlatform],
-) -> None:
-    """2000 checks: the scrape takes tens of milliseconds or more; a task that wants the loop
-    every millisecond must never wait for most of it (it waited for all of it before)."""
+@pytest.fixture
+async def big_daemon(platforms: tuple[FakePlatform, FakePlatform]) -> AsyncIterator[int]:
+    """A daemon of 2001 checks (probed once an hour), served on 127.0.0.1: yields its port."""
     baseline, candidate = platforms
     extra = "".join(
         f"  - {{name: c{i:04d}, path: /c{i}, interval: 1h, timeout: 1s}}\n" for i in range(2000)
@@ -172,6 +171,41 @@ async def test_a_scrape_gives_the_loop_back_while_it_renders(
     daemon = Daemon(cfg)
     await daemon.start()
     runner, port = await start_server(daemon, "127.0.0.1", 0)
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
+        await daemon.stop()
+
+
+async def test_a_scraper_that_gives_up_is_no_error(
+    big_daemon: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Prometheus closes the connection at its scrape_timeout: the daemon stops rendering for
+    it, logs no error, and serves the next scrape whole."""
+    port = big_daemon
+    caplog.set_level(logging.DEBUG)
+    for _ in range(3):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: cutover\r\n\r\n")
+        assert (await reader.readexactly(1000)).startswith(b"HTTP/1.1 200")
+        writer.close()
+        await writer.wait_closed()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/metrics") as resp,
+    ):
+        body = await resp.text()
+    assert body.count("cutover_window_samples{") == 2001 * 2
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert errors == []
+    assert "closed the connection before the end of the scrape" in caplog.text
+
+
+async def test_a_scrape_gives_the_loop_back_while_it_renders(big_daemon: int) -> None:
+    """2000 checks: the scrape takes tens of milliseconds or more; a task that wants the loop
+    every millisecond must never wait for most of it (it waited for all of it before)."""
+    port = big_daemon
     gaps: list[float] = []
     done = asyncio.Event()
 
@@ -214,5 +248,4 @@ async def test_a_scrape_gives_the_loop_back_while_it_renders(
                 assert len(samples) == 2001 * 2
                 assert max(gaps) < took / 2, (max(gaps), took)
     finally:
-        await runner.cleanup()
-        await daemon.stop()
+        done.set()
