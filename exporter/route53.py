@@ -267,8 +267,64 @@ def _weights(
     )
 
 
-class Route53Reader:
+class Route53Calls:
+    """What the reader and the writer share: a lazily built boto3 client, their own small thread
+    pool (a hung call must not occupy the loop's default executor, which DNS resolution and
+    other modules' to_thread calls share), and a close that releases both."""
+
+    _what = "client"  # in "... is closed" errors
+
+    def __init__(
+        self,
+        *,
+        endpoint_url: str | None,
+        timeout: float,
+        max_attempts: int,
+        client: Any | None,
+        logger: logging.Logger | None,
+        workers: int,
+        thread_name_prefix: str,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self.endpoint_url = endpoint_url
+        self.timeout = timeout
+        self.max_attempts = max_attempts
+        self.log = logger or logging.getLogger(type(self).__module__)
+        self._client: Route53Client | None = cast("Route53Client | None", client)
+        self._owns_client = client is None
+        self._client_lock = threading.Lock()
+        self._closed = False
+        self._executor = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix=thread_name_prefix
+        )
+
+    def _get_client(self) -> Route53Client:
+        # Built lazily in a worker thread: creating a boto3 client loads service models from
+        # disk, which would stall the event loop if done in __init__ on the loop.
+        with self._client_lock:
+            if self._closed:
+                raise Route53Error("other", f"{self._what} is closed")
+            if self._client is None:
+                self._client = make_client(self.endpoint_url, self.timeout, self.max_attempts)
+            return self._client
+
+    def close(self) -> None:
+        """Release threads and connections; a call still running in a thread finishes alone."""
+        if self._closed:
+            return
+        self._closed = True
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._client_lock:
+            if self._owns_client and self._client is not None:
+                self._client.close()
+                self._client = None
+
+
+class Route53Reader(Route53Calls):
     """Reads weighted groups with ListResourceRecordSets; each read runs in a worker thread."""
+
+    _what = "reader"
 
     def __init__(
         self,
@@ -282,40 +338,24 @@ class Route53Reader:
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
-        if max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
         self.records: tuple[RecordSpec, ...] = tuple(records)
-        self.endpoint_url = endpoint_url
-        self.timeout = timeout
-        self.max_attempts = max_attempts
-        self.log = logger or logging.getLogger(__name__)
-        self._client: Route53Client | None = cast("Route53Client | None", client)
-        self._owns_client = client is None
-        self._client_lock = threading.Lock()
+        super().__init__(
+            endpoint_url=endpoint_url,
+            timeout=timeout,
+            max_attempts=max_attempts,
+            client=client,
+            logger=logger,
+            workers=max(1, min(4, len(self.records))),
+            thread_name_prefix="route53",
+        )
         self._count_lock = threading.Lock()
         self._api_calls = 0
-        self._closed = False
-        # Own small pool: a hung call must not occupy the loop's default executor, which
-        # DNS resolution and other modules' to_thread calls share.
-        self._executor = ThreadPoolExecutor(
-            max_workers=max(1, min(4, len(self.records))), thread_name_prefix="route53"
-        )
 
     @property
     def api_calls(self) -> int:
         """ListResourceRecordSets operations issued (pages), not counting botocore's retries."""
         with self._count_lock:
             return self._api_calls
-
-    def _get_client(self) -> Route53Client:
-        # Built lazily in a worker thread: creating a boto3 client loads service models from
-        # disk, which would stall the event loop if done in __init__ on the loop.
-        with self._client_lock:
-            if self._closed:
-                raise Route53Error("other", "reader is closed")
-            if self._client is None:
-                self._client = make_client(self.endpoint_url, self.timeout, self.max_attempts)
-            return self._client
 
     def _read_blocking(self, record: RecordSpec, deadline: float) -> RecordWeights:
         client = self._get_client()
@@ -424,17 +464,6 @@ class Route53Reader:
                 raise outcome
         return good, bad
 
-    def close(self) -> None:
-        """Release threads and connections; a read still running in a thread finishes alone."""
-        if self._closed:
-            return
-        self._closed = True
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        with self._client_lock:
-            if self._owns_client and self._client is not None:
-                self._client.close()
-                self._client = None
-
 
 @dataclass(frozen=True, slots=True)
 class Route53Snapshot:
@@ -457,7 +486,7 @@ class Route53State:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.reader = reader
-        self.log = logger or logging.getLogger(__name__)
+        self.log = logger or logging.getLogger(type(self).__module__)
         self._clock = clock
         self.weights: dict[RecordSpec, RecordWeights] = {}
         self.failing: dict[RecordSpec, Route53Error] = {}

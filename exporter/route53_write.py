@@ -21,18 +21,21 @@ import dataclasses
 import json
 import logging
 import random
-import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
-from exporter.route53 import RecordSpec, Route53Error, classify, make_client, normalize_name
+from exporter.route53 import (
+    RecordSpec,
+    Route53Calls,
+    Route53Error,
+    classify,
+    normalize_name,
+)
 
 if TYPE_CHECKING:
-    from mypy_boto3_route53 import Route53Client
     from mypy_boto3_route53.literals import RRTypeType
     from mypy_boto3_route53.type_defs import (
         ChangeBatchTypeDef,
@@ -97,8 +100,10 @@ class WriteResult:
     seconds: float = 0.0
 
 
-class Route53Writer:
+class Route53Writer(Route53Calls):
     """Writes the weights of configured records; each AWS call runs in a worker thread."""
+
+    _what = "writer"
 
     def __init__(
         self,
@@ -117,32 +122,21 @@ class Route53Writer:
     ) -> None:
         if min(timeout, submit_timeout, insync_timeout, poll_interval, backoff) <= 0:
             raise ValueError("timeouts, intervals and backoff must be positive")
-        if max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        self.endpoint_url = endpoint_url
-        self.timeout = timeout
-        self.max_attempts = max_attempts
+        super().__init__(
+            endpoint_url=endpoint_url,
+            timeout=timeout,
+            max_attempts=max_attempts,
+            client=client,
+            logger=logger,
+            workers=2,
+            thread_name_prefix="route53-write",
+        )
         self.submit_timeout = submit_timeout
         self.insync_timeout = insync_timeout
         self.poll_interval = poll_interval
         self.max_poll_interval = max(max_poll_interval, poll_interval)
         self.backoff = backoff
         self.dry_run = dry_run
-        self.log = logger or logging.getLogger(__name__)
-        self._client: Route53Client | None = cast("Route53Client | None", client)
-        self._owns_client = client is None
-        self._client_lock = threading.Lock()
-        self._closed = False
-        # Own pool, like the reader's: a slow call must not hold the loop's default executor.
-        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="route53-write")
-
-    def _get_client(self) -> Route53Client:
-        with self._client_lock:
-            if self._closed:
-                raise Route53Error("other", "writer is closed")
-            if self._client is None:
-                self._client = make_client(self.endpoint_url, self.timeout, self.max_attempts)
-            return self._client
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run one blocking call in the pool; any failure comes out as a Route53Error.
@@ -312,17 +306,6 @@ class Route53Writer:
 
     def _get_change(self, change_id: str) -> str:
         return self._get_client().get_change(Id=change_id)["ChangeInfo"]["Status"]
-
-    def close(self) -> None:
-        """Release threads and connections; a call still running in a thread finishes alone."""
-        if self._closed:
-            return
-        self._closed = True
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        with self._client_lock:
-            if self._owns_client and self._client is not None:
-                self._client.close()
-                self._client = None
 
 
 def _check_weights(record: RecordSpec, weights: Mapping[str, int]) -> None:
