@@ -237,6 +237,11 @@ async def _serve(daemon: Daemon, host: str, port: int) -> int:
     # out of the collector's sight, full collections walk only what changes (measured at 1000
     # checks: their pauses fell from 29-49 ms to 19-38 ms, pauses that probes in flight wait out).
     gc.freeze()
+    # Young collections cost milliseconds each here however few objects they free, and every
+    # tenth leads towards a full one: a collection per 3000 allocations instead of 700 cuts the
+    # timing error p99 of probes running during scrapes of 5000 checks from 41 ms to 4.5 ms, and
+    # the loop lag p99 from 100 ms to 5 ms (bench/probe), for the same RSS.
+    gc.set_threshold(3000, 10, 10)
     log.info(
         "cutover %s listening on http://%s:%d/ (%d checks, %s baseline, %s candidate)",
         __version__,
