@@ -45,7 +45,7 @@ class View:
         """Traffic share per platform of the record a check represents, once read."""
         if self.route53 is None:
             return None
-        cfg_check = next((c for c in self.config.checks if c.name == check), None)
+        cfg_check = self.config.check(check)
         record = self.config.record_for(cfg_check) if cfg_check is not None else None
         spec = self.records.get(record.key) if record is not None else None
         weights = self.route53.weights.get(spec) if spec is not None else None

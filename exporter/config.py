@@ -6,6 +6,7 @@ import itertools
 import os
 import re
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -305,6 +306,14 @@ class Config(_Model):
         if not value:
             raise ValueError("at least one check is required")
         return value
+
+    @cached_property
+    def _checks_by_name(self) -> dict[str, Check]:
+        return {c.name: c for c in self.checks}
+
+    def check(self, name: str) -> Check | None:
+        """The check of that name: a lookup, not a scan (pages and scrapes ask once per check)."""
+        return self._checks_by_name.get(name)
 
     @property
     def baseline(self) -> str:

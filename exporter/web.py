@@ -77,7 +77,7 @@ def status_data(daemon: Daemon) -> dict[str, Any]:
     now = view.now
     checks = []
     for state in daemon.checks():
-        check = next((c for c in cfg.checks if c.name == state.name), None)
+        check = cfg.check(state.name)
         platforms: dict[str, Any] = {}
         stats = {}
         for pname, series in state.series.items():
