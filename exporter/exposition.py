@@ -29,10 +29,13 @@ _REASON = tuple(f'reason="{r}"' for r in REASONS)
 _SIGNAL = tuple(f'signal="{s}"' for s in SIGNALS)
 
 
+_SMALL = 1_000_000  # below, Python's repr is Go's spelling (a count: `{n}.0`); from here, exponents
+
+
 def number(value: float) -> str:
     """A sample value exactly as client_python writes it: Go's spelling of the specials, and
     Go's exponent from a million up (timestamps, large counters)."""
-    if -1e6 < value < 1e6:
+    if -_SMALL < value < _SMALL:
         return repr(float(value))
     if value != value:
         return "NaN"
@@ -46,9 +49,6 @@ def number(value: float) -> str:
         mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
         return f"{mantissa}e+{dot - 1:02d}"
     return text
-
-
-_SMALL = 1_000_000  # a count below is written `{n}.0`; from here on, Go's exponent
 
 
 def _bool(flag: bool) -> str:
