@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Final, Literal
+
+from pydantic import ConfigDict, Field
 
 from exporter.judge import SIGNALS, Evaluation, State, Verdict
-from exporter.persist import read_state, save_atomic, set_aside
+from exporter.outbox import STRICT, Notification
+from exporter.persist import StateFile
 
-STATE_VERSION = 1
+STATE_VERSION: Final = 1
 # Down is not a statistical guess: the candidate failed its last probes, so it fires at once.
 IMMEDIATE_SIGNALS = frozenset({"down"})
 
 FigureValue = float | int | str | bool | None
+# what a state file may hold in `figures`: NaN included, read back as None (`finite_figures`);
+# an unknown figure is no reason to throw away the incidents around it
+_SavedFigure = Annotated[float, Field(allow_inf_nan=True)] | int | str | bool | None
 
 
 class Phase(StrEnum):
@@ -48,6 +52,8 @@ class Incident:
     keeps and persists it.
     """
 
+    __pydantic_config__: ClassVar[ConfigDict] = STRICT
+
     id: str
     check: str
     signal: str
@@ -59,7 +65,7 @@ class Incident:
     clear_since: float | None = None
     last_seen_at: float | None = None
     reminded_at: float | None = None
-    figures: dict[str, FigureValue] = field(default_factory=dict)
+    figures: dict[str, _SavedFigure] = field(default_factory=dict)
     notify: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -88,52 +94,32 @@ class Incident:
             "notify": dict(self.notify),
         }
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Incident:
-        try:
-            incident = cls(
-                id=_str(data["id"]),
-                check=_str(data["check"]),
-                signal=_str(data["signal"]),
-                started_at=_time(data["started_at"]),
-                phase=Phase(data["phase"]),
-                fired_at=_optional_time(data.get("fired_at")),
-                resolved_at=_optional_time(data.get("resolved_at")),
-                clear_since=_optional_time(data.get("clear_since")),
-                last_seen_at=_optional_time(data.get("last_seen_at")),
-                reminded_at=_optional_time(data.get("reminded_at")),
-                figures=dict(_mapping(data.get("figures", {}))),
-                notify=dict(_mapping(data.get("notify", {}))),
-            )
-        except KeyError as e:
-            raise ValueError(f"incident: missing {e.args[0]!r}") from None
-        if incident.signal not in SIGNALS:
-            raise ValueError(f"incident {incident.id}: unknown signal {incident.signal!r}")
-        if incident.phase is Phase.FIRING and incident.fired_at is None:
-            raise ValueError(f"incident {incident.id}: firing without fired_at")
-        return incident
+    def check_sense(self) -> None:
+        """Raise ValueError for what the schema alone cannot refuse."""
+        if not (self.id and self.check):
+            raise ValueError("incident: empty id or check")
+        if self.signal not in SIGNALS:
+            raise ValueError(f"incident {self.id}: unknown signal {self.signal!r}")
+        if self.phase is Phase.FIRING and self.fired_at is None:
+            raise ValueError(f"incident {self.id}: firing without fired_at")
 
 
-def _str(value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"expected a non-empty string, got {value!r}")
-    return value
+def finite_figures(figures: Mapping[str, FigureValue]) -> dict[str, FigureValue]:
+    """The figures with NaN and infinities as None: what the state file can hold and give back."""
+    return {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in figures.items()
+    }
 
 
-def _time(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"expected a time in seconds, got {value!r}")
-    return float(value)
+@dataclass(slots=True)
+class AlertsRecord:
+    """alerts.json: the open incidents and the notifications their transitions still owe."""
 
+    __pydantic_config__: ClassVar[ConfigDict] = STRICT
 
-def _optional_time(value: object) -> float | None:
-    return None if value is None else _time(value)
-
-
-def _mapping(value: object) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ValueError(f"expected an object, got {value!r}")
-    return value
+    version: Literal[1]
+    incidents: list[Incident]
+    owed: list[Notification] = field(default_factory=list)
 
 
 # Events carry the live incident: the notification layer writes its message ids into
@@ -183,6 +169,8 @@ class Alerts:
     ) -> None:
         self.settings = settings if settings is not None else AlertSettings()
         self.revision = 0  # bumped by every transition worth persisting
+        # notifications owed for transitions that the outbox does not hold yet (see `owe`)
+        self.owed: list[Notification] = []
         self._open: dict[tuple[str, str], Incident] = {}
         for incident in incidents:
             if incident.phase is Phase.RESOLVED:
@@ -256,7 +244,7 @@ class Alerts:
                 incident.clear_since = None
                 self.revision += 1
             if figures is not None:
-                incident.figures = dict(figures)
+                incident.figures = finite_figures(figures)
 
         if incident.phase is Phase.PENDING:
             if present:
@@ -307,35 +295,55 @@ class Alerts:
         self.revision += bool(removed)
         return removed
 
+    # --- the notifications transitions owe ---------------------------------------------------
+
+    def owe(self, notifications: Iterable[Notification]) -> None:
+        """Keep notifications with the incidents until the outbox holds them (see `settle`).
+
+        Saved in the same file as the transition that caused them, so that "the incident fired"
+        and "its message is queued" are one durable step: a crash before the outbox took them
+        leaves them here, and they are handed over again at the next start.
+        """
+        known = {n.key for n in self.owed}
+        fresh = [n for n in notifications if n.key not in known]
+        if fresh:
+            self.owed.extend(fresh)
+            self.revision += 1
+
+    def settle(self, keys: Iterable[str]) -> None:
+        """The outbox holds these: they are no longer owed."""
+        gone = set(keys)
+        kept = [n for n in self.owed if n.key not in gone]
+        if len(kept) != len(self.owed):
+            self.owed = kept
+            self.revision += 1
+
+    # --- persistence ----------------------------------------------------------------------
+
+    def record(self) -> AlertsRecord:
+        return AlertsRecord(
+            version=STATE_VERSION, incidents=list(self.incidents), owed=list(self.owed)
+        )
+
+    @classmethod
+    def from_record(cls, record: AlertsRecord, settings: AlertSettings | None = None) -> Alerts:
+        for incident in record.incidents:
+            incident.check_sense()
+            incident.figures = finite_figures(incident.figures)
+        alerts = cls(settings, record.incidents)
+        alerts.owed = list(record.owed)
+        return alerts
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": STATE_VERSION,
             "incidents": [i.to_dict() for i in self.incidents],
+            "owed": [n.key for n in self.owed],
         }
 
-    @classmethod
-    def from_dict(cls, data: object, settings: AlertSettings | None = None) -> Alerts:
-        data = _mapping(data)
-        if data.get("version") != STATE_VERSION:
-            raise ValueError(f"unsupported state version {data.get('version')!r}")
-        raw = data.get("incidents")
-        if not isinstance(raw, list):
-            raise ValueError("'incidents' must be a list")
-        return cls(settings, [Incident.from_dict(_mapping(item)) for item in raw])
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, sort_keys=True, allow_nan=False)
-
-    @classmethod
-    def from_json(cls, text: str, settings: AlertSettings | None = None) -> Alerts:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"not JSON: {e}") from None
-        return cls.from_dict(data, settings)
-
     def save(self, path: str | os.PathLike[str]) -> None:
-        save_atomic(path, self.to_json())
+        """Replace the file atomically; raises OSError when the disk refuses."""
+        StateFile[AlertsRecord](path, AlertsRecord).save(self.record())
 
     @classmethod
     def load(
@@ -346,12 +354,9 @@ class Alerts:
     ) -> Alerts:
         """The machine saved at `path`; empty when there is none.
 
-        A corrupt file is moved aside (see `load_json`) and reported as ValueError naming it.
+        Anything unreadable is moved aside and reported as CorruptStateFile (a ValueError)
+        naming both files.
         """
-        text = read_state(path, now)
-        if text is None:
-            return cls(settings)
-        try:
-            return cls.from_json(text, settings)
-        except ValueError as e:
-            raise set_aside(Path(path), str(e), now) from None
+        file = StateFile[AlertsRecord](path, AlertsRecord)
+        loaded = file.load(lambda record: cls.from_record(record, settings), now)
+        return loaded if loaded is not None else cls(settings)

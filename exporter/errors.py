@@ -2,7 +2,9 @@
 
     CutoverError          base of everything below
     ├── ConfigError       the configuration cannot be used: every problem, each with its location
-    └── UsageError        the command line cannot be used (bad flag value, missing --config)
+    ├── UsageError        the command line cannot be used (bad flag value, missing --config)
+    ├── StateDirError     state_dir cannot be created or written, or another daemon holds it
+    └── CorruptStateFile  a state file could not be read; it was moved aside (also a ValueError)
 
 Failing targets are not exceptions: a probe always returns a result with a reason.
 """
@@ -25,3 +27,11 @@ class ConfigError(CutoverError):
 
 class UsageError(CutoverError):
     """The command line is invalid."""
+
+
+class StateDirError(CutoverError):
+    """The state directory cannot be created or written, or another daemon holds its lock."""
+
+
+class CorruptStateFile(CutoverError, ValueError):
+    """A state file could not be read; the message names it and where it was moved aside."""

@@ -20,17 +20,18 @@ gates are samples on both sides and a quiet judge. A control call that does not 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Literal
 
-from exporter.persist import read_state, save_atomic, set_aside
+from pydantic import ConfigDict, Field
+
+from exporter.outbox import STRICT, Notification
+from exporter.persist import StateFile
 from exporter.route53 import normalize_name
 
 if TYPE_CHECKING:
@@ -66,6 +67,11 @@ _EPS: Final = 1e-6
 
 PausedBy = Literal["person", "hand_change", "failure", "rollback"]
 ChangeKind = Literal["step", "rollback"]
+# what the state file may hold: Route53's weights, percents, counts, non-empty words
+Weight = Annotated[int, Field(ge=0, le=255)]
+Percent = Annotated[float, Field(ge=0, le=100)]
+Count = Annotated[int, Field(ge=0)]
+Text = Annotated[str, Field(min_length=1)]
 
 
 class Phase(StrEnum):
@@ -258,14 +264,16 @@ class Change:
     else is a hand change.
     """
 
-    seq: int
+    __pydantic_config__: ClassVar[ConfigDict] = STRICT
+
+    seq: Count
     kind: ChangeKind
-    share: float
-    weights: dict[str, int]
-    previous: dict[str, int] | None
+    share: Percent
+    weights: dict[str, Weight]
+    previous: dict[str, Weight] | None
     issued_at: float
-    index: int | None = None  # the step it goes to, for a step
-    attempts: int = 1
+    index: Count | None = None  # the step it goes to, for a step
+    attempts: Count = 1
     unknown: bool = False
     error: str | None = None
 
@@ -283,43 +291,17 @@ class Change:
             "error": self.error,
         }
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Change:
-        kind = data.get("kind")
-        if kind not in ("step", "rollback"):
-            raise ValueError(f"change: unknown kind {kind!r}")
-        previous = data.get("previous")
-        return cls(
-            seq=_int(data.get("seq"), "change.seq"),
-            kind=cast("ChangeKind", kind),
-            share=_share(data.get("share"), "change.share"),
-            weights=_weights(data.get("weights"), "change.weights"),
-            previous=None if previous is None else _weights(previous, "change.previous"),
-            issued_at=_time(data.get("issued_at"), "change.issued_at"),
-            index=_optional_int(data.get("index"), "change.index"),
-            attempts=_int(data.get("attempts", 1), "change.attempts"),
-            # after a restart nobody knows whether it landed
-            unknown=True,
-            error=_optional_str(data.get("error"), "change.error"),
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class Transition:
+    __pydantic_config__: ClassVar[ConfigDict] = STRICT
+
     at: float
     state: Phase
-    reason: str
+    reason: Text
 
     def to_dict(self) -> dict[str, Any]:
         return {"at": self.at, "state": self.state.value, "reason": self.reason}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Transition:
-        return cls(
-            at=_time(data.get("at"), "history.at"),
-            state=_phase(data.get("state")),
-            reason=_str(data.get("reason"), "history.reason"),
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,6 +356,33 @@ class ShiftStatus:
 
 
 @dataclass(slots=True)
+class ShiftRecord:
+    """shift.json: the plan's position, the change in flight, and the messages it still owes."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = STRICT
+
+    version: Literal[1]
+    record: Text
+    dry_run: bool
+    phase: Phase
+    steps: list[float] | None = None
+    share: Percent | None = None
+    written: dict[str, Weight] | None = None
+    next_index: Count | None = 0
+    since: float | None = None
+    in_flight: Change | None = None
+    paused_by: PausedBy | None = None
+    pause_reason: Text | None = None
+    failed_share: Percent | None = None
+    seq: Count = 0
+    fresh_after: float | None = None
+    ttl: float | None = None
+    firing: list[Text] = field(default_factory=list)
+    history: list[Transition] = field(default_factory=list)
+    owed: list[Notification] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class ShiftPlan:
     """The plan's state. Build with `ShiftPlan(settings)` or `ShiftPlan.load(path, settings)`."""
 
@@ -394,6 +403,9 @@ class ShiftPlan:
     ttl: float | None = None
     firing: tuple[str, ...] = ()
     history: list[Transition] = field(default_factory=list)
+    # news of transitions that the outbox does not hold yet: saved with the state that caused
+    # them, handed over after the save, settled once the outbox has them
+    owed: list[Notification] = field(default_factory=list)
     # the last observation and its time: status() explains waiting with it; not persisted
     _last: Observation | None = None
     _seen: tuple[str, ...] = ()
@@ -648,77 +660,71 @@ class ShiftPlan:
 
     # --- persistence ------------------------------------------------------------------------
 
+    def record(self) -> ShiftRecord:
+        return ShiftRecord(
+            version=STATE_VERSION,
+            record=normalize_name(self.settings.record),
+            dry_run=self.settings.dry_run,
+            steps=list(self.settings.steps),
+            phase=self.phase,
+            share=self.share,
+            written=None if self.written is None else dict(self.written),
+            next_index=self.next_index,
+            since=self.since,
+            in_flight=None if self.in_flight is None else dataclasses.replace(self.in_flight),
+            paused_by=self.paused_by,
+            pause_reason=self.pause_reason,
+            failed_share=self.failed_share,
+            seq=self.seq,
+            fresh_after=self.fresh_after,
+            ttl=self.ttl,
+            firing=list(self.firing),
+            history=list(self.history),
+            owed=list(self.owed),
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "version": STATE_VERSION,
-            "record": normalize_name(self.settings.record),
-            "dry_run": self.settings.dry_run,
-            "steps": list(self.settings.steps),
-            "phase": self.phase.value,
-            "share": self.share,
-            "written": None if self.written is None else dict(self.written),
-            "next_index": self.next_index,
-            "since": self.since,
-            "in_flight": None if self.in_flight is None else self.in_flight.to_dict(),
-            "paused_by": self.paused_by,
-            "pause_reason": self.pause_reason,
-            "failed_share": self.failed_share,
-            "seq": self.seq,
-            "fresh_after": self.fresh_after,
-            "ttl": self.ttl,
-            "firing": list(self.firing),
-            "history": [t.to_dict() for t in self.history],
-        }
+        return dataclasses.asdict(self.record())
 
     @classmethod
-    def from_dict(cls, data: object, settings: ShiftSettings, now: float) -> ShiftPlan:
-        """The plan saved in `data`; a state for another record or write mode starts afresh.
+    def from_record(cls, record: ShiftRecord, settings: ShiftSettings, now: float) -> ShiftPlan:
+        """The plan saved in `record`; a state for another record or write mode starts afresh.
 
         A change that was in flight comes back as `unknown`: the plan reads Route53 before
-        doing anything else, so a restart never applies a step twice nor skips one.
+        doing anything else, so a restart never applies a step twice nor skips one. Notifications
+        still owed are kept whatever else happens: they are news about the past.
         """
-        if not isinstance(data, Mapping):
-            raise ValueError(f"expected an object, got {type(data).__name__}")
-        if data.get("version") != STATE_VERSION:
-            raise ValueError(f"unsupported state version {data.get('version')!r}")
-        record = _str(data.get("record"), "record")
-        if record != normalize_name(settings.record):
-            plan = cls(settings)
-            plan._note(now, f"saved plan was for {record}: starting a new plan")
+        if record.record != normalize_name(settings.record):
+            plan = cls(settings, owed=list(record.owed))
+            plan._note(now, f"saved plan was for {record.record}: starting a new plan")
             return plan
-        if data.get("dry_run") is not settings.dry_run:
-            plan = cls(settings)
-            was = "a dry run" if data.get("dry_run") else "writing to Route53"
+        if record.dry_run is not settings.dry_run:
+            plan = cls(settings, owed=list(record.owed))
+            was = "a dry run" if record.dry_run else "writing to Route53"
             plan._note(now, f"saved plan was {was}: starting a new plan")
             return plan
-        paused_by = data.get("paused_by")
-        if paused_by not in (None, "person", "hand_change", "failure", "rollback"):
-            raise ValueError(f"unknown paused_by {paused_by!r}")
-        written = data.get("written")
-        in_flight = data.get("in_flight")
-        history = data.get("history", [])
-        firing = data.get("firing", [])
-        if not isinstance(history, list) or not isinstance(firing, list):
-            raise ValueError("history and firing must be lists")
+        in_flight = record.in_flight
+        if in_flight is not None:
+            in_flight.unknown = True  # after a restart nobody knows whether it landed
         plan = cls(
             settings,
-            phase=_phase(data.get("phase")),
-            share=_optional_share(data.get("share"), "share"),
-            written=None if written is None else _weights(written, "written"),
-            next_index=_optional_int(data.get("next_index"), "next_index"),
-            since=_optional_time(data.get("since"), "since"),
-            in_flight=None if in_flight is None else Change.from_dict(_mapping(in_flight)),
-            paused_by=cast("PausedBy | None", paused_by),
-            pause_reason=_optional_str(data.get("pause_reason"), "pause_reason"),
-            failed_share=_optional_share(data.get("failed_share"), "failed_share"),
-            seq=_int(data.get("seq", 0), "seq"),
-            fresh_after=_optional_time(data.get("fresh_after"), "fresh_after"),
-            ttl=_optional_time(data.get("ttl"), "ttl"),
-            firing=tuple(_str(f, "firing") for f in firing),
-            history=[Transition.from_dict(_mapping(t)) for t in history][-HISTORY_LIMIT:],
+            phase=record.phase,
+            share=record.share,
+            written=record.written,
+            next_index=record.next_index,
+            since=record.since,
+            in_flight=in_flight,
+            paused_by=record.paused_by,
+            pause_reason=record.pause_reason,
+            failed_share=record.failed_share,
+            seq=record.seq,
+            fresh_after=record.fresh_after,
+            ttl=record.ttl,
+            firing=tuple(record.firing),
+            history=record.history[-HISTORY_LIMIT:],
+            owed=list(record.owed),
         )
-        steps = data.get("steps")
-        saved = tuple(steps) if isinstance(steps, list) else None
+        saved = tuple(record.steps) if record.steps is not None else None
         if saved != settings.steps:
             plan._reindex(now)
         elif plan.next_index is not None and not 0 <= plan.next_index < len(settings.steps):
@@ -731,11 +737,9 @@ class ShiftPlan:
             )
         return plan
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, sort_keys=True, allow_nan=False)
-
     def save(self, path: str | os.PathLike[str]) -> None:
-        save_atomic(path, self.to_json())
+        """Replace the file atomically; raises OSError when the disk refuses."""
+        StateFile[ShiftRecord](path, ShiftRecord).save(self.record())
 
     @classmethod
     def load(
@@ -743,19 +747,14 @@ class ShiftPlan:
     ) -> ShiftPlan:
         """The plan saved at `path`, or a new one when there is none.
 
-        A corrupt file is moved aside to `<name>.corrupt-<unix time>` and reported as a
-        ValueError naming both files; the caller decides whether to start afresh.
+        Anything unreadable is moved aside to `<name>.corrupt-<unix time>` and reported as
+        CorruptStateFile (a ValueError) naming both files; the caller decides whether to start
+        afresh.
         """
         at = time.time() if now is None else now
-        text = read_state(path)
-        if text is None:
-            return cls(settings)
-        try:
-            return cls.from_dict(json.loads(text), settings, at)
-        except json.JSONDecodeError as e:
-            raise set_aside(Path(path), f"not JSON: {e}", at) from None
-        except (ValueError, TypeError) as e:
-            raise set_aside(Path(path), str(e), at) from None
+        file = StateFile[ShiftRecord](path, ShiftRecord)
+        plan = file.load(lambda record: cls.from_record(record, settings, at), at)
+        return plan if plan is not None else cls(settings)
 
     # --- inside ----------------------------------------------------------------------------
 
@@ -1048,67 +1047,3 @@ class ShiftPlan:
         if self.phase is Phase.DONE and self.next_index is not None:
             self.phase = Phase.HOLDING
         self._note(now, f"steps are now {', '.join(_pct(s) for s in steps)}")
-
-
-def _mapping(value: object) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ValueError(f"expected an object, got {value!r}")
-    return value
-
-
-def _str(value: object, what: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{what}: expected a non-empty string, got {value!r}")
-    return value
-
-
-def _optional_str(value: object, what: str) -> str | None:
-    return None if value is None else _str(value, what)
-
-
-def _int(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{what}: expected a whole number >= 0, got {value!r}")
-    return value
-
-
-def _optional_int(value: object, what: str) -> int | None:
-    return None if value is None else _int(value, what)
-
-
-def _time(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{what}: expected seconds, got {value!r}")
-    return float(value)
-
-
-def _optional_time(value: object, what: str) -> float | None:
-    return None if value is None else _time(value, what)
-
-
-def _share(value: object, what: str) -> float:
-    share = _time(value, what)
-    if not 0 <= share <= 100:
-        raise ValueError(f"{what}: expected a percent, got {value!r}")
-    return share
-
-
-def _optional_share(value: object, what: str) -> float | None:
-    return None if value is None else _share(value, what)
-
-
-def _weights(value: object, what: str) -> dict[str, int]:
-    data = _mapping(value)
-    out: dict[str, int] = {}
-    for platform, weight in data.items():
-        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 255:
-            raise ValueError(f"{what}.{platform}: expected a weight 0-255, got {weight!r}")
-        out[str(platform)] = weight
-    return out
-
-
-def _phase(value: object) -> Phase:
-    try:
-        return Phase(str(value))
-    except ValueError:
-        raise ValueError(f"unknown state {value!r}") from None

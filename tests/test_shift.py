@@ -644,7 +644,7 @@ def test_state_that_does_not_make_sense_is_moved_aside(tmp_path: Path) -> None:
     path = tmp_path / "shift.json"
     path.write_text(json.dumps(data))
 
-    with pytest.raises(ValueError, match=r"corrupt state file \(unknown state 'sleeping'\)"):
+    with pytest.raises(ValueError, match=r"corrupt state file \(phase: Input should be 'running'"):
         ShiftPlan.load(path, SETTINGS, now=5)
     assert (tmp_path / "shift.json.corrupt-5").exists()
 
