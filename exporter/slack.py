@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -21,16 +22,19 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 from slack_sdk.webhook.webhook_response import WebhookResponse
 
-from exporter.errors import CutoverError
-from exporter.persist import save_atomic, set_aside
+from exporter.errors import CorruptStateFile, CutoverError
+from exporter.outbox import ACTIONS, OUTBOX_VERSION, Notification, OutboxRecord, QueuedRecord
+from exporter.persist import StateFile
 
-Action = Literal["post", "edit", "reply"]
-ACTIONS: tuple[Action, ...] = ("post", "edit", "reply")
+__all__ = ["Notification", "Notifier", "SlackError", "SlackSettings"]
+
 OUTBOX_FILE = "slack-outbox.json"
 KEEP_DONE = 1000  # delivered keys remembered, so that re-enqueueing an old one stays a no-op
 KEEP_THREADS = 1000  # incidents whose message can still be edited or replied to
 METADATA_EVENT = "cutover_notification"
-HISTORY_MARGIN = 120.0  # seconds before a doubtful attempt to search from: clock skew
+HISTORY_MARGIN = 120.0
+# Slack asks for seconds to a minute; anything longer is not Slack's rate limiter speaking
+MAX_RETRY_AFTER = 120.0  # seconds before a doubtful attempt to search from: clock skew
 
 # Slack error codes by what they mean for the outbox (metric reason in the dict values)
 TOKEN_CODES = frozenset({
@@ -88,18 +92,6 @@ class SlackError(CutoverError):
 
 
 @dataclass(frozen=True)
-class Notification:
-    """One message to deliver; `key` is unique and stable, so that enqueueing is idempotent."""
-
-    key: str
-    incident: str
-    action: Action
-    text: str
-    blocks: tuple[Mapping[str, Any], ...] | None = None
-    created: float = 0.0
-
-
-@dataclass(frozen=True)
 class SlackSettings:
     """Where messages go: exactly one of a bot token (with its channel) and a webhook URL."""
 
@@ -153,57 +145,41 @@ class _Entry:
     unsure_since: float | None = None  # an attempt since then may have reached Slack
     warned: bool = False
 
-    def dump(self) -> dict[str, Any]:
+    def record(self) -> QueuedRecord:
         n = self.n
-        return {
-            "key": n.key,
-            "incident": n.incident,
-            "action": n.action,
-            "text": n.text,
-            "blocks": None if n.blocks is None else [dict(b) for b in n.blocks],
-            "created": n.created,
-            "plain": self.plain,
-            "repost": self.repost,
-            "unsure_since": self.unsure_since,
-        }
+        return QueuedRecord(
+            key=n.key,
+            incident=n.incident,
+            action=n.action,
+            text=n.text,
+            blocks=None if n.blocks is None else [dict(b) for b in n.blocks],
+            created=n.created,
+            plain=self.plain,
+            repost=self.repost,
+            unsure_since=self.unsure_since,
+        )
 
     @classmethod
-    def load(cls, data: Any) -> _Entry:
-        if not isinstance(data, dict):
-            raise ValueError("a queued notification is not an object")
-        key, incident, action, text = (data.get(k) for k in ("key", "incident", "action", "text"))
-        if not (isinstance(key, str) and isinstance(incident, str) and isinstance(text, str)):
-            raise ValueError(f"a queued notification is incomplete: {str(key)[:80]}")
-        if action not in ACTIONS:
-            raise ValueError(f"notification {key}: unknown action {action!r}")
-        blocks = data.get("blocks")
-        if blocks is not None and not (
-            isinstance(blocks, list) and all(isinstance(b, dict) for b in blocks)
-        ):
-            raise ValueError(f"notification {key}: blocks is not a list of objects")
-        unsure = data.get("unsure_since")
-        n = Notification(
-            key=key,
-            incident=incident,
-            action=action,
-            text=text,
-            blocks=None if blocks is None else tuple(blocks),
-            created=float(data.get("created") or 0.0),
-        )
+    def of(cls, record: QueuedRecord) -> _Entry:
         return cls(
-            n=n,
-            plain=bool(data.get("plain")),
-            repost=bool(data.get("repost")),
-            unsure_since=None if unsure is None else float(unsure),
+            n=record.notification,
+            plain=record.plain,
+            repost=record.repost,
+            unsure_since=record.unsure_since,
         )
 
 
 def _header_seconds(headers: Any) -> float | None:
+    """Retry-After in seconds, capped at MAX_RETRY_AFTER; None when absent or not a number."""
     try:
         value = headers.get("Retry-After") if headers is not None else None
-        return max(0.0, float(value)) if value is not None else None
+        seconds = float(value) if value is not None else None
     except (TypeError, ValueError):
         return None
+    if seconds is None or math.isnan(seconds):
+        return None
+    # a proxy's "come back tomorrow" must not hold a firing alert for a day
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
 def _api_failure(response: Any) -> _Failure:
@@ -265,13 +241,6 @@ async def _guarded(call: Awaitable[Any], *, webhook: bool = False) -> Any:
         raise _Failure("retry", "connection", code, maybe_sent=True, webhook=webhook) from None
 
 
-def _typed(data: dict[str, Any], key: str, kind: type[Any]) -> Any:
-    value = data.get(key, kind())
-    if not isinstance(value, kind):
-        raise ValueError(f"{key}: not a {kind.__name__}")
-    return value
-
-
 class Notifier:
     """The outbox and its delivery loop: `enqueue` from the event loop, `run` as one task.
 
@@ -323,6 +292,8 @@ class Notifier:
         self._reset = asyncio.Event()  # settings changed: cut a backoff short
         self._changed = asyncio.Event()  # the queue shrank or the outbox parked: for flush()
         self._web: AsyncWebClient | None = None
+        self._file: StateFile[OutboxRecord] | None = None
+        self._bind_file()
         self._hook: AsyncWebhookClient | None = None
 
         self._delivered = Counter(
@@ -349,20 +320,33 @@ class Notifier:
 
     # --- public interface
 
-    def enqueue(self, n: Notification) -> bool:
-        """Queue `n` and save the outbox; False (and nothing done) if its key was seen before."""
+    def enqueue(self, n: Notification, *, doubtful: bool = False) -> bool:
+        """Queue `n` and save the outbox; False (and nothing done) if its key was seen before.
+
+        `doubtful`: `n` may have reached Slack already (it comes back from before a crash), so
+        it is looked for by its key before it is sent, like a message whose answer was lost.
+        """
         if n.action not in ACTIONS:
             raise ValueError(f"notification {n.key}: unknown action {n.action!r}")
         if n.key in self._done or any(e.n.key == n.key for e in self._queue):
             return False
         if not n.created:
             n = replace(n, created=self._clock())
-        entry = _Entry(n)
-        json.dumps(entry.dump())  # blocks that cannot be saved fail here, not in the loop
+        entry = _Entry(n, unsure_since=n.created if doubtful else None)
+        if n.blocks is not None:
+            json.dumps(n.blocks)  # blocks that cannot be saved fail here, not in the loop
         self._queue.append(entry)
         self._save()
         self._wake.set()
         return True
+
+    def accept(self, n: Notification, *, doubtful: bool = False) -> bool:
+        """Queue `n` (idempotently, like `enqueue`); True once the outbox file holds it.
+
+        False while the outbox cannot be saved: whoever owes `n` keeps it and asks again.
+        """
+        self.enqueue(n, doubtful=doubtful)
+        return not self._save_failing
 
     async def run(self) -> None:
         """Deliver the outbox, oldest first, until cancelled."""
@@ -402,10 +386,23 @@ class Notifier:
         """(channel id, ts) of the incident's message, once Slack has it."""
         return self._threads.get(incident)
 
+    @property
+    def settings(self) -> SlackSettings:
+        return self._settings
+
     def update_settings(self, settings: SlackSettings) -> None:
-        """Use new settings from now on; a parked outbox resumes (the fix may be on Slack's side)"""
+        """Use new settings from now on; a parked outbox resumes (the fix may be on Slack's side).
+
+        The same settings again only resume a parked outbox (a channel created or the app
+        invited since): a reload that leaves Slack alone must not cut a Retry-After short.
+        """
+        if settings == self._settings:
+            if self._parked is not None:
+                self._resume()
+            return
         old_label = self._label
         self._settings = settings
+        self._bind_file()
         self._web = self._hook = None
         self._generation += 1
         self._streak = 0
@@ -414,13 +411,16 @@ class Notifier:
             with contextlib.suppress(KeyError):
                 self._pending.remove(old_label)
             self._init_series()
+        self._resume()
+        self._reset.set()
+
+    def _resume(self) -> None:
         if self._parked is not None and self._queue:
             self.log.info(
-                "Slack settings changed: resuming delivery of %d notification(s)", len(self._queue)
+                "Slack settings reloaded: resuming delivery of %d notification(s)", len(self._queue)
             )
         self._parked = None
         self._save()
-        self._reset.set()
         self._wake.set()
 
     async def send_test(self, text: str) -> None:
@@ -752,71 +752,60 @@ class Notifier:
 
     # --- persistence
 
-    @property
-    def _path(self) -> Path | None:
+    def _bind_file(self) -> None:
         d = self._settings.state_dir
-        return Path(d) / OUTBOX_FILE if d else None
+        path = Path(d) / OUTBOX_FILE if d else None
+        if path != (self._file.path if self._file is not None else None):
+            self._file = StateFile(path, OutboxRecord) if path is not None else None
 
     def _save(self) -> None:
         self._pending.labels(self._label).set(len(self._queue))
-        path = self._path
-        if path is None:
+        file = self._file
+        if file is None:
             return
-        state = {
-            "version": 1,
-            "queue": [e.dump() for e in self._queue],
-            "threads": {k: list(v) for k, v in self._threads.items()},
-            "channels": self._channel_ids,
-            "done": list(self._done),
-        }
+        state = OutboxRecord(
+            version=OUTBOX_VERSION,
+            queue=[e.record() for e in self._queue],
+            threads=dict(self._threads),
+            channels=dict(self._channel_ids),
+            done=list(self._done),
+        )
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_atomic(path, json.dumps(state, ensure_ascii=False, separators=(",", ":")))
-        except OSError as e:
+            file.path.parent.mkdir(parents=True, exist_ok=True)
+            file.save(state)
+        except (OSError, ValueError) as e:
             if not self._save_failing:
                 self.log.error(
                     "cannot save the Slack outbox to %s (%s): notifications are kept in memory only "
                     "and a restart would lose them",
-                    path,
-                    e.strerror or type(e).__name__,
+                    file.path,
+                    getattr(e, "strerror", None) or e,
                 )
             self._save_failing = True
             return
         if self._save_failing:
-            self.log.info("the Slack outbox is saved to %s again", path)
+            self.log.info("the Slack outbox is saved to %s again", file.path)
             self._save_failing = False
 
     def _load(self) -> None:
-        path = self._path
-        if path is None:
+        file = self._file
+        if file is None:
             return
         try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            return
-        except OSError as e:
-            self.log.error("cannot read the Slack outbox %s (%s): starting empty", path, e.strerror)
-            return
-        try:
-            data = json.loads(raw.decode("utf-8"))
-            if not isinstance(data, dict) or data.get("version") != 1:
-                raise ValueError("not a version 1 outbox")
-            queue = [_Entry.load(item) for item in _typed(data, "queue", list)]
-            threads = {}
-            for incident, value in _typed(data, "threads", dict).items():
-                if not (isinstance(value, list) and len(value) == 2):
-                    raise ValueError(f"threads.{incident}: not [channel, ts]")
-                threads[str(incident)] = (str(value[0]), str(value[1]))
-            channels = {str(k): str(v) for k, v in _typed(data, "channels", dict).items()}
-            done = {str(k): None for k in _typed(data, "done", list)}
-        except (ValueError, TypeError, AttributeError) as e:
-            moved = set_aside(path, str(e)[:200], self._clock())
+            state = file.load(lambda record: record, now=self._clock())
+        except CorruptStateFile as e:
             self.log.error(
                 "the Slack outbox is unreadable: %s; started empty: notifications queued before "
                 "are lost and an old one may be sent again",
-                moved,
+                e,
             )
             return
-        self._queue, self._threads, self._channel_ids, self._done = queue, threads, channels, done
+        if state is None:
+            return
+        self._queue = [_Entry.of(r) for r in state.queue]
+        self._threads = dict(state.threads)
+        self._channel_ids = dict(state.channels)
+        self._done = dict.fromkeys(state.done)
+        queue, path = self._queue, file.path
         if queue:
             self.log.info("loaded %d undelivered Slack notification(s) from %s", len(queue), path)

@@ -158,6 +158,40 @@ async def test_ratelimited_waits_for_retry_after_and_delivers_once(standin: Slac
     assert metric(registry, "cutover_notifications_total", channel="#alerts") == 1
 
 
+async def test_retry_after_is_capped(
+    standin: SlackStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A proxy's "Retry-After: 86400" must not hold a firing alert for a day."""
+    standin.retry_after = 86400
+    n = notifier(token_settings(standin))
+    standin.fail_next("ratelimited")
+    caplog.set_level(logging.DEBUG, "cutover.slack")
+    n.enqueue(fire("inc-1"))
+    async with running(n):
+        await until(lambda: "retrying in" in caplog.text)
+    [line] = [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
+    delay = float(line.split("retrying in ")[1].split(" s")[0])
+    assert 120 <= delay <= 132, line  # MAX_RETRY_AFTER, with its 10% of jitter
+
+
+async def test_the_same_settings_again_keep_the_backoff(standin: SlackStandIn) -> None:
+    """A reload that leaves Slack alone must not cut a Retry-After short."""
+    standin.retry_after = 30
+    settings = token_settings(standin)
+    n = notifier(settings)
+    standin.fail_next("ratelimited")
+    n.enqueue(fire("inc-1"))
+    async with running(n):
+        await until(lambda: len(standin.message_calls()) == 1)
+        for _ in range(10):
+            n.update_settings(token_settings(standin))  # equal, not the same object
+            await asyncio.sleep(0.1)
+        assert [c.answer for c in standin.message_calls()] == ["ratelimited"]
+        # new settings are a new start: the kept notification goes out at once
+        n.update_settings(token_settings(standin, channel="#general"))
+        await until(lambda: len(standin.message_calls()) == 2)
+
+
 @pytest.mark.parametrize(
     ("faults", "reason", "searches"),
     [
