@@ -22,9 +22,9 @@ from prometheus_client import CollectorRegistry
 
 from exporter import __version__
 from exporter.config import Config, format_duration, load_config, parse_listen
-from exporter.daemon import Daemon, StateDirError, slack_settings
+from exporter.daemon import Daemon, slack_settings
 from exporter.demo import run_demo
-from exporter.errors import ConfigError, UsageError
+from exporter.errors import ConfigError, StateDirError, UsageError
 from exporter.logs import setup_logging
 from exporter.slack import Notifier, SlackError
 from exporter.web import start_server

@@ -7,7 +7,7 @@ import logging
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
@@ -23,16 +23,19 @@ from exporter.collector import (
     expected_error_ratio,
 )
 from exporter.config import Check, Config, load_config, probe_spec
-from exporter.errors import ConfigError, CutoverError
+from exporter.errors import ConfigError, CorruptStateFile
 from exporter.judge import JudgeSettings, judge
 from exporter.logs import REDACTOR
-from exporter.messages import Context, notifications
+from exporter.messages import Context, notifications, shift_notifications
+from exporter.outbox import Notification
+from exporter.persist import StateDir
 from exporter.probe import Prober
 from exporter.route53 import RecordSpec, Route53Reader, Route53State, normalize_name
 from exporter.shift import Notify, Observation, ShiftSettings
 from exporter.shift_runner import ShiftRunner
-from exporter.slack import Notification, Notifier, SlackSettings
+from exporter.slack import Notifier, SlackSettings
 from exporter.state import CheckState, Series
+from exporter.tasks import Supervisor
 from exporter.window import Window
 
 log = logging.getLogger("cutover")
@@ -91,24 +94,6 @@ def slack_settings(cfg: Config) -> SlackSettings | None:
     )
 
 
-class StateDirError(CutoverError):
-    """The state directory cannot be created or written."""
-
-
-def prepare_state_dir(path: str | None) -> Path | None:
-    if path is None:
-        return None
-    directory = Path(path)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".cutover-write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise StateDirError(f"state_dir {path}: not writable: {exc.strerror or exc}") from None
-    return directory
-
-
 def secrets_of(cfg: Config) -> Iterator[str]:
     """Every configured value that must never reach a log line, a page or a metric."""
     for platform in cfg.platforms.values():
@@ -133,6 +118,10 @@ class _Running:
     task: asyncio.Task[None]
 
 
+# The daemon's task groups, in the order `stop` ends them.
+PROBES, ROUTE53, WATCH, SHIFT, SLACK = "probe", "route53", "watch", "shift", "slack"
+
+
 class Daemon:
     """Owns the config in force, the probe loops and the state they fill."""
 
@@ -153,21 +142,22 @@ class Daemon:
         self.started = time.time()
         self.config_loaded_at = time.time()
         self._running: dict[str, _Running] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        # every task the daemon starts belongs to it, in groups: PROBES, ROUTE53, WATCH, ...
+        self.tasks = Supervisor(log)
         self.last_reload_ok = True
         self.records: dict[str, RecordSpec] = {}
         self.route53: Route53State | None = None
-        self._route53_task: asyncio.Task[None] | None = None
         self.judge_settings = judge_settings(config)
-        self.state_dir = prepare_state_dir(config.state_dir)
+        # locked for this process alone: StateDirError names the other daemon holding it
+        self._state_dir = StateDir.open(config.state_dir) if config.state_dir else None
+        self.state_dir = self._state_dir.path if self._state_dir is not None else None
         self.alerts = self._load_alerts(config)
-        self._alerts_mark: tuple[tuple[str, str, bool], ...] = self._alerts_signature()
+        self._alerts_saved = self.alerts.revision
+        self._alerts_save_error: str | None = None
         self.notifier: Notifier | None = None
-        self._notifier_task: asyncio.Task[None] | None = None
         # writes need both the config's `shift.enabled` and the command line's permission
         self.allow_route53_writes = allow_route53_writes and not dry_run
         self.shift: ShiftRunner | None = None
-        self._shift_task: asyncio.Task[None] | None = None
         self._shift_base: tuple[float | None, dict[tuple[str, str], int]] = (None, {})
 
         self.reload_ok = Gauge(
@@ -227,39 +217,31 @@ class Daemon:
         self._apply_route53(self.config, previous=None)
         self._apply_slack(self.config)
         self._apply_shift(self.config)
-        self._spawn(self._watch_loop_lag(), "loop-lag")
+        self.tasks.spawn(self._watch_loop_lag(), "loop-lag", WATCH)
+        # what a crash left owed is handed to the outbox before anything new happens
+        self._settle_alerts(doubtful=True)
+        if self.shift is not None:
+            self.shift.settle(doubtful=True)
 
     async def stop(self) -> None:
-        tasks = [r.task for r in self._running.values()] + list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if self._route53_task is not None:
-            tasks.append(self._route53_task)
-            self._route53_task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.tasks.stop_group(PROBES)
         self._running.clear()
-        self._tasks.clear()
+        await self.tasks.stop_group(ROUTE53)
+        await self.tasks.stop_group(WATCH)
         if self.route53 is not None:
             self.route53.close()
         self._save_alerts()
-        if self._shift_task is not None:
-            self._shift_task.cancel()
-            await asyncio.gather(self._shift_task, return_exceptions=True)
+        await self.tasks.stop_group(SHIFT)
         if self.shift is not None:
             await self.shift.aclose()
         if self.notifier is not None:
             # a short grace to deliver what is queued; the rest waits on disk for the next start
             await self.notifier.flush(timeout=5.0)
-            if self._notifier_task is not None:
-                self._notifier_task.cancel()
-                await asyncio.gather(self._notifier_task, return_exceptions=True)
+            await self.tasks.stop_group(SLACK)
             await self.notifier.aclose()
-
-    def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        await self.tasks.aclose()
+        if self._state_dir is not None:
+            self._state_dir.close()
 
     # -- reload -----------------------------------------------------------------------------
 
@@ -329,15 +311,14 @@ class Daemon:
                     # nothing about this check changed: its loop keeps running undisturbed
                     running[check.name] = prior
                     continue
-                prior.task.cancel()
+                self.tasks.cancel([prior.task])
             state = CheckState(name=check.name, series=series)
             if prior is not None:
                 # keep the tick count rising: kept windows must never see a tick twice
                 state.next_tick = prior.state.next_tick
-            task = asyncio.create_task(self._probe_loop(check, state), name=f"check:{check.name}")
+            task = self.tasks.spawn(self._probe_loop(check, state), f"check:{check.name}", PROBES)
             running[check.name] = _Running(check=check, state=state, task=task)
-        for gone in old.values():
-            gone.task.cancel()
+        self.tasks.cancel(gone.task for gone in old.values())
         self._running = running
 
     def _apply_route53(self, cfg: Config, previous: Config | None) -> None:
@@ -345,9 +326,7 @@ class Daemon:
         old = previous.route53 if previous is not None else None
         if previous is not None and cfg.route53 == old and self.route53 is not None:
             return
-        if self._route53_task is not None:
-            self._route53_task.cancel()
-            self._route53_task = None
+        self.tasks.cancel(self.tasks.group(ROUTE53))
         self.records = record_specs(cfg)
         if cfg.route53 is None:
             if self.route53 is not None:
@@ -363,9 +342,7 @@ class Daemon:
             self.route53 = Route53State(reader, logger=logging.getLogger("cutover.route53"))
         else:
             self.route53.replace_reader(reader)
-        self._route53_task = asyncio.create_task(
-            self._route53_loop(self.route53, cfg.route53.interval), name="route53"
-        )
+        self.tasks.spawn(self._route53_loop(self.route53, cfg.route53.interval), "route53", ROUTE53)
 
     # -- alerts and notifications ---------------------------------------------------------
 
@@ -378,25 +355,33 @@ class Daemon:
             return Alerts(alert_settings(cfg))
         try:
             alerts = Alerts.load(path, alert_settings(cfg), now=time.time())
-        except ValueError as exc:
+        except CorruptStateFile as exc:
             # the file was moved aside; starting empty beats not starting at all
             log.error("alert state unreadable, starting without it: %s", exc)
             return Alerts(alert_settings(cfg))
         if alerts.incidents:
             log.info("alert state loaded: %d open incident(s)", len(alerts.incidents))
+        if alerts.owed:
+            log.info("alert state loaded: %d notification(s) still owed", len(alerts.owed))
         return alerts
 
-    def _alerts_signature(self) -> tuple[tuple[str, str, bool], ...]:
-        return tuple((i.id, i.phase.value, i.clear_since is None) for i in self.alerts.incidents)
-
     def _save_alerts(self) -> None:
+        """Save the incidents and what they owe; a failure is logged, never raised."""
         path = self._alerts_path()
         if path is None:
             return
         try:
             self.alerts.save(path)
-        except OSError as exc:
-            log.error("cannot save alert state to %s: %s", path, exc.strerror or exc)
+        except Exception as exc:  # whatever it is, the probe loops must go on
+            text = f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
+            if text != self._alerts_save_error:
+                log.error("cannot save alert state to %s: %s", path, text)
+            self._alerts_save_error = text
+            return
+        self._alerts_saved = self.alerts.revision
+        if self._alerts_save_error is not None:
+            log.info("alert state is saved to %s again", path)
+            self._alerts_save_error = None
 
     def _forget_removed_checks(self, cfg: Config) -> list[Incident]:
         names = {c.name for c in cfg.checks}
@@ -416,22 +401,46 @@ class Daemon:
                     "Slack removed from the configuration: %d notification(s) stay on disk",
                     self.notifier.pending(),
                 )
-                if self._notifier_task is not None:
-                    self._notifier_task.cancel()
+                self.tasks.cancel(self.tasks.group(SLACK))
                 self.notifier = None
-                self._notifier_task = None
             return
         if self.notifier is None:
             self.notifier = Notifier(
                 settings, registry=self.registry, logger=logging.getLogger("cutover.slack")
             )
         else:
+            # unchanged settings change nothing: a reload must not cut a Retry-After short
             self.notifier.update_settings(settings)
-        if self._notifier_task is None or self._notifier_task.done():
-            self._notifier_task = asyncio.create_task(self.notifier.run(), name="slack")
+        if not self.tasks.group(SLACK):
+            self.tasks.spawn(self.notifier.run(), "slack", SLACK)
+
+    def _relay(self, owed: list[Notification], doubtful: bool = False) -> set[str]:
+        """Hand owed notifications to the outbox; the keys it now holds on disk.
+
+        `doubtful` at start-up: what is still owed then may have reached Slack just before a
+        crash, so the outbox looks for each in the channel before sending it.
+        """
+        if self.notifier is None:
+            return set()
+        return {n.key for n in owed if self.notifier.accept(n, doubtful=doubtful)}
+
+    def _settle_alerts(self, doubtful: bool = False) -> None:
+        """Pass what the incidents owe to the outbox, and forget what it holds."""
+        if self.alerts.owed:
+            held = self._relay(self.alerts.owed, doubtful)
+            if held:
+                self.alerts.settle(held)
+        if self.alerts.revision != self._alerts_saved:
+            self._save_alerts()
 
     def _evaluate(self, state: CheckState, t: float) -> None:
-        """Judge one check after a tick, advance its incidents, and notify."""
+        """Judge one check after a tick, advance its incidents, and notify.
+
+        A transition and the notifications it causes are saved in one file before the outbox
+        is given them: whatever happens between the two saves (a crash, a full disk for the
+        outbox), the messages are still owed at the next start, and the outbox takes each
+        key once.
+        """
         cfg = self.config
         baseline = state.series.get(cfg.baseline)
         candidate = state.series.get(cfg.candidate)
@@ -446,14 +455,23 @@ class Daemon:
         )
         state.evaluation = evaluation
         events = self.alerts.update(state.name, evaluation, time.time())
-        mark = self._alerts_signature()
-        if events or mark != self._alerts_mark:
-            self._save_alerts()
-            self._alerts_mark = mark
         for event in events:
-            self._notify(event, state)
+            self._log_event(event)
+        if events and self.notifier is not None:
+            try:
+                context = self._context(state)
+            except Exception:  # the figures are a nicety; the message itself is owed
+                log.exception("cannot gather the context of %s's message", state.name)
+                context = Context(baseline=cfg.baseline, candidate=cfg.candidate)
+            now = time.time()
+            self.alerts.owe(
+                replace(n, created=now) for event in events for n in notifications(event, context)
+            )
+        if self.alerts.revision != self._alerts_saved:
+            self._save_alerts()
+        self._settle_alerts()
 
-    def _notify(self, event: Event, state: CheckState) -> None:
+    def _log_event(self, event: Event) -> None:
         incident = event.incident
         if isinstance(event, Fired):
             log.warning(
@@ -462,10 +480,6 @@ class Daemon:
             )  # fmt: skip
         elif isinstance(event, Resolved):
             log.info("RESOLVED %s after %.0fs", incident.id, event.duration)
-        if self.notifier is None:
-            return
-        for notification in notifications(event, self._context(state)):
-            self.notifier.enqueue(notification)
 
     def _context(self, state: CheckState) -> Context:
         cfg = self.config
@@ -511,13 +525,11 @@ class Daemon:
                 return
             except ValueError as exc:
                 log.warning("shift: a new plan replaces the old one: %s", exc)
-        if self._shift_task is not None:
-            self._shift_task.cancel()
-            self._shift_task = None
+        self.tasks.cancel(self.tasks.group(SHIFT))
         if self.shift is not None:
             old = self.shift
             self.shift = None
-            self._spawn(old.aclose(), "shift-close")
+            self.tasks.spawn(old.aclose(), "shift-close", SHIFT)
         if settings is None or cfg.shift is None or cfg.route53 is None:
             return
         record = self.records[normalize_name(cfg.shift.record)]
@@ -526,7 +538,9 @@ class Daemon:
             record,
             state_path=self.state_dir / "shift.json" if self.state_dir is not None else None,
             endpoint_url=cfg.route53.endpoint_url,
-            notify=self._notify_shift,
+            render=self._shift_notifications,
+            relay=self._relay,
+            tasks=self.tasks,
         )
         if settings.dry_run:
             log.info(
@@ -535,7 +549,7 @@ class Daemon:
                 if not cfg.shift.enabled
                 else "cutover run was not given --allow-route53-writes",
             )
-        self._shift_task = asyncio.create_task(self._shift_loop(), name="shift")
+        self.tasks.spawn(self._shift_loop(), "shift", SHIFT)
 
     def shift_checks(self) -> list[str]:
         """The checks that guard the shifted record: their regressions roll it back."""
@@ -601,29 +615,11 @@ class Daemon:
                 log.exception("shift: unexpected error while evaluating the plan")
             await asyncio.sleep(0.5)
 
-    def _notify_shift(self, action: Notify) -> None:
+    def _shift_notifications(self, action: Notify) -> list[Notification]:
+        """What Slack hears of a shift action; nothing without Slack."""
         if self.notifier is None:
-            return
-        now = time.time()
-        # `about` holds the ids of the firing incidents (see _shift_observation); their firing
-        # posts are ahead in the outbox, so the replies find the threads when they go out
-        threads = list(action.about)
-        base = f"shift:{action.kind}:{round(now * 1000)}"
-        if threads:
-            # a rollback answers the incidents that caused it, in their threads
-            for incident in threads:
-                self.notifier.enqueue(
-                    Notification(
-                        key=f"{base}:{incident}",
-                        incident=incident,
-                        action="reply",
-                        text=action.text,
-                    )
-                )
-            return
-        self.notifier.enqueue(
-            Notification(key=base, incident=base, action="post", text=f"[SHIFT] {action.text}")
-        )
+            return []
+        return shift_notifications(action, time.time())
 
     # -- loops ------------------------------------------------------------------------------
 

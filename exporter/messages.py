@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Mapping
@@ -9,7 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from exporter.alerts import Event, Fired, Incident, Reminder, Resolved
-from exporter.slack import Notification
+from exporter.outbox import Action, Notification
+from exporter.shift import Notify
+
+log = logging.getLogger("cutover.messages")
 
 SIGNAL_TITLES = {
     "down": "is down",
@@ -165,20 +169,44 @@ def firing_title(incident: Incident, ctx: Context) -> str:
     )
 
 
+Wording = tuple[str, tuple[Mapping[str, Any], ...] | None]  # text, and blocks if any
+
+
 def notifications(event: Event, ctx: Context) -> list[Notification]:
-    """What to send for one incident event: a post, an edit and a reply, or a reply."""
+    """What to send for one incident event: a post, an edit and a reply, or a reply.
+
+    Never raises: the transition that caused the event is already decided, so a wording bug must
+    cost the wording, not the message. The plain fallback keeps each notification's key.
+    """
+    incident = event.incident
+    slots = _keys(event)
+    try:
+        words = _wording(event, ctx)
+    except Exception:
+        log.exception("cannot word the message for incident %s: sending it plain", incident.id)
+        words = [(_plain(event, ctx, action), None) for _, action in slots]
+    return [
+        Notification(key=key, incident=incident.id, action=action, text=text, blocks=blocks)
+        for (key, action), (text, blocks) in zip(slots, words, strict=True)
+    ]
+
+
+def _keys(event: Event) -> list[tuple[str, Action]]:
+    """Each notification's stable key (what makes enqueueing idempotent) and action."""
+    incident = event.incident
+    if isinstance(event, Fired):
+        return [(f"{incident.id}:fire", "post")]
+    if isinstance(event, Resolved):
+        return [(f"{incident.id}:resolve:edit", "edit"), (f"{incident.id}:resolve:reply", "reply")]
+    return [(f"{incident.id}:remind:{round(incident.reminded_at or 0)}", "reply")]
+
+
+def _wording(event: Event, ctx: Context) -> list[Wording]:
+    """The text (and blocks) of each notification `_keys` names, in the same order."""
     incident = event.incident
     if isinstance(event, Fired):
         title = firing_title(incident, ctx)
-        return [
-            Notification(
-                key=f"{incident.id}:fire",
-                incident=incident.id,
-                action="post",
-                text=_text(title, incident, ctx, None),
-                blocks=tuple(_blocks(title, incident, ctx, None)),
-            )
-        ]
+        return [(_text(title, incident, ctx, None), tuple(_blocks(title, incident, ctx, None)))]
     if isinstance(event, Resolved):
         lasted = duration_text(event.duration)
         title = f"[RESOLVED] {incident.check}: {ctx.candidate} {incident.signal} regression"
@@ -187,19 +215,8 @@ def notifications(event: Event, ctx: Context) -> list[Notification]:
         )
         reply = f"Resolved: {incident.check} {incident.signal} lasted {lasted}."
         return [
-            Notification(
-                key=f"{incident.id}:resolve:edit",
-                incident=incident.id,
-                action="edit",
-                text=_text(title, incident, ctx, extra),
-                blocks=tuple(_blocks(title, incident, ctx, extra)),
-            ),
-            Notification(
-                key=f"{incident.id}:resolve:reply",
-                incident=incident.id,
-                action="reply",
-                text=reply,
-            ),
+            (_text(title, incident, ctx, extra), tuple(_blocks(title, incident, ctx, extra))),
+            (reply, None),
         ]
     assert isinstance(event, Reminder)
     since = duration_text((incident.reminded_at or incident.started_at) - incident.started_at)
@@ -208,11 +225,36 @@ def notifications(event: Event, ctx: Context) -> list[Notification]:
         f"Still firing after {since}: {ctx.candidate} {cand} vs {ctx.baseline} {base} "
         f"({comparison}). {traffic_line(ctx)}"
     )
+    return [(text, None)]
+
+
+def _plain(event: Event, ctx: Context, action: Action) -> str:
+    incident = event.incident
+    what = {"post": "FIRING", "edit": "RESOLVED", "reply": "update"}[action]
+    return (
+        f"[{what}] {incident.check}: {ctx.candidate} {incident.signal} regression "
+        f"(incident {incident.id}; figures unavailable, see the status page)"
+    )
+
+
+def shift_notifications(action: Notify, now: float) -> list[Notification]:
+    """What Slack hears of the guarded shift: a post, or replies in the incidents' threads."""
+    base = f"shift:{action.kind}:{round(now * 1000)}"
+    if action.about:
+        # a rollback answers the incidents that caused it, in their threads: `about` holds the
+        # firing incidents' ids, whose posts are ahead in the outbox
+        return [
+            Notification(
+                key=f"{base}:{incident}",
+                incident=incident,
+                action="reply",
+                text=action.text,
+                created=now,
+            )
+            for incident in action.about
+        ]
     return [
         Notification(
-            key=f"{incident.id}:remind:{round(incident.reminded_at or 0)}",
-            incident=incident.id,
-            action="reply",
-            text=text,
+            key=base, incident=base, action="post", text=f"[SHIFT] {action.text}", created=now
         )
     ]

@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from exporter.errors import CorruptStateFile
+from exporter.outbox import Notification
 from exporter.route53 import RecordSpec, Route53Error
 from exporter.route53_write import Route53Writer
 from exporter.shift import (
@@ -19,6 +21,7 @@ from exporter.shift import (
     ShiftPlan,
     ShiftSettings,
 )
+from exporter.tasks import Supervisor
 
 log = logging.getLogger("cutover.shift")
 
@@ -31,7 +34,11 @@ class ShiftRunner:
     Writes run in their own tasks so that an evaluation never waits for Route53 (a rollback
     must be decided while a step still waits for INSYNC); the writer serialises changes per
     hosted zone. The plan is saved before anything is written, so a restart knows a change
-    was in flight.
+    was in flight, and with the notifications its actions owe, so that a crash between the
+    save and the outbox loses no message: `settle` hands them over (again after a restart).
+
+    `render` words a Notify for Slack (no notifications without Slack); `relay` hands owed
+    notifications to the outbox and returns the keys it holds on disk.
     """
 
     def __init__(
@@ -41,18 +48,22 @@ class ShiftRunner:
         *,
         state_path: Path | None,
         endpoint_url: str | None,
-        notify: Callable[[Notify], None],
+        render: Callable[[Notify], list[Notification]],
+        relay: Callable[[list[Notification], bool], set[str]],
+        tasks: Supervisor,
         writer: Route53Writer | None = None,
     ) -> None:
         self.settings = settings
         self.record = record
         self.state_path = state_path
-        self._notify = notify
+        self._render = render
+        self._relay = relay
+        self._tasks = tasks
         self.writer = writer or Route53Writer(endpoint_url=endpoint_url, dry_run=settings.dry_run)
         self.changes: dict[str, int] = {}
         self.last_change: float | None = None
         self.last_rollback: float | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._writes: set[asyncio.Task[None]] = set()
         self.plan = self._load()
 
     def _load(self) -> ShiftPlan:
@@ -60,7 +71,7 @@ class ShiftRunner:
             return ShiftPlan(self.settings)
         try:
             plan = ShiftPlan.load(self.state_path, self.settings, now=time.time())
-        except ValueError as exc:
+        except CorruptStateFile as exc:
             log.error("shift state unreadable, starting the plan afresh: %s", exc)
             return ShiftPlan(self.settings)
         log.info("shift plan loaded: %s", plan.status(time.time()).state.value)
@@ -71,8 +82,9 @@ class ShiftRunner:
             return
         try:
             self.plan.save(self.state_path)
-        except OSError as exc:
-            log.error("cannot save the shift plan to %s: %s", self.state_path, exc.strerror or exc)
+        except Exception as exc:  # whatever it is, the plan goes on in memory
+            text = f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
+            log.error("cannot save the shift plan to %s: %s", self.state_path, text)
 
     # -- driving ----------------------------------------------------------------------------
 
@@ -100,18 +112,32 @@ class ShiftRunner:
     def perform(self, actions: list[Action]) -> None:
         if not actions:
             return
-        self.save()
         for action in actions:
             if isinstance(action, Notify):
                 log.info("shift: %s", action.text)
-                self._notify(action)
-            else:
+                self.plan.owed.extend(self._render(action))
+        self.save()
+        self.settle()
+        for action in actions:
+            if isinstance(action, SetWeights):
                 self._spawn_write(action)
 
+    def settle(self, doubtful: bool = False) -> None:
+        """Hand the notifications the plan owes to the outbox; forget those it holds.
+
+        `doubtful` at start-up: they may have reached Slack just before a crash.
+        """
+        if not self.plan.owed:
+            return
+        held = self._relay(self.plan.owed, doubtful)
+        if held:
+            self.plan.owed = [n for n in self.plan.owed if n.key not in held]
+            self.save()
+
     def _spawn_write(self, action: SetWeights) -> None:
-        task = asyncio.create_task(self._write(action), name=f"shift-write-{action.seq}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task = self._tasks.spawn(self._write(action), f"shift-write-{action.seq}", "shift-write")
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
 
     async def _write(self, action: SetWeights) -> None:
         what = "rollback" if action.rollback else "step"
@@ -150,8 +176,6 @@ class ShiftRunner:
         self.perform(follow)
 
     async def aclose(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.stop(list(self._writes))
         self.save()
         self.writer.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -264,3 +265,27 @@ async def test_check_slack_test_sends_one_message_opt_in(
     code, out, err = await check(bad, "--slack-test")
     assert code == 1 and "Slack test failed" in err and "invalid_auth" in err
     assert "xoxb-wrong-token-5678" not in out + err
+
+
+async def test_reloads_that_leave_slack_alone_keep_its_retry_after(
+    platforms: tuple[FakePlatform, FakePlatform],
+    slack: SlackStandIn,
+    start_daemon: Start,
+    tmp_path: Path,
+) -> None:
+    """Eleven attempts in ten seconds under Retry-After: 30 was every reload cutting it short."""
+    _, candidate = platforms
+    slack.retry_after = 30
+    slack.fail_next("ratelimited")
+    d = start_daemon(alerting_config(platforms, tmp_path / "state", slack))
+    await d.wait_ready()
+    candidate.status = 503
+    await until(lambda: len(slack.message_calls()) == 1, 15, "the first attempt")
+    for _ in range(8):
+        d.proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.25)
+    assert (await d.post("/-/reload"))[0] == 200
+    await asyncio.sleep(1)
+    assert [c.answer for c in slack.message_calls()] == ["ratelimited"]
+    assert d.log().count("configuration reloaded") == 9
+    assert d.stop() == 0
