@@ -33,6 +33,7 @@ _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _ENV_RE = re.compile(r"\$\{([^}]*)\}")
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_DEFAULT_TIMEOUT = 5.0  # a check's, or its interval when shorter
 
 
 def parse_duration(value: object) -> float:
@@ -172,18 +173,27 @@ class Check(_Model):
     headers: Headers = Field(default_factory=dict)
     body: str | None = None
     interval: Duration = 15.0
-    timeout: Duration = 5.0
+    timeout: Duration = _DEFAULT_TIMEOUT
     record: str | None = None
     expect: Expect = Field(default_factory=Expect)
 
     @model_validator(mode="before")
     @classmethod
     def _default_timeout(cls, data: Any) -> Any:
-        # field validators skip defaults: spell the default out so that it is checked
-        # against a short interval like a timeout given in the file
-        if isinstance(data, dict) and "timeout" not in data:
-            return {**data, "timeout": "5s"}
-        return data
+        # The default timeout is 5s, or the interval when shorter (Prometheus' rule for
+        # scrape_timeout against scrape_interval): `interval: 2s` alone must load. The interval's
+        # own text is reused, not a float formatted back, so the two compare equal exactly.
+        if not isinstance(data, dict) or "timeout" in data:
+            return data
+        interval = data.get("interval", "15s")
+        try:
+            seconds = parse_duration(interval)
+        except ValueError:
+            seconds = 0.0
+        if seconds <= 0:
+            return data  # the interval's own error is reported; the field default stands
+        short = seconds < _DEFAULT_TIMEOUT
+        return {**data, "timeout": interval if short else format_duration(_DEFAULT_TIMEOUT)}
 
     @field_validator("path")
     @classmethod

@@ -120,9 +120,28 @@ checks:
     ]
 
 
-def test_timeout_default_checked_against_a_short_interval() -> None:
-    assert problems(GOOD + "    interval: 2s\n") == [
-        "checks[0].timeout: 5s must not exceed the interval (2s)"
+@pytest.mark.parametrize(("interval", "seconds"), [("2s", 2.0), ("500ms", 0.5), ("4.5s", 4.5)])
+def test_default_timeout_follows_a_short_interval(interval: str, seconds: float) -> None:
+    # Prometheus' rule for scrape_timeout: 5s, or the interval when that is shorter
+    cfg = parse_config(GOOD + f"    interval: {interval}\n", env={})
+    assert (cfg.checks[0].interval, cfg.checks[0].timeout) == (seconds, seconds)
+
+
+@pytest.mark.parametrize(("interval", "seconds"), [("10s", 10.0), ("5s", 5.0), ("1m", 60.0)])
+def test_default_timeout_is_5s_from_a_5s_interval_up(interval: str, seconds: float) -> None:
+    cfg = parse_config(GOOD + f"    interval: {interval}\n", env={})
+    assert (cfg.checks[0].interval, cfg.checks[0].timeout) == (seconds, 5.0)
+
+
+def test_explicit_timeout_over_the_interval_is_still_refused() -> None:
+    text = GOOD + "  - name: slow\n    path: /slow\n    interval: 10s\n    timeout: 20s\n"
+    assert problems(text) == ["checks[1].timeout: 20s must not exceed the interval (10s)"]
+
+
+def test_a_bad_interval_is_reported_alone_not_with_a_default_timeout() -> None:
+    assert problems(GOOD + "    interval: 0s\n") == ["checks[0].interval: must be greater than 0"]
+    assert problems(GOOD + "    interval: 2\n") == [
+        "checks[0].interval: expected a duration such as '10s' or '250ms', got 2"
     ]
 
 
