@@ -353,6 +353,7 @@ def _record_of(record: str | None, records: Sequence[Route53Record]) -> Route53R
 
 _Loc = tuple[int | str, ...]
 _Problem = tuple[_Loc, str]  # where, what
+_BRANCHES = frozenset(("str", "float", "int", "tuple[...]", "none"))  # pydantic's union branches
 
 
 def _location(loc: _Loc) -> str:
@@ -365,12 +366,37 @@ def _location(loc: _Loc) -> str:
     return out or "(top level)"
 
 
-def _pydantic_problems(exc: ValidationError) -> list[_Problem]:
+def _step(node: object, part: int | str) -> tuple[int, object] | None:
+    """Where `part` is in this node of the parsed file: its position and its value, or None."""
+    if isinstance(node, dict):
+        for i, (key, value) in enumerate(node.items()):
+            if str(key) == str(part):
+                return i, value
+    elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        return part, node[part]
+    return None
+
+
+def _file_location(raw: object, loc: _Loc) -> _Loc:
+    """pydantic's location without the parts it adds (a union branch, a validator's name), which
+    are told from the file's own keys by the file: a platform may be called `none`."""
+    out: list[int | str] = []
+    node = raw
+    for part in loc:
+        if (found := _step(node, part)) is not None:
+            node = found[1]
+        elif isinstance(part, str) and (part.startswith("function-") or part in _BRANCHES):
+            continue
+        else:
+            node = None  # a missing key: what follows is not in the file either
+        out.append(part)
+    return tuple(out)
+
+
+def _pydantic_problems(exc: ValidationError, raw: object) -> list[_Problem]:
     problems: list[_Problem] = []
     for err in exc.errors(include_url=False):
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        # pydantic adds the union branch or validator name to the location; drop those parts
-        loc = tuple(p for p in loc if p not in ("str", "float", "int", "tuple[...]", "none"))
+        loc = _file_location(raw, err["loc"])
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
@@ -406,15 +432,11 @@ def _document_order(raw: object, loc: _Loc) -> tuple[int, ...]:
     order: list[int] = []
     node = raw
     for part in loc:
-        if isinstance(node, dict) and str(part) in (keys := [str(k) for k in node]):
-            order.append(keys.index(str(part)))
-            node = list(node.values())[order[-1]]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            order.append(part)
-            node = node[part]
-        else:
+        if (found := _step(node, part)) is None:
             order.append(-1)
             break
+        order.append(found[0])
+        node = found[1]
     return tuple(order)
 
 
@@ -447,10 +469,6 @@ class _Piece(Generic[_M]):
     def has(self, *keys: str) -> bool:
         """Whether these keys hold what the file says, so that a rule reading them may run."""
         return self.bad.isdisjoint(keys)
-
-    @property
-    def whole(self) -> bool:
-        return not self.bad
 
 
 def _piece(model: type[_M], raw: object) -> _Piece[_M] | None:
@@ -609,9 +627,10 @@ def _cross_check(pieces: _Pieces) -> list[_Problem]:
                     f"{c.value.record!r} is not one of route53.records{no_route53}",
                 )
             )
-    targets = [p.value for p in (platforms or {}).values() if p is not None and p.whole]
+    # what the prober reads of a piece with invalid keys is valid: their defaults stand in
+    targets = [p.value for p in (platforms or {}).values() if p is not None and p.has("base_url")]
     for i, c in enumerate(checks):
-        if c is None or not c.whole:
+        if c is None or not c.has("path"):
             continue
         for target in targets:
             try:
@@ -677,7 +696,7 @@ def parse_config(
         cfg = Config.model_validate(raw)
     except ValidationError as exc:
         cfg = None
-        problems += _pydantic_problems(exc)
+        problems += _pydantic_problems(exc, raw)
     problems += _cross_check(_Pieces.of_config(cfg) if cfg is not None else _Pieces.of_raw(raw))
     if problems or cfg is None:
         problems.sort(key=lambda p: _document_order(raw, p[0]))

@@ -436,6 +436,27 @@ def test_a_rule_is_skipped_when_what_it_reads_is_invalid() -> None:
     ]
 
 
+def test_what_only_the_prober_refuses_is_reported_beside_other_problems_of_the_check() -> None:
+    # a NUL passes the header rule but not the prober: said in the same run as the timeout
+    text = GOOD + '    timeout: 20s\n    headers: {X-A: "a\\0b"}\n'
+    assert problems(text) == [
+        "checks[0]: header X-A has a line break or NUL in its value",
+        "checks[0].timeout: 20s must not exceed the interval (15s)",
+    ]
+
+
+def test_a_platform_may_be_called_like_a_type() -> None:
+    text = with_changes(
+        platforms={
+            "none": {"role": "baseline", "base_url": "ftp://x"},
+            "int": {"role": "candidate", "base_url": "https://lb.example.com"},
+        }
+    )
+    assert problems(text) == [
+        "platforms.none.base_url: invalid URL 'ftp://x': expected http:// or https:// and a host"
+    ]
+
+
 # -- the command line ---------------------------------------------------------------------
 
 
