@@ -513,9 +513,9 @@ class _Pieces:
     holds, so that one run reports every problem, not the sections' first and the rest later.
     """
 
-    platforms: dict[str, _Piece[Platform] | None] | None  # None: `platforms` is no mapping
+    platforms: dict[str, _Piece[Platform] | None] | None  # None: `platforms` is not a mapping
     named: frozenset[str]  # the platform names that are valid names
-    checks: list[_Piece[Check] | None] | None  # None: `checks` is no list
+    checks: list[_Piece[Check] | None] | None  # None: `checks` is not a list
     route53: bool  # the file has a route53 section
     records: list[_Piece[Route53Record] | None] | None  # None: unknown (route53 is broken)
     slack: _Piece[Slack] | None  # None: absent or unusable, either way no rule applies
@@ -538,7 +538,11 @@ class _Pieces:
         platforms, checks, route53, alerting = (
             raw.get(k) for k in ("platforms", "checks", "route53", "alerting")
         )
-        records = route53.get("records") if isinstance(route53, dict) else None
+        records: list[_Piece[Route53Record] | None] | None = None
+        if route53 is None:
+            records = []
+        elif isinstance(route53, dict) and isinstance(route53.get("records"), list):
+            records = [_piece(Route53Record, r) for r in route53["records"]]
         return cls(
             platforms={str(k): _piece(Platform, v) for k, v in platforms.items()}
             if isinstance(platforms, dict)
@@ -548,11 +552,7 @@ class _Pieces:
             else frozenset(),
             checks=[_piece(Check, c) for c in checks] if isinstance(checks, list) else None,
             route53=route53 is not None,
-            records=[]
-            if route53 is None
-            else [_piece(Route53Record, r) for r in records]
-            if isinstance(records, list)
-            else None,
+            records=records,
             slack=_piece(Slack, alerting.get("slack")) if isinstance(alerting, dict) else None,
             shift=_piece(Shift, raw.get("shift")),
         )
