@@ -5,10 +5,11 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections.abc import Mapping
-from functools import cached_property
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache, cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
 import yaml
@@ -20,6 +21,7 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -33,6 +35,8 @@ _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _ENV_RE = re.compile(r"\$\{([^}]*)\}")
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_DEFAULT_TIMEOUT = 5.0  # a check's, or its interval when shorter
+_M = TypeVar("_M", bound=BaseModel)
 
 
 def parse_duration(value: object) -> float:
@@ -172,18 +176,27 @@ class Check(_Model):
     headers: Headers = Field(default_factory=dict)
     body: str | None = None
     interval: Duration = 15.0
-    timeout: Duration = 5.0
+    timeout: Duration = _DEFAULT_TIMEOUT
     record: str | None = None
     expect: Expect = Field(default_factory=Expect)
 
     @model_validator(mode="before")
     @classmethod
     def _default_timeout(cls, data: Any) -> Any:
-        # field validators skip defaults: spell the default out so that it is checked
-        # against a short interval like a timeout given in the file
-        if isinstance(data, dict) and "timeout" not in data:
-            return {**data, "timeout": "5s"}
-        return data
+        # The default timeout is 5s, or the interval when shorter (Prometheus' rule for
+        # scrape_timeout against scrape_interval): `interval: 2s` alone must load. The interval's
+        # own text is reused, not a float formatted back, so the two compare equal exactly.
+        if not isinstance(data, dict) or "timeout" in data:
+            return data
+        interval = data.get("interval", "15s")
+        try:
+            seconds = parse_duration(interval)
+        except ValueError:
+            seconds = 0.0
+        if seconds <= 0:
+            return data  # the interval's own error is reported; the field default stands
+        short = seconds < _DEFAULT_TIMEOUT
+        return {**data, "timeout": interval if short else format_duration(_DEFAULT_TIMEOUT)}
 
     @field_validator("path")
     @classmethod
@@ -327,14 +340,23 @@ class Config(_Model):
         """The Route53 record whose traffic this check represents, if any."""
         if self.route53 is None:
             return None
-        if check.record is None:
-            records = self.route53.records
-            return records[0] if len(records) == 1 else None
-        key = normalize_name(check.record)
-        return next((r for r in self.route53.records if r.key == key), None)
+        return _record_of(check.record, self.route53.records)
 
 
-def _location(loc: tuple[int | str, ...]) -> str:
+def _record_of(record: str | None, records: Sequence[Route53Record]) -> Route53Record | None:
+    """A check's `record` among the records; no `record` means the only one, if there is one."""
+    if record is None:
+        return records[0] if len(records) == 1 else None
+    key = normalize_name(record)
+    return next((r for r in records if r.key == key), None)
+
+
+_Loc = tuple[int | str, ...]
+_Problem = tuple[_Loc, str]  # where, what
+_BRANCHES = frozenset(("str", "float", "int", "tuple[...]", "none"))  # pydantic's union branches
+
+
+def _location(loc: _Loc) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
@@ -344,12 +366,37 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def _pydantic_messages(exc: ValidationError) -> list[str]:
-    messages = []
+def _step(node: object, part: int | str) -> tuple[int, object] | None:
+    """Where `part` is in this node of the parsed file: its position and its value, or None."""
+    if isinstance(node, dict):
+        for i, (key, value) in enumerate(node.items()):
+            if str(key) == str(part):
+                return i, value
+    elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        return part, node[part]
+    return None
+
+
+def _file_location(raw: object, loc: _Loc) -> _Loc:
+    """pydantic's location without the parts it adds (a union branch, a validator's name), which
+    are told from the file's own keys by the file: a platform may be called `none`."""
+    out: list[int | str] = []
+    node = raw
+    for part in loc:
+        if (found := _step(node, part)) is not None:
+            node = found[1]
+        elif isinstance(part, str) and (part.startswith("function-") or part in _BRANCHES):
+            continue
+        else:
+            node = None  # a missing key: what follows is not in the file either
+        out.append(part)
+    return tuple(out)
+
+
+def _pydantic_problems(exc: ValidationError, raw: object) -> list[_Problem]:
+    problems: list[_Problem] = []
     for err in exc.errors(include_url=False):
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        # pydantic adds the union branch or validator name to the location; drop those parts
-        loc = tuple(p for p in loc if p not in ("str", "float", "int", "tuple[...]", "none"))
+        loc = _file_location(raw, err["loc"])
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
@@ -357,28 +404,40 @@ def _pydantic_messages(exc: ValidationError) -> list[str]:
             msg = "required key is missing"
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
-        messages.append(f"{_location(loc)}: {msg}")
-    return messages
+        problems.append((loc, msg))
+    return problems
 
 
-def _substitute(
-    node: Any, loc: tuple[int | str, ...], env: Mapping[str, str], errors: list[str]
-) -> Any:
+def _substitute(node: Any, loc: _Loc, env: Mapping[str, str], problems: list[_Problem]) -> Any:
     if isinstance(node, str):
 
         def replace(match: re.Match[str]) -> str:
             name = match.group(1)
             if name not in env:
-                errors.append(f"{_location(loc)}: environment variable {name!r} is not set")
+                problems.append((loc, f"environment variable {name!r} is not set"))
                 return ""
             return env[name]
 
         return _ENV_RE.sub(replace, node)
     if isinstance(node, dict):
-        return {k: _substitute(v, (*loc, str(k)), env, errors) for k, v in node.items()}
+        return {k: _substitute(v, (*loc, str(k)), env, problems) for k, v in node.items()}
     if isinstance(node, list):
-        return [_substitute(v, (*loc, i), env, errors) for i, v in enumerate(node)]
+        return [_substitute(v, (*loc, i), env, problems) for i, v in enumerate(node)]
     return node
+
+
+def _document_order(raw: object, loc: _Loc) -> tuple[int, ...]:
+    """Where a location falls in the file, to list problems top to bottom. A missing key (or a
+    mapping key's own problem) sorts first within its parent; ties keep their finding order."""
+    order: list[int] = []
+    node = raw
+    for part in loc:
+        if (found := _step(node, part)) is None:
+            order.append(-1)
+            break
+        order.append(found[0])
+        node = found[1]
+    return tuple(order)
 
 
 def probe_spec(platform: Platform, check: Check) -> ProbeSpec:
@@ -400,76 +459,217 @@ def probe_spec(platform: Platform, check: Check) -> ProbeSpec:
     )
 
 
-def _cross_check(cfg: Config) -> list[str]:
-    """Rules that span sections; run once every section is valid on its own."""
-    errors: list[str] = []
-    roles = [p.role for p in cfg.platforms.values()]
-    if sorted(roles) != ["baseline", "candidate"]:
-        errors.append(
-            "platforms: exactly two platforms are needed, one with role baseline and one with "
-            f"role candidate (found {len(roles)}: "
-            + (", ".join(f"{n}={p.role}" for n, p in cfg.platforms.items()) or "none")
-            + ")"
+@dataclass(frozen=True)
+class _Piece(Generic[_M]):
+    """One section or list item valid on its own; `bad` names the keys it had to do without."""
+
+    value: _M
+    bad: frozenset[str] = frozenset()
+
+    def has(self, *keys: str) -> bool:
+        """Whether these keys hold what the file says, so that a rule reading them may run."""
+        return self.bad.isdisjoint(keys)
+
+
+def _piece(model: type[_M], raw: object) -> _Piece[_M] | None:
+    """Validate one piece of an invalid file. When the piece is invalid too, validate it again
+    without its invalid or missing keys (their defaults, or None, stand in), so that rules reading
+    only its valid keys still run. None when it is not even a mapping."""
+    if not isinstance(raw, dict):
+        return None
+    data = dict(raw)
+    bad: set[str] = set()
+    partial = model
+    while True:
+        try:
+            return _Piece(partial.model_validate(data), frozenset(bad))
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+        keys = {str(err["loc"][0]) for err in errors if err["loc"]}
+        if any(not err["loc"] for err in errors) or keys <= bad:
+            return None  # a problem with the piece as a whole: no key to do without
+        bad |= keys
+        data = {k: v for k, v in data.items() if str(k) not in bad}
+        # an optional key left out takes its default; a required one needs to be made optional
+        required = {name for name, field in model.model_fields.items() if field.is_required()}
+        partial = _optional(model, frozenset(bad & required))
+
+
+@cache
+def _optional(model: type[_M], fields: frozenset[str]) -> type[_M]:
+    """`model` with these required fields optional (None), for a piece whose value there is
+    invalid or missing. (Validators of those fields never run: the key is left out.)"""
+    if not fields:
+        return model
+    overrides: dict[str, Any] = {f: (Any, None) for f in sorted(fields)}
+    return cast("type[_M]", create_model(f"Partial{model.__name__}", __base__=model, **overrides))
+
+
+@dataclass(frozen=True)
+class _Pieces:
+    """What the cross-section rules read: every piece valid on its own, None where one is not.
+
+    A rule runs when the pieces (and keys) it reads are valid, whatever the rest of the file
+    holds, so that one run reports every problem, not the sections' first and the rest later.
+    """
+
+    platforms: dict[str, _Piece[Platform] | None] | None  # None: `platforms` is not a mapping
+    named: frozenset[str]  # the platform names that are valid names
+    checks: list[_Piece[Check] | None] | None  # None: `checks` is not a list
+    route53: bool  # the file has a route53 section
+    records: list[_Piece[Route53Record] | None] | None  # None: unknown (route53 is broken)
+    slack: _Piece[Slack] | None  # None: absent or unusable, either way no rule applies
+    shift: _Piece[Shift] | None
+
+    @classmethod
+    def of_config(cls, cfg: Config) -> _Pieces:
+        return cls(
+            platforms={name: _Piece(p) for name, p in cfg.platforms.items()},
+            named=frozenset(cfg.platforms),
+            checks=[_Piece(c) for c in cfg.checks],
+            route53=cfg.route53 is not None,
+            records=[_Piece(r) for r in cfg.route53.records] if cfg.route53 else [],
+            slack=_Piece(cfg.alerting.slack) if cfg.alerting and cfg.alerting.slack else None,
+            shift=_Piece(cfg.shift) if cfg.shift else None,
         )
+
+    @classmethod
+    def of_raw(cls, raw: Mapping[str, Any]) -> _Pieces:
+        platforms, checks, route53, alerting = (
+            raw.get(k) for k in ("platforms", "checks", "route53", "alerting")
+        )
+        records: list[_Piece[Route53Record] | None] | None = None
+        if route53 is None:
+            records = []
+        elif isinstance(route53, dict) and isinstance(route53.get("records"), list):
+            records = [_piece(Route53Record, r) for r in route53["records"]]
+        return cls(
+            platforms={str(k): _piece(Platform, v) for k, v in platforms.items()}
+            if isinstance(platforms, dict)
+            else None,
+            named=frozenset(k for k in platforms if isinstance(k, str) and NAME_RE.match(k))
+            if isinstance(platforms, dict)
+            else frozenset(),
+            checks=[_piece(Check, c) for c in checks] if isinstance(checks, list) else None,
+            route53=route53 is not None,
+            records=records,
+            slack=_piece(Slack, alerting.get("slack")) if isinstance(alerting, dict) else None,
+            shift=_piece(Shift, raw.get("shift")),
+        )
+
+
+def _cross_check(pieces: _Pieces) -> list[_Problem]:
+    """Rules that span sections, each run on the pieces it reads when those are valid."""
+    problems: list[_Problem] = []
+    platforms = pieces.platforms
+    if platforms is not None and all(p is not None and p.has("role") for p in platforms.values()):
+        roles = {name: p.value.role for name, p in platforms.items() if p is not None}
+        if sorted(roles.values()) != ["baseline", "candidate"]:
+            problems.append(
+                (
+                    ("platforms",),
+                    "exactly two platforms are needed, one with role baseline and one with "
+                    f"role candidate (found {len(roles)}: "
+                    + (", ".join(f"{n}={r}" for n, r in roles.items()) or "none")
+                    + ")",
+                )
+            )
+    checks = pieces.checks or []
     seen: dict[str, int] = {}
-    for i, check in enumerate(cfg.checks):
-        if check.name in seen:
-            errors.append(
-                f"checks[{i}].name: duplicate check name {check.name!r} (also checks[{seen[check.name]}])"
+    for i, c in enumerate(checks):
+        if c is None or not c.has("name"):
+            continue
+        name = c.value.name
+        if name in seen:
+            problems.append(
+                (
+                    ("checks", i, "name"),
+                    f"duplicate check name {name!r} (also checks[{seen[name]}])",
+                )
             )
-        seen.setdefault(check.name, i)
+        seen.setdefault(name, i)
+
+    records = pieces.records or []
+    # every record's name is known: a reference to none of them is an error
+    all_records = pieces.records is not None and all(r and r.has("name") for r in records)
     record_keys: dict[str, int] = {}
-    if cfg.route53 is not None:
-        for i, rec in enumerate(cfg.route53.records):
-            loc = f"route53.records[{i}]"
+    for i, r in enumerate(records):
+        if r is None:
+            continue
+        rec, loc = r.value, ("route53", "records", i)
+        if r.has("name"):
             if rec.key in record_keys:
-                errors.append(f"{loc}.name: record {rec.name!r} is listed twice")
+                problems.append(((*loc, "name"), f"record {rec.name!r} is listed twice"))
             record_keys.setdefault(rec.key, i)
-            for platform in rec.set_identifiers:
-                if platform not in cfg.platforms:
-                    errors.append(
-                        f"{loc}.set_identifiers.{platform}: unknown platform {platform!r} "
-                        f"(platforms: {', '.join(cfg.platforms)})"
+        if platforms is None or not r.has("set_identifiers"):
+            continue
+        for platform in rec.set_identifiers:
+            if platform not in platforms:
+                problems.append(
+                    (
+                        (*loc, "set_identifiers", platform),
+                        f"unknown platform {platform!r} (platforms: {', '.join(platforms)})",
                     )
-            for platform in cfg.platforms:
-                if platform not in rec.set_identifiers:
-                    errors.append(
-                        f"{loc}.set_identifiers: no SetIdentifier for platform {platform!r}"
-                    )
-    for i, check in enumerate(cfg.checks):
-        if check.record is not None and normalize_name(check.record) not in record_keys:
-            errors.append(
-                f"checks[{i}].record: {check.record!r} is not one of route53.records"
-                + ("" if cfg.route53 else " (there is no route53 section)")
+                )
+        for platform in platforms:
+            if platform in pieces.named and platform not in rec.set_identifiers:
+                problems.append(
+                    ((*loc, "set_identifiers"), f"no SetIdentifier for platform {platform!r}")
+                )
+    no_route53 = "" if pieces.route53 else " (there is no route53 section)"
+    for i, c in enumerate(checks):
+        if c is None or not c.has("record") or c.value.record is None or not all_records:
+            continue
+        if normalize_name(c.value.record) not in record_keys:
+            problems.append(
+                (
+                    ("checks", i, "record"),
+                    f"{c.value.record!r} is not one of route53.records{no_route53}",
+                )
             )
-    for i, check in enumerate(cfg.checks):
-        for target in cfg.platforms.values():
+    # what the prober reads of a piece with invalid keys is valid: their defaults stand in
+    targets = [p.value for p in (platforms or {}).values() if p is not None and p.has("base_url")]
+    for i, c in enumerate(checks):
+        if c is None or not c.has("path"):
+            continue
+        for target in targets:
             try:
-                probe_spec(target, check)
+                probe_spec(target, c.value)
             except ValueError as exc:
                 # the prober's own last word on what it cannot send
-                errors.append(f"checks[{i}]: {exc}")
+                problems.append((("checks", i), str(exc)))
                 break
-    if cfg.alerting is not None and cfg.alerting.slack is not None:
-        slack = cfg.alerting.slack
-        if (slack.token is None) == (slack.webhook_url is None):
-            errors.append("alerting.slack: set exactly one of token and webhook_url")
-        if slack.token is not None and not slack.channel:
-            errors.append("alerting.slack.channel: required with token")
-        if slack.token is not None and not slack.token.strip():
-            errors.append("alerting.slack.token: is empty")
-    if cfg.shift is not None:
-        key = normalize_name(cfg.shift.record)
-        if key not in record_keys:
-            errors.append(f"shift.record: {cfg.shift.record!r} is not one of route53.records")
-        elif not any((r := cfg.record_for(c)) is not None and r.key == key for c in cfg.checks):
-            errors.append(
-                f"shift.record: no check is tied to {cfg.shift.record!r} (checks[].record), so "
-                "no regression could stop or roll back the shift"
+    if (s := pieces.slack) is not None:
+        slack = s.value
+        if s.has("token", "webhook_url") and (slack.token is None) == (slack.webhook_url is None):
+            problems.append((("alerting", "slack"), "set exactly one of token and webhook_url"))
+        if s.has("token", "channel") and slack.token is not None and not slack.channel:
+            problems.append((("alerting", "slack", "channel"), "required with token"))
+        if s.has("token") and slack.token is not None and not slack.token.strip():
+            problems.append((("alerting", "slack", "token"), "is empty"))
+    if (sh := pieces.shift) is not None:
+        shift = sh.value
+        key = normalize_name(shift.record) if sh.has("record") and all_records else None
+        if key is not None and key not in record_keys:
+            problems.append(
+                (("shift", "record"), f"{shift.record!r} is not one of route53.records{no_route53}")
             )
-        if cfg.shift.rollback_to >= cfg.shift.steps[0]:
-            errors.append("shift.rollback_to: must be below the first step")
-    return errors
+        elif key is not None and pieces.checks is not None:
+            # checks whose `record` is known; an unknown one might be the tied one
+            known = [c.value for c in checks if c is not None and c.has("record")]
+            values = [r.value for r in records if r is not None]  # all there: all_records
+            tied = any((t := _record_of(c.record, values)) and t.key == key for c in known)
+            if not tied and len(known) == len(checks):
+                problems.append(
+                    (
+                        ("shift", "record"),
+                        f"no check is tied to {shift.record!r} (checks[].record), so "
+                        "no regression could stop or roll back the shift",
+                    )
+                )
+        if sh.has("rollback_to", "steps") and shift.rollback_to >= shift.steps[0]:
+            problems.append((("shift", "rollback_to"), "must be below the first step"))
+    return problems
 
 
 def parse_config(
@@ -489,15 +689,18 @@ def parse_config(
         raise ConfigError(source, ["(top level): the file is empty"])
     if not isinstance(raw, dict):
         raise ConfigError(source, [f"(top level): expected a mapping, got {type(raw).__name__}"])
-    errors: list[str] = []
-    raw = _substitute(raw, (), os.environ if env is None else env, errors)
+    problems: list[_Problem] = []
+    raw = _substitute(raw, (), os.environ if env is None else env, problems)
+    cfg: Config | None
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(source, errors + _pydantic_messages(exc)) from None
-    errors += _cross_check(cfg)
-    if errors:
-        raise ConfigError(source, errors)
+        cfg = None
+        problems += _pydantic_problems(exc, raw)
+    problems += _cross_check(_Pieces.of_config(cfg) if cfg is not None else _Pieces.of_raw(raw))
+    if problems or cfg is None:
+        problems.sort(key=lambda p: _document_order(raw, p[0]))
+        raise ConfigError(source, [f"{_location(loc)}: {msg}" for loc, msg in problems])
     return cfg
 
 

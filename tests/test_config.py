@@ -120,9 +120,28 @@ checks:
     ]
 
 
-def test_timeout_default_checked_against_a_short_interval() -> None:
-    assert problems(GOOD + "    interval: 2s\n") == [
-        "checks[0].timeout: 5s must not exceed the interval (2s)"
+@pytest.mark.parametrize(("interval", "seconds"), [("2s", 2.0), ("500ms", 0.5), ("4.5s", 4.5)])
+def test_default_timeout_follows_a_short_interval(interval: str, seconds: float) -> None:
+    # Prometheus' rule for scrape_timeout: 5s, or the interval when that is shorter
+    cfg = parse_config(GOOD + f"    interval: {interval}\n", env={})
+    assert (cfg.checks[0].interval, cfg.checks[0].timeout) == (seconds, seconds)
+
+
+@pytest.mark.parametrize(("interval", "seconds"), [("10s", 10.0), ("5s", 5.0), ("1m", 60.0)])
+def test_default_timeout_is_5s_from_a_5s_interval_up(interval: str, seconds: float) -> None:
+    cfg = parse_config(GOOD + f"    interval: {interval}\n", env={})
+    assert (cfg.checks[0].interval, cfg.checks[0].timeout) == (seconds, 5.0)
+
+
+def test_explicit_timeout_over_the_interval_is_still_refused() -> None:
+    text = GOOD + "  - name: slow\n    path: /slow\n    interval: 10s\n    timeout: 20s\n"
+    assert problems(text) == ["checks[1].timeout: 20s must not exceed the interval (10s)"]
+
+
+def test_a_bad_interval_is_reported_alone_not_with_a_default_timeout() -> None:
+    assert problems(GOOD + "    interval: 0s\n") == ["checks[0].interval: must be greater than 0"]
+    assert problems(GOOD + "    interval: 2\n") == [
+        "checks[0].interval: expected a duration such as '10s' or '250ms', got 2"
     ]
 
 
@@ -214,11 +233,15 @@ def test_route53_judge_alerting_sections_validate() -> None:
         judge={"confidence": 1.5, "latency": {"max_ratio": 0.5, "min_increase": "fast"}},
         alerting={"for": "1m", "slack": {"token": "xoxb-1"}},
     )
+    # the rules between sections run although judge is invalid: one run says it all
     assert problems(text) == [
+        "route53.records[0].set_identifiers: no SetIdentifier for platform 'aws'",
+        "route53.records[0].set_identifiers.gcp: unknown platform 'gcp' (platforms: heroku, aws)",
         "judge.confidence: Input should be less than 1",
         "judge.latency.max_ratio: Input should be greater than or equal to 1",
         "judge.latency.min_increase: invalid duration 'fast': use a number and a unit "
         "(ms, s, m, h), e.g. '10s'",
+        "alerting.slack.channel: required with token",
     ]
     fixed = with_changes(
         route53={
@@ -233,10 +256,10 @@ def test_route53_judge_alerting_sections_validate() -> None:
         alerting={"slack": {"token": "xoxb-1"}},
         checks=[{"name": "health", "path": "/health", "record": "www.example.com"}],
     )
-    assert problems(fixed) == [
-        "route53.records[0].set_identifiers.gcp: unknown platform 'gcp' (platforms: heroku, aws)",
-        "route53.records[0].set_identifiers: no SetIdentifier for platform 'aws'",
+    assert problems(fixed) == [  # in the file's order: checks come before route53 there
         "checks[0].record: 'www.example.com' is not one of route53.records",
+        "route53.records[0].set_identifiers: no SetIdentifier for platform 'aws'",
+        "route53.records[0].set_identifiers.gcp: unknown platform 'gcp' (platforms: heroku, aws)",
         "alerting.slack.channel: required with token",
     ]
 
@@ -247,7 +270,10 @@ def test_slack_token_or_webhook_not_both_and_secrets_not_echoed() -> None:
     )
     details = problems(text)
     assert details == [
-        "alerting.slack.webhook_url: invalid URL: expected http:// or https:// and a host"
+        # which of token and webhook_url should go cannot be told while one is invalid;
+        # the token as written still lacks its channel
+        "alerting.slack.channel: required with token",
+        "alerting.slack.webhook_url: invalid URL: expected http:// or https:// and a host",
     ]
     both = with_changes(
         alerting={
@@ -273,6 +299,162 @@ def test_check_record_resolution() -> None:
     cfg = parse_config(text, env={})
     record = cfg.record_for(cfg.checks[0])
     assert record is not None and record.key == "api.example.com"
+
+
+# -- every problem in one run ---------------------------------------------------------------
+
+# The issue's combination, all in one check: two baselines, a record that is not in route53,
+# a timeout over the interval and a typo. The rules between sections (roles, references) used
+# to wait for a file valid section by section, so this took three runs to learn.
+FOUR_PROBLEMS = """\
+platforms:
+  heroku: {role: baseline, base_url: "https://myapp.herokuapp.com"}
+  aws: {role: baseline, base_url: "https://lb.example.com"}
+checks:
+  - name: health
+    path: /health
+    interval: 10s
+    timeout: 20s
+    record: www.example.com
+    exepct: {status: [200]}
+route53:
+  records:
+    - {hosted_zone_id: Z1, name: api.example.com, set_identifiers: {heroku: h, aws: a}}
+"""
+
+
+def test_the_issues_four_problems_in_one_run_in_file_order() -> None:
+    assert problems(FOUR_PROBLEMS) == [
+        "platforms: exactly two platforms are needed, one with role baseline and one with "
+        "role candidate (found 2: heroku=baseline, aws=baseline)",
+        "checks[0].timeout: 20s must not exceed the interval (10s)",
+        "checks[0].record: 'www.example.com' is not one of route53.records",
+        "checks[0].exepct: unknown key",
+    ]
+
+
+def test_an_invalid_check_and_a_duplicate_name() -> None:
+    text = GOOD + (
+        "  - name: Ready\n    path: /ready\n"  # invalid as a whole: no name to compare
+        "  - name: health\n    path: h2\n"  # invalid path, valid (and duplicate) name
+    )
+    assert problems(text) == [
+        "checks[1].name: invalid name 'Ready': use lowercase letters, digits, '_' and '-'",
+        "checks[2].name: duplicate check name 'health' (also checks[0])",
+        "checks[2].path: invalid path 'h2': must start with '/' and contain no spaces",
+    ]
+
+
+ROUTE53 = {
+    "records": [
+        {
+            "hosted_zone_id": "Z1",
+            "name": "api.example.com",
+            "set_identifiers": {"heroku": "h", "aws": "a"},
+        }
+    ]
+}
+
+
+def test_a_shift_on_an_unknown_record_while_a_platform_has_a_bad_url() -> None:
+    text = with_changes(
+        platforms={
+            "heroku": {"role": "baseline", "base_url": "ftp://x"},
+            "aws": {"role": "candidate", "base_url": "https://lb.example.com"},
+        },
+        route53=ROUTE53,
+        shift={"record": "www.example.com", "steps": [10, 50], "rollback_to": 20},
+    )
+    assert problems(text) == [
+        "platforms.heroku.base_url: invalid URL 'ftp://x': expected http:// or https:// and a host",
+        "shift.record: 'www.example.com' is not one of route53.records",
+        "shift.rollback_to: must be below the first step",
+    ]
+
+
+def test_roles_are_judged_on_platforms_whose_other_keys_are_invalid() -> None:
+    text = with_changes(
+        platforms={
+            "heroku": {"role": "baseline", "base_url": "ftp://x"},
+            "aws": {"role": "baseline"},
+        },
+        checks=[{"name": "health", "path": "health", "record": "api.example.com"}],
+        alerting={"slack": {"webhook_url": "https://hooks.example/x", "token": "xoxb-1"}},
+    )
+    assert problems(text) == [
+        "platforms: exactly two platforms are needed, one with role baseline and one with "
+        "role candidate (found 2: heroku=baseline, aws=baseline)",
+        "platforms.heroku.base_url: invalid URL 'ftp://x': expected http:// or https:// and a host",
+        "platforms.aws.base_url: required key is missing",
+        "checks[0].path: invalid path 'health': must start with '/' and contain no spaces",
+        "checks[0].record: 'api.example.com' is not one of route53.records "
+        "(there is no route53 section)",
+        "alerting.slack: set exactly one of token and webhook_url",
+        "alerting.slack.channel: required with token",
+    ]
+
+
+def test_a_rule_is_skipped_when_what_it_reads_is_invalid() -> None:
+    # a record without a valid name might be the one a reference means: no guess is reported,
+    # only what is certain (the records' own problems, the other rules)
+    text = with_changes(
+        checks=[
+            {"name": "health", "path": "/health", "record": "www.example.com"},
+            {"name": "ready", "path": "/ready", "record": 42},
+        ],
+        route53={
+            "records": [
+                ROUTE53["records"][0],
+                {"hosted_zone_id": "Z2", "name": "", "set_identifiers": {"heroku": "h"}},
+            ]
+        },
+        shift={"record": "www.example.com"},
+    )
+    assert problems(text) == [
+        "checks[1].record: Input should be a valid string",
+        "route53.records[1].name: String should have at least 1 character",
+        "route53.records[1].set_identifiers: no SetIdentifier for platform 'aws'",
+    ]
+    # every record is known now, so the shift's record is found; whether a check is tied to it
+    # cannot be told while checks[1]'s record is invalid
+    text = with_changes(
+        checks=[
+            {"name": "health", "path": "/health", "record": "api.example.com"},
+            {"name": "ready", "path": "/ready", "record": 42},
+        ],
+        route53={
+            "records": [
+                ROUTE53["records"][0],
+                {**ROUTE53["records"][0], "name": "www.example.com", "hosted_zone_id": ""},
+            ]
+        },
+        shift={"record": "www.example.com"},
+    )
+    assert problems(text) == [
+        "checks[1].record: Input should be a valid string",
+        "route53.records[1].hosted_zone_id: String should have at least 1 character",
+    ]
+
+
+def test_what_only_the_prober_refuses_is_reported_beside_other_problems_of_the_check() -> None:
+    # a NUL passes the header rule but not the prober: said in the same run as the timeout
+    text = GOOD + '    timeout: 20s\n    headers: {X-A: "a\\0b"}\n'
+    assert problems(text) == [
+        "checks[0]: header X-A has a line break or NUL in its value",
+        "checks[0].timeout: 20s must not exceed the interval (15s)",
+    ]
+
+
+def test_a_platform_may_be_called_like_a_type() -> None:
+    text = with_changes(
+        platforms={
+            "none": {"role": "baseline", "base_url": "ftp://x"},
+            "int": {"role": "candidate", "base_url": "https://lb.example.com"},
+        }
+    )
+    assert problems(text) == [
+        "platforms.none.base_url: invalid URL 'ftp://x': expected http:// or https:// and a host"
+    ]
 
 
 # -- the command line ---------------------------------------------------------------------
@@ -306,6 +488,22 @@ def test_check_command_good_and_bad(tmp_path: Path) -> None:
         "  checks[0].bogus: unknown key",
     ]
     assert "Traceback" not in res.stderr
+
+
+def test_check_command_prints_every_problem_of_one_run(tmp_path: Path) -> None:
+    bad = tmp_path / "four.yml"
+    bad.write_text(FOUR_PROBLEMS)
+    res = run_cli("check", "--config", str(bad))
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == [
+        f"cutover: invalid configuration {bad}:",
+        "  platforms: exactly two platforms are needed, one with role baseline and one with "
+        "role candidate (found 2: heroku=baseline, aws=baseline)",
+        "  checks[0].timeout: 20s must not exceed the interval (10s)",
+        "  checks[0].record: 'www.example.com' is not one of route53.records",
+        "  checks[0].exepct: unknown key",
+    ]
+    assert res.stdout == ""
 
 
 def test_check_command_reads_cutover_config_env(tmp_path: Path) -> None:
