@@ -11,6 +11,11 @@ One change is in flight per hosted zone at a time (per event loop, across writer
 change to the zone waits until the first is INSYNC, so Route53 never answers
 PriorRequestNotComplete because of us. When it does anyway (another tool), the submit is tried
 again with backoff, as is lasting Throttling, until `submit_timeout`.
+
+The INSYNC wait is boto3's `resource_record_sets_changed` waiter in a worker thread, polling
+every `poll_interval` until `insync_timeout`; a throttled or unreachable poll is waited out. A
+cancelled task or a closed writer ends the wait before its next poll, at most `poll_interval`
+later (the waiter's sleep cannot be interrupted; the process exit waits for it).
 """
 
 from __future__ import annotations
