@@ -27,9 +27,8 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 if TYPE_CHECKING:
     from mypy_boto3_route53 import Route53Client
-    from mypy_boto3_route53.literals import RRTypeType
     from mypy_boto3_route53.type_defs import (
-        ListResourceRecordSetsRequestTypeDef,
+        ListResourceRecordSetsRequestPaginateTypeDef,
         ResourceRecordSetOutputTypeDef,
     )
 
@@ -42,6 +41,8 @@ __all__ = [
     "Route53Snapshot",
     "Route53State",
     "WeightedEntry",
+    "WeightedGroup",
+    "list_weighted_group",
     "normalize_name",
 ]
 
@@ -267,6 +268,90 @@ def _weights(
     )
 
 
+@dataclass(slots=True)
+class WeightedGroup:
+    """The record sets one listing found at a record's name (and type)."""
+
+    type: str | None = None  # the weighted group's type; None when there is no weighted set
+    sets: list[ResourceRecordSetOutputTypeDef] = field(default_factory=list)
+    plain: list[str] = field(default_factory=list)  # types of non-weighted sets at the name
+    pages: int = 0  # ListResourceRecordSets calls made, botocore's retries not counted
+
+
+def list_weighted_group(
+    client: Route53Client,
+    record: RecordSpec,
+    *,
+    deadline: float | None = None,
+    on_page: Callable[[], None] | None = None,
+) -> WeightedGroup:
+    """Read `record`'s weighted group with boto3's ListResourceRecordSets paginator.
+
+    Blocking (call it from a worker thread). The listing starts at the record's name and type
+    and stops at the first record set past the group, so a zone of any size costs one call, two
+    when the group straddles a page. `on_page` runs after every page; past `deadline`
+    (time.monotonic()) no further page is asked for and TimeoutError is raised.
+    """
+    name, rtype = record.fqdn, record.record_type
+    params: dict[str, Any] = {"HostedZoneId": record.zone_id, "StartRecordName": name + "."}
+    if rtype is not None:
+        params["StartRecordType"] = rtype
+    group = WeightedGroup()
+    # the type the listing stays in: the configured one, else the first weighted set's
+    stay_in = rtype
+    # StartRecordName/Type go in as operation parameters: botocore passes them to the first
+    # request and replaces them with NextRecordName/Type/Identifier on the following ones (the
+    # stubs list only StartingToken, an opaque token meant for resuming an earlier listing).
+    pages = client.get_paginator("list_resource_record_sets").paginate(
+        **cast("ListResourceRecordSetsRequestPaginateTypeDef", params)
+    )
+    if deadline is not None and time.monotonic() > deadline:
+        raise TimeoutError("no page asked for before the deadline")
+    # The paginator asks for the next page only when the loop comes back for it: stopping
+    # early is leaving the loop.
+    for page in pages:
+        group.pages += 1
+        if on_page is not None:
+            on_page()
+        # The listing starts at our name (and type), so the first record set that is not ours
+        # lies past the group: everything after it is someone else's.
+        past = False
+        for rrset in page.get("ResourceRecordSets", []):
+            if normalize_name(rrset["Name"]) != name or (
+                stay_in is not None and rrset["Type"] != stay_in
+            ):
+                past = True
+                break
+            if "Weight" not in rrset:
+                group.plain.append(rrset["Type"])
+                continue
+            group.type = stay_in = rrset["Type"]
+            group.sets.append(rrset)
+        if past or not page.get("IsTruncated"):
+            break
+        next_type = page.get("NextRecordType")
+        if normalize_name(page.get("NextRecordName", "")) != name or next_type is None:
+            break
+        if stay_in is not None and next_type != stay_in:
+            break
+        if group.type is not None and "NextRecordIdentifier" not in page:
+            # Only weighted sets can follow weighted sets of one name and type, so the page
+            # ended inside the group, and without an identifier the next page would start at
+            # the group's first set again (moto 5.2 never sends one). botocore would only
+            # notice after reading that page twice (PaginationError).
+            raise Route53Error(
+                "other",
+                f"the listing of {record.describe()} stopped inside its weighted group without "
+                "a NextRecordIdentifier to go on from",
+                code="NoNextRecordIdentifier",
+            )
+        if group.pages >= _MAX_PAGES:
+            raise Route53Error("other", f"listing did not leave the name after {group.pages} pages")
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"listing unfinished after {group.pages} page(s)")
+    return group
+
+
 class Route53Calls:
     """What the reader and the writer share: a lazily built boto3 client, their own small thread
     pool (a hung call must not occupy the loop's default executor, which DNS resolution and
@@ -357,66 +442,22 @@ class Route53Reader(Route53Calls):
         with self._count_lock:
             return self._api_calls
 
+    def _page_read(self) -> None:
+        with self._count_lock:
+            self._api_calls += 1
+
     def _read_blocking(self, record: RecordSpec, deadline: float) -> RecordWeights:
-        client = self._get_client()
-        want_name = record.fqdn
-        want_type = record.record_type
-        group_type = want_type
-        group: list[ResourceRecordSetOutputTypeDef] = []
-        plain: list[str] = []
-        params: ListResourceRecordSetsRequestTypeDef = {
-            "HostedZoneId": record.zone_id,
-            "StartRecordName": want_name + ".",
-        }
-        if want_type is not None:
-            params["StartRecordType"] = cast("RRTypeType", want_type)
-        calls = 0
-        while True:
-            if time.monotonic() > deadline:
-                raise Route53Error("timeout", f"no answer within {self.timeout:g}s")
-            if calls >= _MAX_PAGES:
-                raise Route53Error("other", f"listing did not leave the name after {calls} pages")
-            page = client.list_resource_record_sets(**params)
-            calls += 1
-            with self._count_lock:
-                self._api_calls += 1
-            # The listing starts at our name (and type), so the first record set that is not
-            # ours lies past it: everything after it is someone else's.
-            past = False
-            for rrset in page.get("ResourceRecordSets", []):
-                if normalize_name(rrset["Name"]) != want_name or (
-                    group_type is not None and rrset["Type"] != group_type
-                ):
-                    past = True
-                    break
-                if "Weight" not in rrset:
-                    plain.append(rrset["Type"])
-                    continue
-                group_type = rrset["Type"]
-                group.append(rrset)
-            if past or not page.get("IsTruncated"):
-                break
-            next_name = page.get("NextRecordName", "")
-            next_type = page.get("NextRecordType")
-            if normalize_name(next_name) != want_name or next_type is None:
-                break
-            if group_type is not None and next_type != group_type:
-                break
-            params = {
-                "HostedZoneId": record.zone_id,
-                "StartRecordName": next_name,
-                "StartRecordType": next_type,
-            }
-            if "NextRecordIdentifier" in page:
-                params["StartRecordIdentifier"] = page["NextRecordIdentifier"]
-        if not group:
-            what = f"{want_name} {want_type}" if want_type else want_name
+        group = list_weighted_group(
+            self._get_client(), record, deadline=deadline, on_page=self._page_read
+        )
+        if group.type is None:
+            want = record.record_type
+            what = f"{record.fqdn} {want}" if want else record.fqdn
             detail = f"no weighted record sets for {what} in {record.zone_id}"
-            if plain:
-                detail += f" (found non-weighted {', '.join(dict.fromkeys(plain))})"
+            if group.plain:
+                detail += f" (found non-weighted {', '.join(dict.fromkeys(group.plain))})"
             raise Route53Error("not_found", detail, code="NoWeightedRecords")
-        assert group_type is not None
-        return _weights(record, group_type, group, calls)
+        return _weights(record, group.type, group.sets, group.pages)
 
     async def read(self, record: RecordSpec) -> RecordWeights:
         """Read one record's weighted group; raises Route53Error, never anything else."""

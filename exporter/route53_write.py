@@ -1,4 +1,4 @@
-"""Route53 weight changes: one atomic UPSERT batch, then GetChange until INSYNC; boto3 in threads.
+"""Route53 weight changes: one atomic UPSERT batch, then boto3's waiter until INSYNC; in threads.
 
 Errors are the reader's `Route53Error` (reason: throttling, access_denied, not_found, timeout,
 other), plus one subclass:
@@ -11,6 +11,11 @@ One change is in flight per hosted zone at a time (per event loop, across writer
 change to the zone waits until the first is INSYNC, so Route53 never answers
 PriorRequestNotComplete because of us. When it does anyway (another tool), the submit is tried
 again with backoff, as is lasting Throttling, until `submit_timeout`.
+
+The INSYNC wait is boto3's `resource_record_sets_changed` waiter in a worker thread, polling
+every `poll_interval` until `insync_timeout`; a throttled or unreachable poll is waited out. A
+cancelled task or a closed writer ends the wait before its next poll, at most `poll_interval`
+later (the waiter's sleep cannot be interrupted; the process exit waits for it).
 """
 
 from __future__ import annotations
@@ -21,35 +26,35 @@ import dataclasses
 import json
 import logging
 import random
+import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+
+from botocore.exceptions import ClientError, ReadTimeoutError, WaiterError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from exporter.route53 import (
     RecordSpec,
     Route53Calls,
     Route53Error,
     classify,
-    normalize_name,
+    list_weighted_group,
 )
 
 if TYPE_CHECKING:
-    from mypy_boto3_route53.literals import RRTypeType
     from mypy_boto3_route53.type_defs import (
         ChangeBatchTypeDef,
-        ListResourceRecordSetsRequestTypeDef,
         ResourceRecordSetOutputTypeDef,
+        WaiterConfigTypeDef,
     )
 
 __all__ = ["Route53Writer", "WeightsChanged", "WriteResult"]
 
 T = TypeVar("T")
 
-# A weighted group holds at most 100 record sets: a listing still on our name after this many
-# pages is a server bug (the reader uses the same bound).
-_MAX_PAGES: Final = 20
 # Fields a record set can carry that are not ours to change; everything else is copied as read.
 _MANAGED: Final = "TrafficPolicyInstanceId"
 
@@ -61,6 +66,38 @@ _ZONE_LOCKS: weakref.WeakKeyDictionary[
 def _zone_lock(endpoint_url: str | None, zone_id: str) -> asyncio.Lock:
     locks = _ZONE_LOCKS.setdefault(asyncio.get_running_loop(), {})
     return locks.setdefault((endpoint_url, zone_id), asyncio.Lock())
+
+
+@dataclass(slots=True, eq=False)  # compared and hashed by identity: kept in a set
+class _Wait:
+    """One INSYNC wait, shared by the worker thread running it and the task awaiting it."""
+
+    deadline: float  # time.monotonic()
+    stop: threading.Event = field(default_factory=threading.Event)
+    why: str = "INSYNC wait abandoned"
+    polls: int = 0
+
+
+class _Expired(Exception):
+    """The INSYNC deadline passed before the next GetChange."""
+
+
+# The INSYNC wait running in this worker thread, for _before_get_change.
+_WAITING = threading.local()
+_HOOK_ID: Final = "cutover-insync-wait"
+
+
+def _before_get_change(**_: Any) -> None:
+    """botocore's before-call hook for GetChange, the one way into the waiter's loop: counts
+    its polls, and ends it when its task was cancelled, the writer closed, or time is up."""
+    wait: _Wait | None = getattr(_WAITING, "wait", None)
+    if wait is None:  # a GetChange of someone else's on this client
+        return
+    if wait.stop.is_set():
+        raise Route53Error("other", wait.why)
+    if time.monotonic() > wait.deadline:
+        raise _Expired
+    wait.polls += 1
 
 
 class WeightsChanged(Route53Error):
@@ -114,7 +151,6 @@ class Route53Writer(Route53Calls):
         submit_timeout: float = 60.0,
         insync_timeout: float = 180.0,
         poll_interval: float = 2.0,
-        max_poll_interval: float = 10.0,
         backoff: float = 0.5,
         dry_run: bool = False,
         client: Any | None = None,
@@ -134,9 +170,9 @@ class Route53Writer(Route53Calls):
         self.submit_timeout = submit_timeout
         self.insync_timeout = insync_timeout
         self.poll_interval = poll_interval
-        self.max_poll_interval = max(max_poll_interval, poll_interval)
         self.backoff = backoff
         self.dry_run = dry_run
+        self._waits: set[_Wait] = set()
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run one blocking call in the pool; any failure comes out as a Route53Error.
@@ -239,64 +275,28 @@ class Route53Writer(Route53Calls):
             return answer, attempts
 
     async def _wait_insync(self, change_id: str) -> int:
-        """Poll GetChange until INSYNC; the number of polls. Transient failures are waited out."""
-        deadline = time.monotonic() + self.insync_timeout
-        interval = self.poll_interval
-        polls = 0
-        status = "PENDING"
-        while True:
-            try:
-                polls += 1
-                status = await self._call(self._get_change, change_id)
-            except Route53Error as exc:
-                if exc.reason not in ("throttling", "timeout"):
-                    raise
-                status = f"unknown ({exc})"
-            if status == "INSYNC":
-                return polls
-            if time.monotonic() + interval > deadline:
-                raise Route53Error(
-                    "timeout",
-                    f"change {change_id} not INSYNC after {self.insync_timeout:g}s ({status})",
-                    code="InsyncTimeout",
-                )
-            await asyncio.sleep(interval)
-            interval = min(interval * 1.5, self.max_poll_interval)
+        """Wait for INSYNC in a worker thread; the number of GetChange calls it took."""
+        wait = _Wait(deadline=time.monotonic() + self.insync_timeout)
+        self._waits.add(wait)
+        try:
+            return await self._call(self._wait_blocking, change_id, wait)
+        finally:
+            # Cancelled (shutdown, reload) or done: the thread stops before its next GetChange.
+            # It cannot be interrupted sooner: the waiter sleeps `poll_interval` between polls.
+            wait.stop.set()
+            self._waits.discard(wait)
+
+    def close(self) -> None:
+        for wait in self._waits:
+            wait.why = "writer is closed"
+            wait.stop.set()
+        super().close()
 
     # --- in worker threads -------------------------------------------------------------------
 
     def _read_group(self, record: RecordSpec) -> list[ResourceRecordSetOutputTypeDef]:
         """The weighted record sets at the record's name (and type), as Route53 holds them."""
-        client = self._get_client()
-        name, rtype = record.fqdn, record.record_type
-        params: ListResourceRecordSetsRequestTypeDef = {
-            "HostedZoneId": record.zone_id,
-            "StartRecordName": name + ".",
-        }
-        if rtype is not None:
-            params["StartRecordType"] = cast("RRTypeType", rtype)
-        group: list[ResourceRecordSetOutputTypeDef] = []
-        for _ in range(_MAX_PAGES):
-            page = client.list_resource_record_sets(**params)
-            for rrset in page.get("ResourceRecordSets", []):
-                if normalize_name(rrset["Name"]) != name or (
-                    rtype is not None and rrset["Type"] != rtype
-                ):
-                    return group
-                if "Weight" in rrset:
-                    rtype = rtype or rrset["Type"]
-                    group.append(rrset)
-            if not page.get("IsTruncated"):
-                return group
-            params = {
-                "HostedZoneId": record.zone_id,
-                "StartRecordName": page.get("NextRecordName", ""),
-            }
-            if "NextRecordType" in page:
-                params["StartRecordType"] = page["NextRecordType"]
-            if "NextRecordIdentifier" in page:
-                params["StartRecordIdentifier"] = page["NextRecordIdentifier"]
-        raise Route53Error("other", f"listing did not leave the name after {_MAX_PAGES} pages")
+        return list_weighted_group(self._get_client(), record).sets
 
     def _change(self, zone_id: str, batch: Mapping[str, Any]) -> str:
         answer = self._get_client().change_resource_record_sets(
@@ -304,8 +304,56 @@ class Route53Writer(Route53Calls):
         )
         return answer["ChangeInfo"]["Id"].rsplit("/", 1)[-1]
 
-    def _get_change(self, change_id: str) -> str:
-        return self._get_client().get_change(Id=change_id)["ChangeInfo"]["Status"]
+    def _wait_blocking(self, change_id: str, wait: _Wait) -> int:
+        """boto3's resource_record_sets_changed waiter, resumed after transient failures."""
+        client = self._get_client()
+        client.meta.events.register(
+            "before-call.route-53.GetChange", _before_get_change, unique_id=_HOOK_ID
+        )
+        waiter = client.get_waiter("resource_record_sets_changed")
+        # As many polls as fit before the deadline, `poll_interval` apart; the hook holds the
+        # deadline itself, as slow answers stretch the polls. The stubs type Delay as int, but
+        # botocore only sleeps it, and tests poll every few ms.
+        attempts = int(self.insync_timeout // self.poll_interval) + 1
+        status = "PENDING"
+        _WAITING.wait = wait
+        try:
+            while True:
+                polls_before = wait.polls
+                config = {"Delay": self.poll_interval, "MaxAttempts": attempts - wait.polls}
+                try:
+                    waiter.wait(Id=change_id, WaiterConfig=cast("WaiterConfigTypeDef", config))
+                    return wait.polls
+                except _Expired:
+                    if wait.polls > polls_before:  # the waiter went on: the last poll was PENDING
+                        status = "PENDING"
+                    break
+                except WaiterError as exc:
+                    # typed as an error answer, but after the last attempt it is the PENDING one
+                    answer = cast("dict[str, Any]", exc.last_response)
+                    if "Error" not in answer:  # the attempts are spent
+                        status = str(answer.get("ChangeInfo", {}).get("Status", status))
+                        break
+                    error = classify(ClientError(cast(Any, answer), "GetChange"))
+                    if error.reason != "throttling":
+                        raise error from exc
+                    status = f"unknown ({error})"
+                except (BotoConnectionError, ReadTimeoutError) as exc:
+                    status = f"unknown ({classify(exc)})"
+                # Throttled or unreachable past botocore's own retries: the change was
+                # accepted, so this is waited out like a PENDING answer (the waiter ends at
+                # the first error it has no acceptor for).
+                if wait.polls >= attempts or time.monotonic() + self.poll_interval > wait.deadline:
+                    break
+                if wait.stop.wait(self.poll_interval):
+                    raise Route53Error("other", wait.why)
+        finally:
+            del _WAITING.wait
+        raise Route53Error(
+            "timeout",
+            f"change {change_id} not INSYNC after {self.insync_timeout:g}s ({status})",
+            code="InsyncTimeout",
+        )
 
 
 def _check_weights(record: RecordSpec, weights: Mapping[str, int]) -> None:

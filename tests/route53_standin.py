@@ -52,6 +52,8 @@ class StandIn:
 
     zones: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     page_size: int = 300
+    # False answers as moto 5.2 does: never a NextRecordIdentifier, even inside a weighted group
+    next_identifier: bool = True
     delay: float = 0.0
     fail_next: list[Failure] = field(default_factory=list)
     fail_always: Failure | None = None
@@ -147,7 +149,7 @@ class StandIn:
             following = rest[0]
             xml.append(f"<NextRecordName>{escape(following['Name'])}</NextRecordName>")
             xml.append(f"<NextRecordType>{following['Type']}</NextRecordType>")
-            if "SetIdentifier" in following:
+            if "SetIdentifier" in following and self.next_identifier:
                 sid = escape(following["SetIdentifier"])
                 xml.append(f"<NextRecordIdentifier>{sid}</NextRecordIdentifier>")
         xml.append(f"<MaxItems>{size}</MaxItems>")

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import boto3
 import pytest
 
 from exporter.route53 import (
@@ -342,6 +343,98 @@ async def test_group_split_across_pages(standin: StandIn, readers: Readers) -> N
         {"path": path, "name": "api.example.com.", "type": "CNAME"},
         {"path": path, "name": "api.example.com.", "type": "CNAME", "identifier": "heroku"},
     ]
+
+
+BIG_ZONE = "Z0BIGZONE"
+
+
+def full_listing_pages(standin: StandIn, zone: str) -> int:
+    """Pages of a whole-zone listing with boto3's paginator; the stand-in's log is cleared."""
+    client = boto3.client("route53", endpoint_url=standin.url)
+    try:
+        paginator = client.get_paginator("list_resource_record_sets")
+        pages = sum(1 for _ in paginator.paginate(HostedZoneId=zone))
+    finally:
+        client.close()
+    standin.requests.clear()
+    return pages
+
+
+@pytest.fixture
+def big(aws_env: None) -> Iterator[StandIn]:
+    """1200 record sets, most of them on both sides of the migrated names in Route53's order."""
+    zone = [cname(f"a-{i:03}.example.com", "heroku", 1, "old.example.net") for i in range(400)]
+    zone += [cname(f"z-{i:03}.example.com", "aws", 1, ELB) for i in range(400)]
+    zone += [cname(f"h{i:03}.v1.api.example.com", "aws", 1, ELB) for i in range(400)]
+    zone += [
+        cname("api.example.com", "heroku", 90, "myapp.herokudns.com"),
+        cname("api.example.com", "aws", 10, ELB),
+        # a plain A before the weighted AAAA group at one name: an untyped read starts there
+        {
+            "Name": "mixed.example.com",
+            "Type": "A",
+            "TTL": 300,
+            "ResourceRecords": [{"Value": "192.0.2.20"}],
+        },
+        {**cname("mixed.example.com", "heroku", 3, "2001:db8::1"), "Type": "AAAA"},
+        {**cname("mixed.example.com", "aws", 1, "2001:db8::2"), "Type": "AAAA"},
+    ]
+    with running(StandIn(zones={BIG_ZONE: zone})) as server:
+        yield server
+
+
+@pytest.mark.parametrize(
+    ("name", "rtype", "page_size", "calls"),
+    [
+        ("api.example.com", "CNAME", 300, 1),
+        ("api.example.com", None, 300, 1),
+        # the page ends right after the group, truncated: the next page is not asked for
+        ("api.example.com", "CNAME", 2, 1),
+        # the group straddles two pages (the plain A takes the first place)
+        ("mixed.example.com", None, 2, 2),
+    ],
+)
+async def test_big_zone_costs_one_call_per_page_of_the_group(
+    big: StandIn,
+    readers: Readers,
+    name: str,
+    rtype: str | None,
+    page_size: int,
+    calls: int,
+) -> None:
+    assert full_listing_pages(big, BIG_ZONE) >= 4  # what listing the whole zone would cost
+    big.page_size = page_size
+    spec = RecordSpec(BIG_ZONE, name, rtype, PLATFORMS)
+    reader = readers(spec, endpoint_url=big.url)
+
+    got = await reader.read(spec)
+
+    assert len(big.requests) == calls  # counted by the server, retries included
+    assert reader.api_calls == got.api_calls == calls
+    assert got.type == ("AAAA" if name.startswith("mixed") else "CNAME")
+    assert got.platform_shares() == pytest.approx(
+        {"heroku": 0.75, "aws": 0.25} if name.startswith("mixed") else {"heroku": 0.9, "aws": 0.1}
+    )
+
+
+async def test_a_group_split_without_next_record_identifier_is_refused_at_once(
+    standin: StandIn, readers: Readers
+) -> None:
+    # moto 5.2 pages like this: going on from the name and type alone would read the group's
+    # first set again (botocore's paginator notices only on the second lap: PaginationError)
+    standin.page_size = 1
+    standin.next_identifier = False
+    reader = readers(API, endpoint_url=standin.url)
+
+    with pytest.raises(Route53Error) as caught:
+        await reader.read(API)
+
+    assert (caught.value.reason, caught.value.code) == ("other", "NoNextRecordIdentifier")
+    assert str(caught.value) == (
+        f"other (the listing of api.example.com CNAME in {STANDIN_ZONE} stopped inside its"
+        " weighted group without a NextRecordIdentifier to go on from)"
+    )
+    assert len(standin.requests) == 1
 
 
 async def test_escaped_wildcard_names_are_matched(standin: StandIn, readers: Readers) -> None:

@@ -15,7 +15,7 @@ from botocore.config import Config
 from exporter.route53 import RecordSpec, Route53Error, Route53Reader
 from exporter.route53_write import Route53Writer, WeightsChanged
 from exporter.shift import Observation, Phase, SetWeights, ShiftPlan, ShiftSettings
-from tests.route53_standin import THROTTLED, cname, running
+from tests.route53_standin import THROTTLED, Failure, cname, running
 from tests.route53_write_standin import PRIOR_REQUEST, WriteStandIn
 
 PLATFORMS = {"heroku": "heroku", "aws": "aws"}
@@ -423,6 +423,101 @@ async def test_a_change_someone_else_has_in_flight_is_waited_out(
     assert result.submit_attempts == standin.overlaps + 1
     assert submits(standin)[-1] == result.change_id
     assert weights_in(standin, API) == {"heroku": 75, "aws": 25}
+
+
+def lists(standin: WriteStandIn) -> int:
+    return sum(1 for call in standin.calls if call[0] == "list")
+
+
+def get_changes(standin: WriteStandIn) -> list[str]:
+    return [call[2] for call in standin.calls if call[0] == "get_change"]
+
+
+@pytest.mark.parametrize("page_size", [300, 2])
+async def test_a_big_zone_costs_one_listing_call(writers: Writers, page_size: int) -> None:
+    zone = [cname(f"a-{i:03}.example.com", "heroku", 1, "old.example.net") for i in range(400)]
+    zone += [cname(f"h{i:03}.v1.api.example.com", "aws", 1, ELB) for i in range(400)]
+    zone += [
+        cname("api.example.com", "heroku", 90, "myapp.herokudns.com"),
+        cname("api.example.com", "aws", 10, ELB),
+    ]
+    # page size 2: the page ends right after the group, truncated; the next is not asked for
+    with running(WriteStandIn(zones={ZONE: zone}, page_size=page_size)) as standin:
+        result = await writers(endpoint_url=standin.url).apply_weights(
+            API, {"heroku": 75, "aws": 25}
+        )
+
+        assert result.status == "INSYNC"
+        assert lists(standin) == 1
+        assert weights_in(standin, API) == {"heroku": 75, "aws": 25}
+
+
+async def test_a_group_split_without_next_record_identifier_is_not_written(
+    standin: WriteStandIn, writers: Writers
+) -> None:
+    standin.page_size = 1
+    standin.next_identifier = False  # as moto 5.2 answers
+
+    with pytest.raises(Route53Error) as caught:
+        await writers(endpoint_url=standin.url).apply_weights(API, {"heroku": 75, "aws": 25})
+
+    assert (caught.value.reason, caught.value.code) == ("other", "NoNextRecordIdentifier")
+    assert lists(standin) == 1 and submits(standin) == []
+    assert weights_in(standin, API) == {"heroku": 90, "aws": 10}
+
+
+async def test_a_refused_get_change_is_classified(standin: WriteStandIn, writers: Writers) -> None:
+    message = (
+        "User: arn:aws:iam::123456789012:user/ci is not authorized to perform route53:GetChange"
+    )
+    standin.pending_polls = 1
+    standin.get_change_fail_next = [Failure(403, "AccessDenied", message)]
+    writer = writers(endpoint_url=standin.url, max_attempts=1)
+
+    with pytest.raises(Route53Error) as caught:
+        await writer.apply_weights(API, {"heroku": 75, "aws": 25})
+
+    assert (caught.value.reason, caught.value.code) == ("access_denied", "AccessDenied")
+    assert str(caught.value) == f"access_denied ({message})"
+    assert get_changes(standin) == ["AccessDenied"]  # not waited out: asking again cannot help
+    assert weights_in(standin, API) == {"heroku": 75, "aws": 25}
+
+
+async def polled(standin: WriteStandIn, times: int) -> None:
+    while len(get_changes(standin)) < times:
+        await asyncio.sleep(0.01)
+
+
+async def test_a_cancelled_write_stops_polling(standin: WriteStandIn, writers: Writers) -> None:
+    standin.pending_polls = 100_000
+    writer = writers(endpoint_url=standin.url)  # polls every 20 ms
+    task = asyncio.create_task(writer.apply_weights(API, {"heroku": 75, "aws": 25}))
+    await polled(standin, 3)
+
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    seen = len(get_changes(standin))
+    await asyncio.sleep(0.4)  # twenty poll intervals
+
+    # the waiter's thread stops before its next poll (one may have been on its way)
+    assert len(get_changes(standin)) <= seen + 1
+
+
+async def test_closing_the_writer_ends_its_wait(standin: WriteStandIn, writers: Writers) -> None:
+    standin.pending_polls = 100_000
+    writer = writers(endpoint_url=standin.url)
+    task = asyncio.create_task(writer.apply_weights(API, {"heroku": 75, "aws": 25}))
+    await polled(standin, 3)
+
+    writer.close()
+    with pytest.raises(Route53Error) as caught:
+        await asyncio.wait_for(task, 5.0)
+    seen = len(get_changes(standin))
+    await asyncio.sleep(0.4)
+
+    assert str(caught.value) == "other (writer is closed)"
+    assert len(get_changes(standin)) <= seen + 1
 
 
 # --- the plan and the writer together, as the daemon drives them -------------------------------
