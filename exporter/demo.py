@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -173,6 +174,7 @@ async def run_demo(
     baseline = SimulatedPlatform("heroku", 0.060, degrade=False, seed=1)
     candidate = SimulatedPlatform("aws", 0.045, degrade=True, seed=2)
     runners = []
+    workdir: Path | None = None
     try:
         b_runner, b_port = await _start(baseline.app())
         runners.append(b_runner)
@@ -219,7 +221,7 @@ Open:
   metrics      http://{shown}:{port}/metrics
   JSON status  http://{shown}:{port}/api/v1/status
 The configuration in use: {path} (edit it, then: curl -X POST http://{shown}:{port}/-/reload)
-Stop with Ctrl-C.
+Stop with Ctrl-C (the configuration's directory is removed then).
 """,
             flush=True,
         )
@@ -227,3 +229,7 @@ Stop with Ctrl-C.
     finally:
         for runner in runners:
             await runner.cleanup()
+        # the demo's configuration lives only as long as the demo: nothing is left in /tmp,
+        # whether it stopped cleanly (SIGTERM, SIGINT) or not (the port was taken)
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)

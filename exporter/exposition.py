@@ -23,7 +23,9 @@ from exporter.state import DURATION_BUCKETS, CheckState, Series, label_value, ra
 from exporter.window import QUANTILES, WindowStats
 
 _LE = (*(f'le="{b:g}"' for b in DURATION_BUCKETS), 'le="+Inf"')
-_QUANTILE = tuple(f'quantile="{q:g}"' for q in QUANTILES)
+# `q`, not `quantile`: Prometheus reserves `quantile` for summaries, and these are gauges of
+# window figures (promtool check metrics flags a gauge with a `quantile` label)
+_QUANTILE = tuple(f'q="{q:g}"' for q in QUANTILES)
 _PHASE = tuple(f'phase="{p}"' for p in PHASES)
 _REASON = tuple(f'reason="{r}"' for r in REASONS)
 _SIGNAL = tuple(f'signal="{s}"' for s in SIGNALS)

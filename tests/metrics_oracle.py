@@ -66,7 +66,7 @@ class OracleCollector(Collector):
         w_latency = G(
             "cutover_window_latency_seconds",
             "Quantiles of successful probe durations over the judge window.",
-            labels=[*labels, "quantile"],
+            labels=[*labels, "q"],
         )
         w_errors = G(
             "cutover_window_error_ratio", "Failed / all probes in the judge window.", labels=labels
@@ -75,7 +75,7 @@ class OracleCollector(Collector):
         l_ratio = G(
             "cutover_latency_ratio",
             "Candidate / baseline window latency quantile.",
-            labels=["check", "quantile"],
+            labels=["check", "q"],
         )
         e_delta = G(
             "cutover_error_ratio_delta",

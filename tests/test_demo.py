@@ -3,23 +3,42 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
+from exporter.demo import CYCLE, DEGRADED
 from tests.conftest import ROOT, daemon_env, free_port, parse_metrics
 
 
-async def test_demo_serves_both_platforms_shares_and_the_status_page(tmp_path: Path) -> None:
-    port = free_port()
-    log = (tmp_path / "demo.log").open("wb")
-    env = daemon_env()
+def demo_env(tmp: Path) -> dict[str, str]:
+    env = daemon_env(TMPDIR=str(tmp))  # where tempfile makes the demo's directory
     for key in [k for k in env if k.startswith("AWS_")]:
         del env[key]  # the demo needs no AWS credentials at all
+    return env
+
+
+def config_dir(output: str) -> Path:
+    (path,) = re.findall(r"The configuration in use: (\S+)", output)
+    return Path(path).parent
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+async def test_demo_serves_both_platforms_shares_and_the_status_page(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    port = free_port()
+    log = (tmp_path / "demo.log").open("wb")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = demo_env(tmp)
     proc = subprocess.Popen(
         [sys.executable, "-m", "exporter", "demo", "--listen", f"127.0.0.1:{port}"],
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
@@ -56,11 +75,45 @@ async def test_demo_serves_both_platforms_shares_and_the_status_page(tmp_path: P
         share = 'cutover_route53_traffic_share{hosted_zone="ZDEMO",platform="aws",record="api.example.com"}'
         assert metrics[share] == 0.1
         assert "heroku" in page and "aws" in page and "Traffic (Route53 weights)" in page
+        # the configuration it runs with is where it says, while it runs
+        assert config_dir(log_text(tmp_path)).parent == tmp
+        assert (config_dir(log_text(tmp_path)) / "cutover.yml").is_file()
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         code = proc.wait(15)
         log.close()
-    output = (tmp_path / "demo.log").read_text()
+    output = log_text(tmp_path)
     assert code == 0, output
     assert f"status page  http://127.0.0.1:{port}/" in output
     assert "Traceback" not in output
+    # a clean stop leaves nothing behind in the temporary directory
+    assert not config_dir(output).exists()
+    assert list(tmp.iterdir()) == []
+
+
+def log_text(tmp_path: Path) -> str:
+    return (tmp_path / "demo.log").read_text()
+
+
+def test_a_demo_that_cannot_listen_leaves_nothing_behind(tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "-m", "exporter", "demo", "--listen", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, env=demo_env(tmp), cwd=ROOT, timeout=60,
+        )  # fmt: skip
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in r.stdout + r.stderr
+    assert not config_dir(r.stdout).exists()
+    assert list(tmp.iterdir()) == []
+
+
+def test_readme_tells_the_demos_cycle_as_it_is() -> None:
+    """The Quick start says when the demo's candidate degrades: in exporter/demo.py's terms."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"in every {CYCLE / 60:g}-minute cycle" in readme
+    assert f"from minute {DEGRADED[0] / 60:g} to minute {DEGRADED[1] / 60:g}" in readme

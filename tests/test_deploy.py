@@ -148,6 +148,20 @@ def test_deployment(rendered: dict[str, dict[str, Any]]) -> None:
     assert config["listen"].endswith(":9877")
 
 
+def test_control_token_comes_from_the_secret(rendered: dict[str, dict[str, Any]]) -> None:
+    """Shift control needs CUTOVER_CONTROL_TOKEN in the daemon's environment: the pod takes it
+    from the Slack token's Secret, optional so that a Secret without it still starts the pod
+    (control is then disabled), and deploy/README says how to set it."""
+    (c,) = rendered["Deployment"]["spec"]["template"]["spec"]["containers"]
+    (token,) = [e for e in c["env"] if e["name"] == "CUTOVER_CONTROL_TOKEN"]
+    (slack,) = [e for e in c["env"] if e["name"] == "SLACK_BOT_TOKEN"]
+    ref = token["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "cutover-slack", "key": "control-token", "optional": True}
+    assert ref["name"] == slack["valueFrom"]["secretKeyRef"]["name"]
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    assert "--from-literal=control-token=" in readme and "CUTOVER_CONTROL_TOKEN" in readme
+
+
 def test_kubernetes_configuration_is_valid(
     rendered: dict[str, dict[str, Any]], tmp_path: Path
 ) -> None:

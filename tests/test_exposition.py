@@ -8,7 +8,6 @@ import logging
 import math
 import random
 import re
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import aiohttp
@@ -203,36 +202,44 @@ async def test_a_scraper_that_gives_up_is_no_error(
 
 
 async def test_a_scrape_gives_the_loop_back_while_it_renders(big_daemon: int) -> None:
-    """2000 checks: the scrape takes tens of milliseconds or more; a task that wants the loop
-    every millisecond must never wait for most of it (it waited for all of it before)."""
+    """2000 checks: between writing the registry's part and the first per-check family, the
+    handler computes the window figures of 4002 series and renders the first 64 KB, with nothing
+    to write (so no transport pause can give the loop back): other tasks get to run meanwhile
+    only if the render yields. Counted in turns of another task, never in wall time: a loaded
+    machine only makes the render take more slices, and a render that never yields gives none."""
     port = big_daemon
-    gaps: list[float] = []
-    done = asyncio.Event()
+    turns = 0
+    done = False
 
-    async def ticker() -> None:
-        last = time.perf_counter()
-        while not done.is_set():
-            await asyncio.sleep(0.001)
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
+    async def another_task() -> None:
+        nonlocal turns
+        while not done:
+            await asyncio.sleep(0)
+            turns += 1
 
+    task = asyncio.create_task(another_task())
     try:
         async with aiohttp.ClientSession() as session:
             for accept in ("text/plain", "application/openmetrics-text; version=1.0.0"):
-                gaps.clear()
-                done.clear()
-                task = asyncio.create_task(ticker())
-                await asyncio.sleep(0.01)
-                gaps.clear()
-                started = time.perf_counter()
+                seen: dict[bytes, int] = {}
+                received = bytearray()
                 async with session.get(
                     f"http://127.0.0.1:{port}/metrics", headers={"Accept": accept}
                 ) as resp:
-                    body = await resp.text()
-                took = time.perf_counter() - started
-                done.set()
-                await task
+                    async for data in resp.content.iter_any():
+                        received += data
+                        tail = bytes(received[-len(data) - 100 :])
+                        for marker in (
+                            b"# TYPE cutover_build_info",
+                            b"# HELP cutover_probe_success",
+                        ):
+                            if marker not in seen and marker in tail:
+                                seen[marker] = turns
+                body = received.decode()
+                # the registry's part arrived before the first per-check family
+                between = seen[b"# HELP cutover_probe_success"] - seen[b"# TYPE cutover_build_info"]
+                # measured: 45-48 turns (2 cores, load 5); a render that holds the loop: 0
+                assert between >= 5, between
                 openmetrics = accept.startswith("application/openmetrics-text")
                 assert resp.headers["Content-Type"].startswith(
                     "application/openmetrics-text" if openmetrics else "text/plain"
@@ -246,6 +253,6 @@ async def test_a_scrape_gives_the_loop_back_while_it_renders(big_daemon: int) ->
                 assert all(SAMPLE.fullmatch(line) for line in lines if not line.startswith("#"))
                 samples = [line for line in lines if line.startswith("cutover_window_samples{")]
                 assert len(samples) == 2001 * 2
-                assert max(gaps) < took / 2, (max(gaps), took)
     finally:
-        done.set()
+        done = True
+        await task
