@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -400,7 +401,7 @@ async def test_changes_to_one_zone_are_serialized(standin: WriteStandIn, writers
 async def test_a_change_someone_else_has_in_flight_is_waited_out(
     standin: WriteStandIn, writers: Writers
 ) -> None:
-    standin.pending_seconds = 0.4
+    standin.pending_seconds = 3600.0  # PENDING until the writer has run into it (below)
     other = boto3.client(
         "route53", endpoint_url=standin.url, config=Config(retries={"total_max_attempts": 1})
     )
@@ -415,9 +416,16 @@ async def test_a_change_someone_else_has_in_flight_is_waited_out(
             ]
         },
     )
+    standin.pending_seconds = 0.0  # the writer's own change is INSYNC at once
     writer = writers(endpoint_url=standin.url, max_attempts=1)
 
-    result = await writer.apply_weights(API, {"heroku": 75, "aws": 25})
+    applying = asyncio.create_task(writer.apply_weights(API, {"heroku": 75, "aws": 25}))
+    while standin.overlaps < 1:
+        assert not applying.done(), applying
+        await asyncio.sleep(0.01)
+    for change in standin.changes.values():  # the other change lands; the writer goes on
+        change.insync_at = time.monotonic()
+    result = await applying
 
     assert standin.overlaps >= 1
     assert result.submit_attempts == standin.overlaps + 1
