@@ -1,15 +1,26 @@
-"""The exceptions cutover raises on purpose.
+"""The exceptions cutover raises on purpose, all in one tree.
 
     CutoverError          base of everything below
     ├── ConfigError       the configuration cannot be used: every problem, each with its location
     ├── UsageError        the command line cannot be used (bad flag value, missing --config)
     ├── StateDirError     state_dir cannot be created or written, or another daemon holds it
-    └── CorruptStateFile  a state file could not be read; it was moved aside (also a ValueError)
+    ├── CorruptStateFile  a state file could not be read; it was moved aside (also a ValueError)
+    ├── Route53Error      a Route53 read or write failed; `reason` labels the error metrics
+    │   └── WeightsChanged  a write found other weights than expected; nothing was written
+    ├── SlackError        Slack refused a test message for a reason a person must fix
+    └── Refused           a shift control call (pause, resume, ...) that does not apply now
 
-Failing targets are not exceptions: a probe always returns a result with a reason.
+Failing targets are not exceptions: a probe always returns a result with a reason. Failures of
+Slack deliveries become retries, parking or a dropped message inside the outbox, never raised.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final, Literal, get_args
+
+Route53Reason = Literal["throttling", "access_denied", "not_found", "timeout", "other"]
+ROUTE53_REASONS: Final[tuple[Route53Reason, ...]] = get_args(Route53Reason)
 
 
 class CutoverError(Exception):
@@ -35,3 +46,50 @@ class StateDirError(CutoverError):
 
 class CorruptStateFile(CutoverError, ValueError):
     """A state file could not be read; the message names it and where it was moved aside."""
+
+
+class Route53Error(CutoverError):
+    """A record could not be read or written; `reason` is one of ROUTE53_REASONS.
+
+    throttling     Throttling / PriorRequestNotComplete, still failing after botocore's retries
+    access_denied  the credentials lack the permission, or there are none
+    not_found      no such hosted zone, or no weighted record sets under that name (and type)
+    timeout        endpoint unreachable, connect/read timeout, or no answer within the deadline
+    other          anything else (invalid input, 5xx, unparsable answers)
+    """
+
+    def __init__(self, reason: Route53Reason, detail: str, *, code: str | None = None) -> None:
+        super().__init__(reason, detail)
+        self.reason: Route53Reason = reason
+        self.detail = detail
+        self.code = code or reason
+
+    def __str__(self) -> str:
+        return f"{self.reason} ({self.detail})"
+
+
+class WeightsChanged(Route53Error):
+    """The record's weights are not the ones the caller expected; nothing was written."""
+
+    def __init__(
+        self, record: str, found: Mapping[str, int], expected: Mapping[str, int]
+    ) -> None:
+        diffs = ", ".join(
+            f"{p} {expected.get(p, '-')} -> {found.get(p, '-')}"
+            for p in dict.fromkeys([*expected, *found])
+            if expected.get(p) != found.get(p)
+        )
+        super().__init__("other", f"weights of {record} changed: {diffs}", code="WeightsChanged")
+        self.found = dict(found)
+        self.expected = dict(expected)
+
+
+class SlackError(CutoverError):
+    """Slack refused a message for a reason a person must fix (raised by `send_test`)."""
+
+
+class Refused(CutoverError):
+    """A control call (pause, resume, approve, rollback) that does not apply in this state.
+
+    Its text is meant for the person who made the call.
+    """

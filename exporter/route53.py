@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, Literal, cast, get_args
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import boto3
 from botocore.config import Config
@@ -24,6 +24,8 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from exporter.errors import ROUTE53_REASONS, Route53Error, Route53Reason
 
 if TYPE_CHECKING:
     from mypy_boto3_route53 import Route53Client
@@ -46,8 +48,8 @@ __all__ = [
     "normalize_name",
 ]
 
-Reason = Literal["throttling", "access_denied", "not_found", "timeout", "other"]
-REASONS: Final[tuple[Reason, ...]] = get_args(Reason)
+Reason = Route53Reason
+REASONS: Final[tuple[Reason, ...]] = ROUTE53_REASONS
 
 _THROTTLING_CODES: Final = frozenset(
     {"Throttling", "ThrottlingException", "PriorRequestNotComplete", "TooManyRequestsException"}
@@ -165,26 +167,6 @@ class RecordWeights:
             if entry.platform is not None:
                 weights[entry.platform] = entry.weight
         return weights
-
-
-class Route53Error(Exception):
-    """A record could not be read; `reason` is one of REASONS, the label of the error metric.
-
-    throttling     Throttling / PriorRequestNotComplete, still failing after botocore's retries
-    access_denied  the credentials lack route53:ListResourceRecordSets, or there are none
-    not_found      no such hosted zone, or no weighted record sets under that name (and type)
-    timeout        endpoint unreachable, connect/read timeout, or no answer within `timeout`
-    other          anything else (invalid input, 5xx, unparsable answers)
-    """
-
-    def __init__(self, reason: Reason, detail: str, *, code: str | None = None) -> None:
-        super().__init__(reason, detail)
-        self.reason: Reason = reason
-        self.detail = detail
-        self.code = code or reason
-
-    def __str__(self) -> str:
-        return f"{self.reason} ({self.detail})"
 
 
 def classify(exc: BaseException) -> Route53Error:

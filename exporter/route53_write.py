@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 from botocore.exceptions import ClientError, ReadTimeoutError, WaiterError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from exporter.errors import Route53Error, WeightsChanged
 from exporter.route53 import (
     RecordSpec,
     Route53Calls,
-    Route53Error,
     classify,
     list_weighted_group,
 )
@@ -98,22 +98,6 @@ def _before_get_change(**_: Any) -> None:
     if time.monotonic() > wait.deadline:
         raise _Expired
     wait.polls += 1
-
-
-class WeightsChanged(Route53Error):
-    """The record's weights are not the ones the caller expected; nothing was written."""
-
-    def __init__(self, record: RecordSpec, found: Mapping[str, int], expected: Mapping[str, int]):
-        diffs = ", ".join(
-            f"{p} {expected.get(p, '-')} -> {found.get(p, '-')}"
-            for p in dict.fromkeys([*expected, *found])
-            if expected.get(p) != found.get(p)
-        )
-        super().__init__(
-            "other", f"weights of {record.describe()} changed: {diffs}", code="WeightsChanged"
-        )
-        self.found = dict(found)
-        self.expected = dict(expected)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +200,7 @@ class Route53Writer(Route53Calls):
             sets = _by_platform(record, group)
             previous = {p: int(rrset.get("Weight", 0)) for p, rrset in sets.items()}
             if expected is not None and previous != dict(expected):
-                raise WeightsChanged(record, previous, expected)
+                raise WeightsChanged(record.describe(), previous, expected)
             batch = _change_batch(sets, weights, comment)
             change = _describe(record, previous, weights)
             result = WriteResult(

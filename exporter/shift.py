@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import ConfigDict, Field
 
+from exporter.errors import Refused
 from exporter.outbox import STRICT, Notification
 from exporter.persist import StateFile
 from exporter.route53 import normalize_name
@@ -81,10 +82,6 @@ class Phase(StrEnum):
     PAUSED = "paused"
     ROLLED_BACK = "rolled_back"
     DONE = "done"
-
-
-class Refused(Exception):
-    """A control call (pause, resume, approve, rollback) that does not apply in this state."""
 
 
 def weights_for(percent: float, baseline: str, candidate: str) -> dict[str, int]:

@@ -22,7 +22,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 from slack_sdk.webhook.webhook_response import WebhookResponse
 
-from exporter.errors import CorruptStateFile, CutoverError
+from exporter.errors import CorruptStateFile, SlackError
 from exporter.outbox import ACTIONS, OUTBOX_VERSION, Notification, OutboxRecord, QueuedRecord
 from exporter.persist import StateFile
 
@@ -85,10 +85,6 @@ REASONS = (
     "channel_not_found", "not_in_channel", "is_archived", "invalid_message", "other",
 )  # fmt: skip
 _CODE = re.compile(r"^[a-z0-9_]{1,64}$")
-
-
-class SlackError(CutoverError):
-    """Slack refused a message for a reason a person must fix (raised by `send_test`)."""
 
 
 @dataclass(frozen=True)
