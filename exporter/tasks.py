@@ -33,9 +33,14 @@ class Supervisor:
         return [t for t, g in self._tasks.items() if g == group]
 
     def cancel(self, tasks: Iterable[asyncio.Task[Any]]) -> None:
-        """Ask these tasks to stop now; they stay owned (and awaited by `aclose`) until they end."""
+        """Ask these tasks to stop now; they stay owned (and awaited by `aclose`) until they end.
+
+        A task asked once already is not asked again: a second cancel would interrupt the
+        clean-up it may be running (closing sockets, saving state).
+        """
         for task in tasks:
-            task.cancel()
+            if not task.cancelling():
+                task.cancel()
 
     async def stop(self, tasks: Iterable[asyncio.Task[Any]]) -> None:
         """Cancel these tasks and wait until they have ended."""
