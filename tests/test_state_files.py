@@ -258,7 +258,12 @@ async def test_a_second_daemon_on_the_same_state_dir_refuses_to_start(
     other.write_text(alerting_config(platforms, state, slack))
 
     second = _run(other, tmp_path / "second.log")
-    assert second.wait(20) == 1
+    try:
+        assert second.wait(20) == 1
+    finally:
+        if second.poll() is None:
+            second.kill()
+            second.wait()
     said = (tmp_path / "second.log").read_text()
     assert f"state_dir {state} is in use by another cutover daemon (pid {first.proc.pid} on" in said
     assert "give this one its own state_dir" in said
