@@ -29,7 +29,7 @@ from exporter.logs import REDACTOR
 from exporter.messages import Context, notifications
 from exporter.probe import Prober
 from exporter.route53 import RecordSpec, Route53Reader, Route53State, normalize_name
-from exporter.shift import Notify, Observation, ShiftSettings
+from exporter.shift import Notify, Observation, Refused, ShiftSettings
 from exporter.shift_runner import ShiftRunner
 from exporter.slack import Notification, Notifier, SlackSettings
 from exporter.state import CheckState, Series
@@ -219,6 +219,19 @@ class Daemon:
     @property
     def ready(self) -> bool:
         return bool(self._running) and all(r.state.probed for r in self._running.values())
+
+    def notifications_pending(self) -> int | None:
+        """Notifications not yet delivered to Slack; None without Slack."""
+        return self.notifier.pending() if self.notifier is not None else None
+
+    def shift_control(self, action: str, who: str, reason: str | None = None) -> str:
+        """A person's word on the shift plan (pause, resume, approve, rollback).
+
+        Raises Refused when it does not apply, or when no shift is configured.
+        """
+        if self.shift is None:
+            raise Refused("no shift section in the configuration")
+        return self.shift.control(action, who, reason)
 
     # -- lifecycle --------------------------------------------------------------------------
 
