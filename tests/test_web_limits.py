@@ -23,7 +23,8 @@ HALF_HEAD = b"GET /-/healthy HTTP/1.1\r\nHost: cutover\r\nUser-Agent: slo"
 FULL_HEAD = b"GET /-/healthy HTTP/1.1\r\nHost: cutover\r\n\r\n"
 # the platforms answer from the test's loop, which the test keeps busy too: a timeout that
 # a slow turn of that loop cannot hit (a descriptor shortage fails probes at once, in connect)
-SLACK = {"interval": "250ms", "timeout": "250ms"}
+SLACK = {"interval": "500ms", "timeout": "500ms"}
+PLATFORMS = ("heroku", "aws")
 
 
 def _limit_descriptors() -> None:
@@ -130,15 +131,16 @@ async def test_half_sent_heads_neither_starve_the_health_check_nor_the_probes(
     attackers = await asyncio.to_thread(_flood, d.port, 300, HALF_HEAD)
     try:
         answers = await _healthy_answers(d, 20)
-        after = await asyncio.wait_for(d.metrics(), 30)
+        # the attackers hold on until both platforms have been probed 4 more times
+        after = await asyncio.wait_for(
+            d.wait_for(lambda m: all(_probes(m, p) >= _probes(before, p) + 4 for p in PLATFORMS)),
+            30,
+        )
     finally:
         for sock in attackers:
             sock.close()
 
     assert answers == [200] * 20
-    for platform in ("heroku", "aws"):
-        # 200 ms probes for the 2+ seconds the attack lasted
-        assert _probes(after, platform) >= _probes(before, platform) + 5, platform
     assert _failures(after) == 0
     assert after["cutover_http_connection_limit"] == LIMIT
     assert after['cutover_http_connections_rejected_total{reason="limit"}'] >= 300 - LIMIT
