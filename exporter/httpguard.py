@@ -518,4 +518,7 @@ class GuardedSite(web.BaseSite):
 
     async def stop(self) -> None:
         self._bounds.close()
+        listener = self._server
         await super().stop()
+        if listener is not None:
+            await listener.wait_closed()

@@ -13,6 +13,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from exporter.config import parse_config
+from exporter.daemon import Daemon
+from exporter.web import start_server
 from tests.conftest import ROOT, DaemonProcess, FakePlatform, config_yaml, daemon_env, free_port
 
 Start = Callable[..., DaemonProcess]
@@ -210,6 +213,27 @@ async def test_a_head_not_sent_in_time_closes_the_connection(
     assert m['cutover_http_connections_rejected_total{reason="header_timeout"}'] == 6
     assert m['cutover_http_connections_rejected_total{reason="limit"}'] == 0
     assert "closed" in d.log() and "sent no complete request head within 0.3s" in d.log()
+
+
+async def test_cleanup_closes_the_port_and_every_connection() -> None:
+    """runner.cleanup() stops the guard's accept loop and closes every connection: silent ones,
+    those with half a head and idle keep-alive ones alike."""
+    cfg = parse_config(
+        config_yaml("http://127.0.0.1:1", "http://127.0.0.1:2"), env={"PROBE_SECRET": "s3cret"}
+    )
+    runner, port = await start_server(Daemon(cfg), "127.0.0.1", 0)
+    try:
+        headless = await _hold(port, 3, HALF_HEAD) + await _hold(port, 1, b"")
+        kept = await _hold(port, 1, FULL_HEAD)
+        # answered, and kept open for the next request
+        assert (await kept[0][0].readuntil(b"OK\n")).startswith(b"HTTP/1.1 200 OK")
+    finally:
+        await runner.cleanup()
+    for reader, writer in [*headless, *kept]:
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", port)
 
 
 @pytest.mark.parametrize(
