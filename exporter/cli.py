@@ -21,10 +21,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from exporter import __version__
-from exporter.config import Config, format_duration, load_config, parse_listen
+from exporter.config import Config, format_duration, load_config, parse_duration, parse_listen
 from exporter.daemon import Daemon, slack_settings
 from exporter.demo import run_demo
 from exporter.errors import ConfigError, StateDirError, UsageError
+from exporter.httpguard import DEFAULT_HEADER_TIMEOUT, Limits, raise_fd_limit
 from exporter.logs import setup_logging
 from exporter.slack import Notifier, SlackError
 from exporter.web import start_server
@@ -43,6 +44,15 @@ def _env_choice(name: str, choices: Sequence[str], default: str) -> str:
     if value not in choices:
         raise UsageError(f"{name}={value!r}: expected one of {', '.join(choices)}")
     return value
+
+
+def _env_bool(name: str) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise UsageError(f"{name}={value!r}: expected true or false")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run",
         action="store_true",
         help="never write to Route53: log and show what the shift plan would write",
+    )
+    run.add_argument(
+        "--reload-requires-token",
+        action="store_true",
+        default=None,
+        help="POST /-/reload needs the bearer token $CUTOVER_CONTROL_TOKEN, like shift control "
+        "(default: $CUTOVER_RELOAD_REQUIRES_TOKEN=true, else off, as Prometheus' lifecycle API)",
+    )
+    run.add_argument(
+        "--http-header-timeout",
+        default=None,
+        metavar="DURATION",
+        help="close a connection that has not sent a complete request head this long after "
+        "connecting; a control request's body must follow its head within as long "
+        "(default: $CUTOVER_HTTP_HEADER_TIMEOUT or "
+        f"{format_duration(DEFAULT_HEADER_TIMEOUT)})",
     )
     logging_flags(run)
     loop_flag(run)
@@ -221,9 +247,33 @@ def summary(cfg: Config, source: str) -> str:
     return "\n".join(lines)
 
 
-async def _serve(daemon: Daemon, host: str, port: int) -> int:
+def _header_timeout(args: argparse.Namespace) -> float:
+    value = args.http_header_timeout or os.environ.get("CUTOVER_HTTP_HEADER_TIMEOUT")
+    if not value:
+        return DEFAULT_HEADER_TIMEOUT
     try:
-        runner, bound = await start_server(daemon, host, port)
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise UsageError(f"--http-header-timeout: {exc}") from None
+    if seconds <= 0:
+        raise UsageError(f"--http-header-timeout: {value!r} must be greater than 0")
+    return seconds
+
+
+async def _serve(
+    daemon: Daemon,
+    host: str,
+    port: int,
+    *,
+    limits: Limits | None = None,
+    reload_requires_token: bool = False,
+) -> int:
+    # more descriptors for probes and connections alike; the HTTP server takes a quarter
+    raise_fd_limit()
+    try:
+        runner, bound = await start_server(
+            daemon, host, port, limits=limits, reload_requires_token=reload_requires_token
+        )
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", host, port, exc.strerror or exc)
         return EXIT_ERROR
@@ -268,10 +318,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     allow = args.allow_route53_writes
     if allow is None:
         allow = os.environ.get("CUTOVER_ALLOW_ROUTE53_WRITES", "").lower() in ("1", "true", "yes")
+    reload_token = args.reload_requires_token
+    if reload_token is None:
+        reload_token = _env_bool("CUTOVER_RELOAD_REQUIRES_TOKEN")
+    if reload_token and not os.environ.get("CUTOVER_CONTROL_TOKEN"):
+        raise UsageError(
+            "--reload-requires-token: set CUTOVER_CONTROL_TOKEN to the token POST /-/reload "
+            "must carry"
+        )
+    limits = Limits(header_timeout=_header_timeout(args))
 
     async def main() -> int:
         daemon = Daemon(cfg, config_path=path, allow_route53_writes=allow, dry_run=args.dry_run)
-        return await _serve(daemon, host, port)
+        return await _serve(daemon, host, port, limits=limits, reload_requires_token=reload_token)
 
     return _run(args, main)
 

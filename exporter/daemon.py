@@ -23,7 +23,7 @@ from exporter.collector import (
     expected_error_ratio,
 )
 from exporter.config import Check, Config, load_config, probe_spec
-from exporter.errors import ConfigError, CorruptStateFile
+from exporter.errors import ConfigError, CorruptStateFile, Refused
 from exporter.judge import JudgeSettings, judge
 from exporter.logs import REDACTOR
 from exporter.messages import Context, notifications, shift_notifications
@@ -209,6 +209,19 @@ class Daemon:
     @property
     def ready(self) -> bool:
         return bool(self._running) and all(r.state.probed for r in self._running.values())
+
+    def notifications_pending(self) -> int | None:
+        """Notifications not yet delivered to Slack; None without Slack."""
+        return self.notifier.pending() if self.notifier is not None else None
+
+    def shift_control(self, action: str, who: str, reason: str | None = None) -> str:
+        """A person's word on the shift plan (pause, resume, approve, rollback).
+
+        Raises Refused when it does not apply, or when no shift is configured.
+        """
+        if self.shift is None:
+            raise Refused("no shift section in the configuration")
+        return self.shift.control(action, who, reason)
 
     # -- lifecycle --------------------------------------------------------------------------
 

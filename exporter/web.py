@@ -8,22 +8,75 @@ import logging
 import math
 import os
 import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from html import escape
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from exporter import __version__
 from exporter.alerts import Incident, Phase
 from exporter.collector import View, expected_error_ratio
-from exporter.daemon import Daemon
+from exporter.errors import Refused
 from exporter.exposition import Scrape, render_checks
-from exporter.shift import Refused
+from exporter.httpguard import (
+    DEFAULT_HEADER_TIMEOUT,
+    KEEPALIVE_TIMEOUT,
+    Bounds,
+    GuardedSite,
+    Limits,
+)
 from exporter.state import CheckState, ratio
 
 log = logging.getLogger("cutover.web")
-DAEMON = web.AppKey("daemon", Daemon)
+
+
+class Backend(Protocol):
+    """What the web layer reads from the daemon, and the two things it asks of it.
+
+    `view()` is the snapshot a page or a scrape renders: the config in force, Route53, the
+    alerts and the shift plan, frozen; its check states are live and only read here.
+    """
+
+    @property
+    def registry(self) -> CollectorRegistry: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def started(self) -> float: ...
+
+    @property
+    def config_path(self) -> Path | None: ...
+
+    @property
+    def config_loaded_at(self) -> float: ...
+
+    @property
+    def last_reload_ok(self) -> bool: ...
+
+    def view(self) -> View: ...
+
+    def shift_checks(self) -> Sequence[str]: ...
+
+    def notifications_pending(self) -> int | None: ...
+
+    def reload(self) -> list[str]:
+        """Read the config file again; the problems that kept it out, if any."""
+        ...
+
+    def shift_control(self, action: str, who: str, reason: str | None) -> str:
+        """A person's word on the shift plan; raises Refused when it does not apply."""
+        ...
+
+
+BACKEND: web.AppKey[Backend] = web.AppKey("backend")
 # /metrics renders for at most this long before it lets the probes in flight run
 SCRAPE_SLICE_SECONDS = 0.0005
 SCRAPE_WRITE_BYTES = 1 << 16
@@ -70,13 +123,13 @@ def route53_data(view: View) -> dict[str, Any] | None:
     return {"last_success": snap.last_success, "errors": dict(snap.errors), "records": records}
 
 
-def status_data(daemon: Daemon) -> dict[str, Any]:
+def status_data(backend: Backend) -> dict[str, Any]:
     """The status page's data. Never includes headers, tokens or other configured secrets."""
-    cfg = daemon.config
-    view = daemon.view()
+    view = backend.view()
+    cfg = view.config
     now = view.now
     checks = []
-    for state in daemon.checks():
+    for state in view.checks:
         check = cfg.check(state.name)
         platforms: dict[str, Any] = {}
         stats = {}
@@ -140,12 +193,12 @@ def status_data(daemon: Daemon) -> dict[str, Any]:
         )
     return {
         "version": __version__,
-        "ready": daemon.ready,
-        "started": daemon.started,
+        "ready": backend.ready,
+        "started": backend.started,
         "config": {
-            "file": str(daemon.config_path) if daemon.config_path else None,
-            "loaded": daemon.config_loaded_at,
-            "last_reload_successful": daemon.last_reload_ok,
+            "file": str(backend.config_path) if backend.config_path else None,
+            "loaded": backend.config_loaded_at,
+            "last_reload_successful": backend.last_reload_ok,
         },
         "baseline": cfg.baseline,
         "candidate": cfg.candidate,
@@ -158,8 +211,8 @@ def status_data(daemon: Daemon) -> dict[str, Any]:
         "checks": checks,
         "route53": route53_data(view),
         "alerts": [_incident_data(i) for i in view.alerts],
-        "shift": shift_data(daemon),
-        "notifications_pending": daemon.notifier.pending() if daemon.notifier else None,
+        "shift": shift_data(backend, view),
+        "notifications_pending": backend.notifications_pending(),
     }
 
 
@@ -193,8 +246,8 @@ def _x(value: float | None) -> str:
     return "–" if value is None or math.isnan(value) else f"{value:.2f}x"
 
 
-def _check_table(daemon: Daemon, view: View, state: CheckState) -> str:
-    cfg = daemon.config
+def _check_table(view: View, state: CheckState) -> str:
+    cfg = view.config
     now = view.now
     order = [cfg.baseline, cfg.candidate]
     series = [state.series[p] for p in order if p in state.series]
@@ -331,8 +384,8 @@ def _route53_html(view: View) -> str:
     return "".join(parts)
 
 
-def _shift_html(daemon: Daemon) -> str:
-    data = shift_data(daemon)
+def _shift_html(backend: Backend, view: View) -> str:
+    data = shift_data(backend, view)
     if data is None:
         return ""
     steps = " → ".join(
@@ -388,15 +441,15 @@ def _alerts_html(view: View) -> str:
     )
 
 
-def status_html(daemon: Daemon) -> str:
-    cfg = daemon.config
-    view = daemon.view()
-    tables = "".join(_check_table(daemon, view, state) for state in view.checks)
-    tables = _alerts_html(view) + _shift_html(daemon) + _route53_html(view) + tables
-    ready = "ready" if daemon.ready else "starting: not every check has been probed yet"
+def status_html(backend: Backend) -> str:
+    view = backend.view()
+    cfg = view.config
+    tables = "".join(_check_table(view, state) for state in view.checks)
+    tables = _alerts_html(view) + _shift_html(backend, view) + _route53_html(view) + tables
+    ready = "ready" if backend.ready else "starting: not every check has been probed yet"
     reload_note = (
         ""
-        if daemon.last_reload_ok
+        if backend.last_reload_ok
         else "<p class='bad'>The last reload failed: the previous configuration is in force "
         "(see the log).</p>"
     )
@@ -421,13 +474,13 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     Rendering 1000 checks takes tens of milliseconds; the loop is given back every
     SCRAPE_SLICE_SECONDS so that probes in flight keep their timing (bench/probe measures it).
     """
-    daemon = request.app[DAEMON]
+    backend = request.app[BACKEND]
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     openmetrics = content_type.startswith("application/openmetrics-text")
-    head = encoder(daemon.registry)
+    head = encoder(backend.registry)
     if openmetrics:
         head = head.removesuffix(b"# EOF\n")  # written once, after the streamed families
-    view = daemon.view()
+    view = backend.view()
     cfg = view.config
     scrape = Scrape(
         baseline=cfg.baseline,
@@ -465,11 +518,11 @@ async def metrics(request: web.Request) -> web.StreamResponse:
 
 
 async def index(request: web.Request) -> web.Response:
-    return web.Response(text=status_html(request.app[DAEMON]), content_type="text/html")
+    return web.Response(text=status_html(request.app[BACKEND]), content_type="text/html")
 
 
 async def api_status(request: web.Request) -> web.Response:
-    return web.json_response(status_data(request.app[DAEMON]))
+    return web.json_response(status_data(request.app[BACKEND]))
 
 
 async def healthy(request: web.Request) -> web.Response:
@@ -477,70 +530,180 @@ async def healthy(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    if request.app[DAEMON].ready:
+    if request.app[BACKEND].ready:
         return web.Response(text="ready\n")
     return web.Response(status=503, text="not ready: not every check has been probed yet\n")
 
 
+CONTROL_TOKEN = web.AppKey("control_token", str)
+RELOAD_REQUIRES_TOKEN = web.AppKey("reload_requires_token", bool)
+# a control body is a few dozen bytes; it must arrive whole within the request head's deadline
+CONTROL_BODY_MAX = 64 * 1024
+BODY_TIMEOUT = web.AppKey("body_timeout", float)
+
+
+def _token_problem(request: web.Request) -> tuple[int, str] | None:
+    """Why the request may not control the daemon, or None when its bearer token is right."""
+    token = request.app[CONTROL_TOKEN]
+    if not token:
+        return 403, "control is disabled: start the daemon with CUTOVER_CONTROL_TOKEN set"
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        return 401, "a valid bearer token is required"
+    return None
+
+
+def _unauthorized(status: int) -> dict[str, str]:
+    return {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+
+
 async def reload(request: web.Request) -> web.Response:
-    problems = request.app[DAEMON].reload()
+    if request.app[RELOAD_REQUIRES_TOKEN] and (problem := _token_problem(request)):
+        status, text = problem
+        return web.Response(status=status, text=text + "\n", headers=_unauthorized(status))
+    problems = request.app[BACKEND].reload()
     if problems:
         text = "reload refused, the running configuration stays in force:\n" + "\n".join(problems)
         return web.Response(status=500, text=text + "\n")
     return web.Response(text="reloaded\n")
 
 
-CONTROL_TOKEN = web.AppKey("control_token", str)
-
-
-def shift_data(daemon: Daemon) -> dict[str, Any] | None:
-    if daemon.shift is None:
+def shift_data(backend: Backend, view: View) -> dict[str, Any] | None:
+    if view.shift is None:
         return None
-    status = daemon.shift.plan.status(time.time())
-    data = status.to_dict()
-    data["guarded_by"] = daemon.shift_checks()
-    data["changes"] = dict(daemon.shift.changes)
+    data = view.shift.status.to_dict()
+    data["guarded_by"] = list(backend.shift_checks())
+    data["changes"] = dict(view.shift.changes)
     return data
 
 
 async def api_shift(request: web.Request) -> web.Response:
-    data = shift_data(request.app[DAEMON])
+    backend = request.app[BACKEND]
+    data = shift_data(backend, backend.view())
     if data is None:
         return web.json_response({"error": "no shift section in the configuration"}, status=404)
     return web.json_response({"shift": data})
 
 
-async def shift_control(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON]
-    token = request.app[CONTROL_TOKEN]
-    if not token:
-        return web.json_response(
-            {"error": "control is disabled: start the daemon with CUTOVER_CONTROL_TOKEN set"},
-            status=403,
+@dataclass(frozen=True, slots=True)
+class ControlBody:
+    """A shift control request's body: who asks and why, both optional."""
+
+    __pydantic_config__ = ConfigDict(strict=True, extra="forbid")
+    who: str | None = None
+    reason: str | None = None
+
+
+# pydantic's JSON parser refuses deep nesting with an error, where json.loads recurses
+CONTROL_BODY = TypeAdapter(ControlBody)
+
+
+def _body_problems(exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors(include_url=False):
+        kind, msg = err["type"], err["msg"]
+        where = ".".join(str(part) for part in err["loc"])
+        if kind == "json_invalid":
+            detail = msg.removeprefix("Invalid JSON: ")
+            if "recursion limit" in detail:
+                problems.append(f"JSON nested too deep ({detail})")
+            else:
+                problems.append(f"not JSON ({detail})")
+        elif kind in ("dataclass_type", "model_type", "dict_type"):
+            problems.append(
+                'not a JSON object: send {"who": "...", "reason": "..."}, both optional'
+            )
+        elif kind in ("unexpected_keyword_argument", "extra_forbidden"):
+            problems.append(f"{where}: unknown key (expected who and reason)")
+        elif kind == "string_type":
+            problems.append(f"{where}: must be a string")
+        else:
+            problems.append(f"{where}: {msg}")
+    return "; ".join(problems)
+
+
+async def _control_body(request: web.Request) -> ControlBody | web.Response:
+    """The parsed body, or the answer to a body that is late, too large or malformed."""
+    if not request.can_read_body:
+        return ControlBody()
+    deadline = request.app[BODY_TIMEOUT]
+    try:
+        async with asyncio.timeout(deadline):
+            raw = await request.read()
+    except TimeoutError:
+        late = web.json_response(
+            {"error": f"the request body did not arrive within {deadline:g}s"}, status=408
         )
-    given = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-        return web.json_response({"error": "a valid bearer token is required"}, status=401)
-    if daemon.shift is None:
+        late.force_close()
+        return late
+    except web.HTTPRequestEntityTooLarge:
+        return web.json_response(
+            {"error": f"the request body is over {CONTROL_BODY_MAX} bytes"}, status=413
+        )
+    try:
+        return CONTROL_BODY.validate_json(raw)
+    except ValidationError as exc:
+        return web.json_response({"error": f"bad request body: {_body_problems(exc)}"}, status=400)
+
+
+async def shift_control(request: web.Request) -> web.Response:
+    backend = request.app[BACKEND]
+    if problem := _token_problem(request):
+        status, text = problem
+        return web.json_response({"error": text}, status=status, headers=_unauthorized(status))
+    if backend.view().shift is None:
         return web.json_response({"error": "no shift section in the configuration"}, status=404)
     action = request.match_info["action"]
+    body = await _control_body(request)
+    if isinstance(body, web.Response):
+        return body
+    who = (body.who or request.remote or "api")[:64]
+    reason = body.reason[:200] if body.reason else None
     try:
-        body = await request.json() if request.can_read_body else {}
-    except ValueError:
-        body = {}
-    who = str(body.get("who") or request.remote or "api")[:64] if isinstance(body, dict) else "api"
-    reason = body.get("reason") if isinstance(body, dict) else None
-    try:
-        result = daemon.shift.control(action, who, str(reason)[:200] if reason else None)
+        result = backend.shift_control(action, who, reason)
     except Refused as exc:
-        return web.json_response({"error": str(exc), "shift": shift_data(daemon)}, status=409)
-    return web.json_response({"result": f"{action}: {result}", "shift": shift_data(daemon)})
+        data = shift_data(backend, backend.view())
+        return web.json_response({"error": str(exc), "shift": data}, status=409)
+    data = shift_data(backend, backend.view())
+    return web.json_response({"result": f"{action}: {result}", "shift": data})
 
 
-def build_app(daemon: Daemon) -> web.Application:
-    app = web.Application()
-    app[DAEMON] = daemon
-    app[CONTROL_TOKEN] = os.environ.get("CUTOVER_CONTROL_TOKEN", "")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def no_tracebacks(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A handler's unexpected exception is one logged error and a plain 500, never aiohttp's."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise  # aiohttp's own answers: 404, 405, 413
+    except ConnectionError:
+        log.debug("%s %s: the client went away", request.method, request.path)
+        return web.Response(status=500)
+    except Exception as exc:
+        if request.writer.output_size:
+            raise  # the response has begun: only closing the connection tells the client
+        log.exception("%s %s failed unexpectedly", request.method, request.path)
+        return web.json_response(
+            {"error": f"internal error ({type(exc).__name__}); the daemon's log says more"},
+            status=500,
+        )
+
+
+def build_app(
+    backend: Backend, *, reload_requires_token: bool = False, bounds: Bounds | None = None
+) -> web.Application:
+    """The routes; with `bounds`, a request body must arrive within their header timeout."""
+    token = os.environ.get("CUTOVER_CONTROL_TOKEN", "")
+    if reload_requires_token and not token:
+        raise ValueError("reload requires a token, and CUTOVER_CONTROL_TOKEN is not set")
+    middlewares = [no_tracebacks] if bounds is None else [bounds.middleware, no_tracebacks]
+    app = web.Application(middlewares=middlewares, client_max_size=CONTROL_BODY_MAX)
+    app[BACKEND] = backend
+    app[CONTROL_TOKEN] = token
+    app[RELOAD_REQUIRES_TOKEN] = reload_requires_token
+    app[BODY_TIMEOUT] = bounds.header_timeout if bounds is not None else DEFAULT_HEADER_TIMEOUT
     app.router.add_get("/", index)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/v1/status", api_status)
@@ -552,15 +715,35 @@ def build_app(daemon: Daemon) -> web.Application:
     return app
 
 
-async def start_server(daemon: Daemon, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Listen on host:port (port 0: any free one); returns the runner and the bound port."""
-    runner = web.AppRunner(build_app(daemon), access_log=None, handle_signals=False)
+async def start_server(
+    backend: Backend,
+    host: str,
+    port: int,
+    *,
+    limits: Limits | None = None,
+    reload_requires_token: bool = False,
+) -> tuple[web.AppRunner, int]:
+    """Listen on host:port (port 0: any free one); returns the runner and the bound port.
+
+    Every connection goes through the bounds of `limits` (see httpguard); runner.cleanup()
+    stops listening and closes every connection.
+    """
+    bounds = Bounds(limits or Limits(), backend.registry)
+    app = build_app(backend, reload_requires_token=reload_requires_token, bounds=bounds)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, keepalive_timeout=KEEPALIVE_TIMEOUT
+    )
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = GuardedSite(runner, host, port, bounds)
     try:
         await site.start()
     except OSError:
         await runner.cleanup()
         raise
     bound: int = runner.addresses[0][1]
+    log.debug(
+        "HTTP: at most %d connections, a first request head within %gs",
+        bounds.limit,
+        bounds.header_timeout,
+    )
     return runner, bound
