@@ -25,7 +25,12 @@ from exporter.config import Config, format_duration, load_config, parse_duration
 from exporter.daemon import Daemon, slack_settings
 from exporter.demo import run_demo
 from exporter.errors import ConfigError, StateDirError, UsageError
-from exporter.httpguard import DEFAULT_HEADER_TIMEOUT, Limits, raise_fd_limit
+from exporter.httpguard import (
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_WRITE_TIMEOUT,
+    Limits,
+    raise_fd_limit,
+)
 from exporter.logs import setup_logging
 from exporter.slack import Notifier, SlackError
 from exporter.web import start_server
@@ -121,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
         "connecting; a control request's body must follow its head within as long "
         "(default: $CUTOVER_HTTP_HEADER_TIMEOUT or "
         f"{format_duration(DEFAULT_HEADER_TIMEOUT)})",
+    )
+    run.add_argument(
+        "--http-write-timeout",
+        default=None,
+        metavar="DURATION",
+        help="abort a connection whose client has read nothing of an answer for this long "
+        "(default: $CUTOVER_HTTP_WRITE_TIMEOUT or "
+        f"{format_duration(DEFAULT_WRITE_TIMEOUT)})",
     )
     logging_flags(run)
     loop_flag(run)
@@ -247,16 +260,16 @@ def summary(cfg: Config, source: str) -> str:
     return "\n".join(lines)
 
 
-def _header_timeout(args: argparse.Namespace) -> float:
-    value = args.http_header_timeout or os.environ.get("CUTOVER_HTTP_HEADER_TIMEOUT")
+def _duration_flag(given: str | None, flag: str, env: str, default: float) -> float:
+    value = given or os.environ.get(env)
     if not value:
-        return DEFAULT_HEADER_TIMEOUT
+        return default
     try:
         seconds = parse_duration(value)
     except ValueError as exc:
-        raise UsageError(f"--http-header-timeout: {exc}") from None
+        raise UsageError(f"{flag}: {exc}") from None
     if seconds <= 0:
-        raise UsageError(f"--http-header-timeout: {value!r} must be greater than 0")
+        raise UsageError(f"{flag}: {value!r} must be greater than 0")
     return seconds
 
 
@@ -326,7 +339,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             "--reload-requires-token: set CUTOVER_CONTROL_TOKEN to the token POST /-/reload "
             "must carry"
         )
-    limits = Limits(header_timeout=_header_timeout(args))
+    limits = Limits(
+        header_timeout=_duration_flag(
+            args.http_header_timeout,
+            "--http-header-timeout",
+            "CUTOVER_HTTP_HEADER_TIMEOUT",
+            DEFAULT_HEADER_TIMEOUT,
+        ),
+        write_timeout=_duration_flag(
+            args.http_write_timeout,
+            "--http-write-timeout",
+            "CUTOVER_HTTP_WRITE_TIMEOUT",
+            DEFAULT_WRITE_TIMEOUT,
+        ),
+    )
 
     async def main() -> int:
         daemon = Daemon(cfg, config_path=path, allow_route53_writes=allow, dry_run=args.dry_run)

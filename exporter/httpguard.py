@@ -8,6 +8,9 @@ probe. `GuardedSite` serves aiohttp's handlers from its own accept loop, each be
 - a connection that has not sent a complete first request head within `header_timeout` of
   connecting is closed (idle keep-alive connections, and a later head sent slowly, are aiohttp's
   own `keepalive_timeout`'s job);
+- a connection whose client stops reading an answer (the transport's buffer stays full for
+  `write_timeout`) is aborted: its handler would otherwise wait on it forever, busy, and
+  neither the header timeout nor the eviction of idle connections would ever free its slot;
 - at most `limit` connections are open (a quarter of the open-files limit, at most 512: the
   rest is the probes' reserve). A new connection beyond it evicts the oldest one still without a
   request head (a real client sends its head within milliseconds: half-sent heads held open are
@@ -37,13 +40,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 log = logging.getLogger("cutover.web")
 
 DEFAULT_HEADER_TIMEOUT = 10.0
+# a scrape of thousands of checks is megabytes: a reader this slow is not reading at all
+DEFAULT_WRITE_TIMEOUT = 30.0
 # aiohttp closes idle keep-alive connections after this (its default is an hour)
 KEEPALIVE_TIMEOUT = 15.0
 MAX_CONNECTIONS = 512
 # connections may take this share of the descriptors; the rest is the probes' reserve
 CONNECTION_SHARE = 4
 WARN_EVERY = 60.0
-REASONS = ("header_timeout", "limit")
+REASONS = ("header_timeout", "limit", "write_timeout")
 # connections accepted per wake-up of a listening socket: other callbacks run in between
 ACCEPT_BATCH = 16
 # accept() out of descriptors or memory: try again after this, as asyncio's own loop does
@@ -77,6 +82,7 @@ def connection_limit(soft_fd_limit: int | None = None) -> int:
 @dataclass(frozen=True, slots=True)
 class Limits:
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    write_timeout: float = DEFAULT_WRITE_TIMEOUT
     max_connections: int | None = None  # None: derived from the open-files limit
 
 
@@ -88,6 +94,7 @@ class Bounds:
             limits.max_connections if limits.max_connections is not None else connection_limit()
         )
         self.header_timeout = limits.header_timeout
+        self.write_timeout = limits.write_timeout
         self.fds = 0  # accepted and not yet released, those being closed included
         self._closing = 0  # closed by a bound, descriptor not yet released
         # made and not closed: insertion order is connection order, so the first one
@@ -96,7 +103,9 @@ class Bounds:
         self._headless: dict[Guard, None] = {}
         self._by_transport: dict[object, Guard] = {}
         self._waiting: list[Callable[[], None]] = []
-        self._counts = {"evicted": 0, "evicted_idle": 0, "refused": 0, "header_timeout": 0}
+        self._counts = {
+            "evicted": 0, "evicted_idle": 0, "refused": 0, "header_timeout": 0, "write_timeout": 0
+        }  # fmt: skip
         self._last_warning: float | None = None
         self._flush: asyncio.TimerHandle | None = None
         self.connections = Gauge(
@@ -114,7 +123,7 @@ class Bounds:
         self.rejected = Counter(
             "cutover_http_connections_rejected_total",
             "HTTP connections closed by a bound: header_timeout (no complete request head in "
-            "time), limit (too many connections).",
+            "time), limit (too many connections), write_timeout (the client stopped reading).",
             ["reason"],
             registry=registry,
         )
@@ -174,6 +183,10 @@ class Bounds:
     def header_timeout_hit(self, guard: Guard) -> None:
         self._note("header_timeout", "header_timeout")
         guard.close()
+
+    def write_timeout_hit(self, guard: Guard) -> None:
+        self._note("write_timeout", "write_timeout")
+        guard.close(abort=True)
 
     def closing(self, guard: Guard) -> None:
         self._closing += 1
@@ -240,6 +253,11 @@ class Bounds:
                 f"closed {c['header_timeout']} connection(s) that sent no complete request head "
                 f"within {self.header_timeout:g}s"
             )
+        if c["write_timeout"]:
+            parts.append(
+                f"aborted {c['write_timeout']} connection(s) whose client read nothing of an "
+                f"answer for {self.write_timeout:g}s"
+            )
         if not parts:
             return
         self._last_warning = asyncio.get_running_loop().time()
@@ -260,6 +278,7 @@ class Guard(asyncio.Protocol):
         "_bounds",
         "_inner",
         "_make",
+        "_stall",
         "_tail",
         "_timer",
         "busy",
@@ -273,6 +292,7 @@ class Guard(asyncio.Protocol):
         self._bounds = bounds
         self._inner: asyncio.Protocol | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._stall: asyncio.TimerHandle | None = None  # armed while writing is paused
         self._tail: bytes | None = b""  # None once the first head is complete
         self.transport: asyncio.Transport | None = None
         self.busy = 0
@@ -320,32 +340,54 @@ class Guard(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
 
-    def close(self) -> None:
-        """Close this connection for a bound; the handler hears connection_lost."""
+    def close(self, abort: bool = False) -> None:
+        """Close this connection for a bound; the handler hears connection_lost.
+
+        `abort` drops what is still buffered: a client that stopped reading would hold a plain
+        close (which flushes first) open for ever.
+        """
         if self.closed_by_bound or self.transport is None:
             return
         self.closed_by_bound = True
         self._cancel_timer()
         self._bounds.closing(self)
-        self.transport.close()
+        if abort:
+            self.transport.abort()
+        else:
+            self.transport.close()
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received() if self._inner is not None else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
+        self._cancel_stall()
         self._bounds.lost(self)
         if self._inner is not None:
             self._inner.connection_lost(exc)
             self._inner = None
 
     def pause_writing(self) -> None:
+        # the client reads slower than the answer comes: fine for a while, not for ever
+        if self._stall is None and not self.closed_by_bound:
+            loop = asyncio.get_running_loop()
+            self._stall = loop.call_later(self._bounds.write_timeout, self._stalled)
         if self._inner is not None:
             self._inner.pause_writing()
 
     def resume_writing(self) -> None:
+        self._cancel_stall()
         if self._inner is not None:
             self._inner.resume_writing()
+
+    def _stalled(self) -> None:
+        self._stall = None
+        self._bounds.write_timeout_hit(self)
+
+    def _cancel_stall(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
 
 
 async def listening_sockets(host: str, port: int, backlog: int) -> list[socket.socket]:

@@ -253,3 +253,28 @@ def test_a_bad_header_timeout_is_a_usage_error(tmp_path: Path, value: str, probl
         f"--http-header-timeout: invalid duration {value!r}" in r.stderr
     )
     assert problem in r.stderr
+
+
+async def test_a_client_that_stops_reading_is_aborted(
+    platforms: tuple[FakePlatform, FakePlatform], start_daemon: Start
+) -> None:
+    """--http-write-timeout (here from CUTOVER_HTTP_WRITE_TIMEOUT): a scraper that asks and
+    never reads would hold its handler, busy and never evicted, for ever."""
+    baseline, candidate = platforms
+    d = start_daemon(config_yaml(baseline.url, candidate.url), CUTOVER_HTTP_WRITE_TIMEOUT="1s")
+    await d.wait_ready()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a tiny window, and no reads
+    sock.connect(("127.0.0.1", d.port))
+    sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: cutover\r\n\r\n" * 500)
+    try:
+        m = await d.wait_for(
+            lambda m: m.get('cutover_http_connections_rejected_total{reason="write_timeout"}') == 1,
+            timeout=30,
+        )
+        assert m['cutover_http_connections_rejected_total{reason="limit"}'] == 0
+        assert (await d.get("/-/healthy"))[0] == 200
+        assert "aborted 1 connection(s) whose client read nothing of an answer for 1s" in d.log()
+    finally:
+        sock.close()
+    assert d.stop() == 0
