@@ -8,7 +8,14 @@ syscalls and one task wake-up (bench/probe measures it against blackbox_exporter
 through ``loop.create_connection`` with a small protocol and ``loop.start_tls``. Every
 timestamp is taken where the socket event happens, so the five phases add up to the duration,
 also for a probe that fails part-way (the phase it failed in runs to the moment of failure,
-later phases are 0).
+later phases are 0). Responses are parsed by llhttp (httptools), strictly: what it refuses is
+an "error", never guessed at. ``Accept-Encoding: identity`` is asked unless the spec's headers
+set one, since a body_regex runs on the bytes as they come.
+
+body_regex runs on RE2 (google-re2), in time linear in the body; ``compile_body_regex``
+refuses what RE2 cannot run (backreferences, lookaround) and patterns over 1000 instructions.
+Small bodies are searched on the event loop, larger ones in a thread of the prober's own (see
+``_INLINE_STEPS``), so that no body holds the loop for more than about 2 ms.
 
 Failure reasons (``ProbeResult.reason``), in the order a probe can meet them::
 
@@ -18,14 +25,18 @@ Failure reasons (``ProbeResult.reason``), in the order a probe can meet them::
                   lookup (RFC 6761 section 6.4)
     "connect" ... TCP connect refused, reset or unreachable on every resolved address
     "tls" ....... TLS handshake failed: certificate untrusted, expired or for another name,
-                  no common protocol, or the peer closed or reset during the handshake
+                  no common protocol, or the peer closed or reset during the handshake;
+                  after a failed verification tls_expiry is still the served certificate's,
+                  read by one more, unverified handshake (reused for a minute per server)
     "timeout" ... the whole-probe deadline (ProbeSpec.timeout) passed; detail names the
                   phase it passed in (resolve, connect, tls, processing, transfer)
     "status" .... a complete response with an unexpected status code (a 3xx too: redirects
                   are not followed, as one could leave the platform for the public name)
     "body" ...... the expected status, but body_regex is not in the first body_cap bytes
-    "error" ..... anything else once connected: reset or close mid-response, a malformed
-                  status line, head or chunked framing, and any unforeseen exception
+    "error" ..... anything else once connected: reset or close before the response is
+                  complete ("connection closed after N body bytes"), a response llhttp
+                  refuses ("malformed response: <llhttp's words>"), more than 10 interim
+                  (1xx) responses, response heads over 64 KiB, and any unforeseen exception
 
 Test seam: ``Prober(ssl_context=...)`` replaces the verifying TLS context (the one used when
 ``tls_skip_verify`` is false), e.g. a context trusting a test CA. It is used as given.
