@@ -339,16 +339,17 @@ class _Exchange(asyncio.Protocol):
     Plain http runs on the socket itself: the loop calls ``_readable`` and ``_writable`` (a
     ``recv``/``send`` each), with no transport, stream or task in between. https needs a
     transport for ``start_tls``, so there the same object serves as the transport's protocol.
-    The response is parsed by llhttp (httptools), which calls back ``on_header``,
-    ``on_headers_complete``, ``on_body`` and ``on_message_complete``; a callback that has
+    The response is parsed by llhttp (httptools), which calls back ``on_headers_complete``,
+    ``on_body`` and ``on_message_complete`` (no ``on_header``: a Python call per header
+    would cost more than the rest of the parsing); a callback that has
     seen enough raises ``_Stop``, which ends llhttp's work on the bytes at hand at once.
     """
 
     __slots__ = (
         "_cap",
-        "_framed",
         "_head_only",
         "_head_room",
+        "_heads",
         "_interim",
         "_loop",
         "_out",
@@ -388,7 +389,7 @@ class _Exchange(asyncio.Protocol):
         self._head_only = head_only
         self._state = _HEAD
         self._head_room = _MAX_HEAD  # bytes the heads may still take
-        self._framed = False  # Content-Length or chunked: else the body ends at the close
+        self._heads: list[bytes] = []  # what came while in the heads, for _framed at a close
         self._interim = 0
         self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._out = b""  # what send() has not taken yet
@@ -479,6 +480,7 @@ class _Exchange(asyncio.Protocol):
             if state == _HEAD:
                 if not self.t_first:
                     self.t_first = _now()
+                self._heads.append(data)
                 room = self._head_room
                 if len(data) > room:
                     # the heads must end within their first 64 KiB: feed no more before they do
@@ -514,16 +516,6 @@ class _Exchange(asyncio.Protocol):
 
     # -- llhttp's callbacks
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        # Only the framing matters to a probe: with none, the body ends at the close
-        # (RFC 9112 6.3); llhttp itself refuses Content-Length with Transfer-Encoding.
-        n = len(name)
-        if n == 14:
-            if name.lower() == b"content-length":
-                self._framed = True
-        elif n == 17 and name.lower() == b"transfer-encoding":
-            self._framed = value.rpartition(b",")[2].strip().lower() == b"chunked"
-
     def on_headers_complete(self) -> None:
         parser = self._parser
         if self._state != _HEAD or parser is None:
@@ -531,7 +523,6 @@ class _Exchange(asyncio.Protocol):
         status = parser.get_status_code()
         if status < 200 and status != 101:
             # interim (100 Continue, 103 Early Hints): the final head follows
-            self._framed = False
             self._interim += 1
             if self._interim > _MAX_INTERIM:
                 self._fail(f"more than {_MAX_INTERIM} interim (1xx) responses")
@@ -578,7 +569,7 @@ class _Exchange(asyncio.Protocol):
         state = self._state
         if state == _DONE:
             return
-        if state == _BODY and exc is None and not self._framed:
+        if state == _BODY and exc is None and not self._framed():
             self._finish()  # a body delimited by the close: complete
             return
         if exc is None:
@@ -592,6 +583,33 @@ class _Exchange(asyncio.Protocol):
         else:
             where = f"after {self.body_len} body bytes"
         self._fail(f"connection {how} {where}")
+
+    def _framed(self) -> bool:
+        """Whether the final head gave the body a length: Content-Length or chunked.
+
+        Asked only when the connection closes mid-body, so it reads the heads again rather
+        than have llhttp call back for every header of every probe (a third of its cost).
+        llhttp has checked them: CRLF lines, no folding, never both framings.
+        """
+        heads = b"".join(self._heads)
+        start = 0
+        while True:  # past the interim heads: they have no body, the next head follows
+            end = heads.find(b"\r\n\r\n", start)
+            if end < 0:
+                return True  # cannot be: llhttp saw the final head end
+            status = heads[start : heads.find(b"\r\n", start)].split(b" ", 2)[1]
+            if status[:1] != b"1" or status == b"101":
+                break
+            start = end + 4
+        framed = False
+        for line in heads[start:end].split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            name = name.lower()
+            if name == b"content-length":
+                framed = True
+            elif name == b"transfer-encoding":  # RFC 9112 6.3: chunked only if last
+                framed = value.rpartition(b",")[2].strip().lower() == b"chunked"
+        return framed
 
     def close(self) -> None:
         self._state = _DONE
