@@ -521,7 +521,7 @@ class _Exchange(asyncio.Protocol):
         if self._state != _HEAD or parser is None:
             raise _Stop  # a response after the final one
         status = parser.get_status_code()
-        if status < 200 and status != 101:
+        if 100 <= status < 200 and status != 101:
             # interim (100 Continue, 103 Early Hints): the final head follows
             self._interim += 1
             if self._interim > _MAX_INTERIM:
@@ -946,8 +946,8 @@ class Prober:
             ssl_object = transport.get_extra_info("ssl_object")
             if ssl_object is not None:
                 expiry = self._expiry(ssl_object.getpeercert(True))
-        except (OSError, TimeoutError):
-            pass  # no certificate to read: the probe's own failure says enough
+        except Exception:  # best effort: the probe's own failure says enough
+            expiry = None
         finally:
             if transport is not None:
                 transport.abort()
