@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from exporter.errors import ConfigError
-from exporter.probe import ProbeSpec
+from exporter.probe import ProbeSpec, compile_body_regex
 from exporter.route53 import normalize_name
 
 NAME_RE = re.compile(r"^[a-z0-9_-]+$")
@@ -162,10 +162,7 @@ class Expect(_Model):
     @classmethod
     def _regex(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression: {exc}") from None
+            compile_body_regex(value)  # the prober's own compile: what loads is what probes run
         return value
 
 
@@ -455,7 +452,7 @@ def probe_spec(platform: Platform, check: Check) -> ProbeSpec:
         tls_skip_verify=platform.tls_skip_verify,
         timeout=check.timeout,
         expect_status=frozenset(expect.status) if expect.status is not None else None,
-        body_regex=re.compile(expect.body_regex.encode()) if expect.body_regex else None,
+        body_regex=expect.body_regex or None,
     )
 
 

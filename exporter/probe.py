@@ -8,7 +8,14 @@ syscalls and one task wake-up (bench/probe measures it against blackbox_exporter
 through ``loop.create_connection`` with a small protocol and ``loop.start_tls``. Every
 timestamp is taken where the socket event happens, so the five phases add up to the duration,
 also for a probe that fails part-way (the phase it failed in runs to the moment of failure,
-later phases are 0).
+later phases are 0). Responses are parsed by llhttp (httptools), strictly: what it refuses is
+an "error", never guessed at. ``Accept-Encoding: identity`` is asked unless the spec's headers
+set one, since a body_regex runs on the bytes as they come.
+
+body_regex runs on RE2 (google-re2), in time linear in the body; ``compile_body_regex``
+refuses what RE2 cannot run (backreferences, lookaround) and patterns over 1000 instructions.
+Small bodies are searched on the event loop, larger ones in a thread of the prober's own (see
+``_INLINE_STEPS``), so that no body holds the loop for more than about 2 ms.
 
 Failure reasons (``ProbeResult.reason``), in the order a probe can meet them::
 
@@ -18,14 +25,18 @@ Failure reasons (``ProbeResult.reason``), in the order a probe can meet them::
                   lookup (RFC 6761 section 6.4)
     "connect" ... TCP connect refused, reset or unreachable on every resolved address
     "tls" ....... TLS handshake failed: certificate untrusted, expired or for another name,
-                  no common protocol, or the peer closed or reset during the handshake
+                  no common protocol, or the peer closed or reset during the handshake;
+                  after a failed verification tls_expiry is still the served certificate's,
+                  read by one more, unverified handshake (reused for a minute per server)
     "timeout" ... the whole-probe deadline (ProbeSpec.timeout) passed; detail names the
                   phase it passed in (resolve, connect, tls, processing, transfer)
     "status" .... a complete response with an unexpected status code (a 3xx too: redirects
                   are not followed, as one could leave the platform for the public name)
     "body" ...... the expected status, but body_regex is not in the first body_cap bytes
-    "error" ..... anything else once connected: reset or close mid-response, a malformed
-                  status line, head or chunked framing, and any unforeseen exception
+    "error" ..... anything else once connected: reset or close before the response is
+                  complete ("connection closed after N body bytes"), a response llhttp
+                  refuses ("malformed response: <llhttp's words>"), more than 10 interim
+                  (1xx) responses, response heads over 64 KiB, and any unforeseen exception
 
 Test seam: ``Prober(ssl_context=...)`` replaces the verifying TLS context (the one used when
 ``tls_skip_verify`` is false), e.g. a context trusting a test CA. It is used as given.
@@ -42,27 +53,92 @@ import re
 import socket
 import ssl
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
+
+import httptools
+import re2  # type: ignore[import-untyped]  # google-re2 ships no type hints
 
 from exporter import __version__
 
-__all__ = ["PHASES", "REASONS", "ProbeResult", "ProbeSpec", "Prober"]
+__all__ = ["PHASES", "REASONS", "ProbeResult", "ProbeSpec", "Prober", "compile_body_regex"]
 
 PHASES = ("resolve", "connect", "tls", "processing", "transfer")
 REASONS = ("timeout", "connect", "tls", "dns", "status", "body", "error")
 
 _now = time.perf_counter
-_MAX_HEAD = 64 * 1024  # a health check's response head is tiny; more is garbage or hostile
-_MAX_CHUNK_LINE = 4096
+_MAX_HEAD = 64 * 1024  # a health check's response heads are tiny; more is garbage or hostile
+# 100 Continue and 103 Early Hints come once or twice; a stream of them is a platform stalling
+_MAX_INTERIM = 10
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_HEX = b"0123456789abcdefABCDEF"
 # Framing is this client's business: a configured value could only contradict it.
 _OWN_HEADERS = frozenset({"content-length", "connection", "transfer-encoding"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _PATH_SAFE = "/%!$&'()*+,;=:@-._~"
 _QUERY_SAFE = _PATH_SAFE + "?"
+
+
+class _Regex(Protocol):
+    """What a probe uses of a compiled RE2 pattern (google-re2 ships no type hints)."""
+
+    @property
+    def programsize(self) -> int: ...
+
+    def search(self, text: bytes | bytearray) -> object | None: ...
+
+
+# RE2 matches in time linear in the body, but the factor grows with the pattern's program size:
+# measured worst (a DFA that keeps building new states, as `a[ab]{20}z` over random a/b text
+# makes it, or RE2's fallback to its NFA) about 55 ns per body byte and instruction, while usual
+# patterns over usual bodies take 0.2 ns. Patterns stay small so that the worst stays bounded:
+# 1000 instructions is a minute per MiB at worst; health-check patterns take 20 to 300.
+_MAX_PROGRAM = 1000
+# A body whose bytes x instructions stay under this is searched on the event loop (2 ms at the
+# worst rate: a `"status":\s*"ok"` pattern, 22 instructions, over bodies up to 1.4 KiB); any
+# larger one in a thread, where RE2 releases the GIL, so that no body holds the loop longer.
+_INLINE_STEPS = 1 << 15
+
+
+def _re2_options() -> Any:
+    options = re2.Options()
+    options.log_errors = False  # else RE2 prints every refused pattern on stderr
+    # Matching or not is all a probe needs: without captures RE2 never falls back to its
+    # slow submatch engines (`(.*a){20}` over 1 MiB: 1.7 s with captures, 8 ms without).
+    options.never_capture = True
+    # Bytes in, bytes matched, as with the re module's bytes patterns: `.` is any byte and a
+    # body need not be valid UTF-8. Non-ASCII text in a pattern still matches its UTF-8 bytes.
+    options.encoding = re2.Options.Encoding.LATIN1
+    return options
+
+
+def compile_body_regex(pattern: str) -> _Regex:
+    """A check's body_regex -> the RE2 pattern probes search with; ValueError says why not.
+
+    The one compile used by both config validation and the prober, so that whatever loads is
+    what probes run. RE2 (Go's regexp syntax, as blackbox_exporter's) is linear-time: no
+    backreferences, no lookaround, `\\z` for the end of the text.
+    """
+    try:
+        regex: _Regex = re2.compile(pattern.encode(), _re2_options())
+    except re2.error as exc:
+        why = exc.args[0] if exc.args else exc
+        why = why.decode(errors="replace") if isinstance(why, bytes) else str(why)
+        try:
+            re.compile(pattern)
+        except re.error as py_exc:
+            # wrong in any dialect: Python's words say where
+            raise ValueError(f"invalid regular expression: {py_exc}") from None
+        hint = " (RE2 writes the end of the text as \\z)" if "\\Z" in why else ""
+        raise ValueError(f"not supported by RE2 (linear-time): {why}{hint}") from None
+    size = regex.programsize
+    if size > _MAX_PROGRAM:
+        raise ValueError(
+            f"pattern too large for a fast linear-time match: {size} RE2 instructions, at most "
+            f"{_MAX_PROGRAM} (every copy of a repetition such as {{100}} counts)"
+        )
+    return regex
 
 
 class _Compiled:
@@ -77,6 +153,8 @@ class _Compiled:
         "https",
         "invalid",
         "port",
+        "regex",
+        "regex_steps",
         "request",
         "server_hostname",
     )
@@ -145,6 +223,9 @@ class _Compiled:
             lines.append(f"User-Agent: cutover/{__version__}")
         if "accept" not in merged:
             lines.append("Accept: */*")
+        if "accept-encoding" not in merged:
+            # Without it RFC 9110 allows any coding, and a gzipped body never matches body_regex.
+            lines.append("Accept-Encoding: identity")
         if spec.body is not None:
             lines.append(f"Content-Length: {len(spec.body)}")
         elif method.upper() in _BODY_METHODS:
@@ -159,11 +240,12 @@ class _Compiled:
         else:
             self.expect_text = f"not in [{', '.join(map(str, sorted(spec.expect_status)))}]"
         self.body_text = ""
+        self.regex: _Regex | None = None
+        self.regex_steps = 0  # the pattern's work per body byte, in RE2 instructions
         if spec.body_regex is not None:
-            pattern = spec.body_regex.pattern
-            if not isinstance(pattern, bytes):
-                raise ValueError("body_regex must be a bytes pattern")
-            text = pattern.decode(errors="replace")
+            self.regex = compile_body_regex(spec.body_regex)
+            self.regex_steps = self.regex.programsize
+            text = spec.body_regex
             self.body_text = text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -180,11 +262,13 @@ class ProbeSpec:
     """One check on one platform, built once from the config and reused for every probe.
 
     Raises ValueError for a spec no probe could send (bad scheme, credentials in the url,
-    header names or values that would break the request). ``headers`` are applied in order,
+    header names or values that would break the request) or a ``body_regex`` that
+    ``compile_body_regex`` refuses. ``headers`` are applied in order,
     the last of the same name (case-insensitive) winning, so pass the platform's headers
     before the check's. Host comes from ``host_header``, else a ``Host`` entry in
     ``headers``, else the url; Content-Length, Connection and Transfer-Encoding are always
-    this client's own.
+    this client's own; ``Accept-Encoding: identity`` is sent unless ``headers`` set one.
+    ``body_regex`` is RE2 syntax, searched in the raw body bytes.
     """
 
     url: str
@@ -195,7 +279,7 @@ class ProbeSpec:
     tls_skip_verify: bool = False
     timeout: float = 5.0
     expect_status: frozenset[int] | None = None
-    body_regex: re.Pattern[bytes] | None = None
+    body_regex: str | None = None
     _c: _Compiled = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -221,10 +305,17 @@ class ProbeResult:
 
 
 class _Fail(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(
+        self, reason: str, detail: str, peer: tuple[int, tuple[Any, ...]] | None = None
+    ) -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+        self.peer = peer  # (family, sockaddr) of a server whose certificate failed verification
+
+
+class _Stop(Exception):
+    """Raised in a parser callback to stop llhttp at once; the outcome is already set."""
 
 
 _RECV = 256 * 1024  # bytes asked of one recv(): a health check's answer comes in one
@@ -238,10 +329,8 @@ def _wake(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-# Response reading states of _Exchange.
-_HEAD, _LENGTH, _CHUNKED, _CLOSE, _DONE = range(5)
-# Chunked sub-states.
-_SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+# Response reading states of _Exchange: heads (interim ones and the final one), body, done.
+_HEAD, _BODY, _DONE = range(3)
 
 
 class _Exchange(asyncio.Protocol):
@@ -250,18 +339,23 @@ class _Exchange(asyncio.Protocol):
     Plain http runs on the socket itself: the loop calls ``_readable`` and ``_writable`` (a
     ``recv``/``send`` each), with no transport, stream or task in between. https needs a
     transport for ``start_tls``, so there the same object serves as the transport's protocol.
+    The response is parsed by llhttp (httptools), which calls back ``on_headers_complete``,
+    ``on_body`` and ``on_message_complete`` (no ``on_header``: a Python call per header
+    would cost more than the rest of the parsing); a callback that has
+    seen enough raises ``_Stop``, which ends llhttp's work on the bytes at hand at once.
     """
 
     __slots__ = (
-        "_buf",
         "_cap",
-        "_chunk",
         "_head_only",
-        "_left",
+        "_head_room",
+        "_heads",
+        "_interim",
         "_loop",
-        "_mode",
         "_out",
+        "_parser",
         "_polled",
+        "_state",
         "_store",
         "body",
         "body_len",
@@ -285,7 +379,7 @@ class _Exchange(asyncio.Protocol):
         self.raw: asyncio.Transport | None = None
         self.sock: socket.socket | None = None
         self.t0 = self.t_res = self.t_conn = self.t_tls = self.t_first = self.t_end = 0.0
-        self.status = 0
+        self.status = 0  # the final status; interim (1xx) ones are only counted
         self.expiry: float | None = None
         self.body = bytearray()
         self.body_len = 0
@@ -293,10 +387,11 @@ class _Exchange(asyncio.Protocol):
         self._cap = cap
         self._store = store  # only a body_regex needs the bytes; otherwise just count them
         self._head_only = head_only
-        self._mode = _HEAD
-        self._buf = bytearray()
-        self._left = 0
-        self._chunk = _SIZE
+        self._state = _HEAD
+        self._head_room = _MAX_HEAD  # bytes the heads may still take
+        self._heads: list[bytes] = []  # what came while in the heads, for _framed at a close
+        self._interim = 0
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._out = b""  # what send() has not taken yet
         self._polled = 0  # the socket's fd while the loop watches it for us
 
@@ -375,17 +470,42 @@ class _Exchange(asyncio.Protocol):
     # -- transport callbacks (https) and their plain-http counterparts
 
     def data_received(self, data: bytes) -> None:
-        mode = self._mode
-        if mode == _LENGTH:
-            self._feed_length(data)
-        elif mode == _HEAD:
-            if not self.t_first:
-                self.t_first = _now()
-            self._feed_head(data)
-        elif mode == _CHUNKED:
-            self._feed_chunked(data)
-        elif mode == _CLOSE:
-            self._take(data, 0, len(data))
+        state = self._state
+        if state == _DONE:
+            return  # the final response is in: whatever follows is not ours to judge
+        parser = self._parser
+        if parser is None:
+            return
+        try:
+            if state == _HEAD:
+                if not self.t_first:
+                    self.t_first = _now()
+                self._heads.append(data)
+                room = self._head_room
+                if len(data) > room:
+                    # the heads must end within their first 64 KiB: feed no more before they do
+                    parser.feed_data(data[:room])
+                    if self._state == _HEAD:
+                        self._fail("response head larger than 64 KiB")
+                        return
+                    if self._state == _DONE:
+                        return
+                    data = data[room:]
+                else:
+                    self._head_room = room - len(data)
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # llhttp pauses after a 101, which on_headers_complete took as the final status
+            if self._state != _DONE:
+                self._fail("malformed response: unexpected upgrade")
+        except httptools.HttpParserError as exc:
+            if self._state == _DONE:
+                return  # a _Stop from a callback, or bytes after the final response
+            cause = exc.__context__
+            if isinstance(exc, httptools.HttpParserCallbackError) and cause is not None:
+                self._fail(f"{type(cause).__name__}: {cause}"[:200])  # a bug of ours
+            else:
+                self._fail(f"malformed response: {exc}")
 
     def eof_received(self) -> bool | None:
         self._closed(None)
@@ -394,25 +514,63 @@ class _Exchange(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed(exc)
 
+    # -- llhttp's callbacks
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        if self._state != _HEAD or parser is None:
+            raise _Stop  # a response after the final one
+        status = parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # interim (100 Continue, 103 Early Hints): the final head follows
+            self._interim += 1
+            if self._interim > _MAX_INTERIM:
+                self._fail(f"more than {_MAX_INTERIM} interim (1xx) responses")
+                raise _Stop
+            return
+        self.status = status
+        self._state = _BODY
+        if self._head_only:
+            self._finish()  # a HEAD response has no body, whatever its Content-Length says
+
+    def on_body(self, body: bytes) -> None:
+        if self._state != _BODY:
+            raise _Stop  # after a HEAD response: not a body of ours
+        room = self._cap - self.body_len
+        if len(body) > room:
+            if self._store:
+                self.body += body[:room]
+            self.body_len = self._cap
+            self.truncated = True
+            self._finish()
+            raise _Stop
+        if self._store:
+            self.body += body
+        self.body_len += len(body)
+
+    def on_message_complete(self) -> None:
+        if self._state == _BODY:  # not an interim response's end
+            self._finish()
+
     # -- outcome
 
     def _finish(self) -> None:
-        self._mode = _DONE
+        self._state = _DONE
         self.t_end = _now()
         if not self.done.done():
             self.done.set_result(None)
 
     def _fail(self, detail: str) -> None:
-        self._mode = _DONE
+        self._state = _DONE
         if not self.done.done():
             self.done.set_exception(_Fail("error", detail))
 
     def _closed(self, exc: BaseException | None) -> None:
-        mode = self._mode
-        if mode == _DONE:
+        state = self._state
+        if state == _DONE:
             return
-        if mode == _CLOSE and exc is None:
-            self._finish()
+        if state == _BODY and exc is None and not self._framed():
+            self._finish()  # a body delimited by the close: complete
             return
         if exc is None:
             how = "closed"
@@ -420,13 +578,42 @@ class _Exchange(asyncio.Protocol):
             how = "reset"
         else:
             how = f"lost ({exc})"
-        if mode == _HEAD:
+        if state == _HEAD:
             where = "in the response head" if self.t_first else "before any response"
         else:
             where = f"after {self.body_len} body bytes"
         self._fail(f"connection {how} {where}")
 
+    def _framed(self) -> bool:
+        """Whether the final head gave the body a length: Content-Length or chunked.
+
+        Asked only when the connection closes mid-body, so it reads the heads again rather
+        than have llhttp call back for every header of every probe (a third of its cost).
+        llhttp has checked them: CRLF lines, no folding, never both framings.
+        """
+        heads = b"".join(self._heads)
+        start = 0
+        while True:  # past the interim heads: they have no body, the next head follows
+            end = heads.find(b"\r\n\r\n", start)
+            if end < 0:
+                return True  # cannot be: llhttp saw the final head end
+            status = heads[start : heads.find(b"\r\n", start)].split(b" ", 2)[1]
+            if status[:1] != b"1" or status == b"101":
+                break
+            start = end + 4
+        framed = False
+        for line in heads[start:end].split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            name = name.lower()
+            if name == b"content-length":
+                framed = True
+            elif name == b"transfer-encoding":  # RFC 9112 6.3: chunked only if last
+                framed = value.rpartition(b",")[2].strip().lower() == b"chunked"
+        return framed
+
     def close(self) -> None:
+        self._state = _DONE
+        self._parser = None  # it holds our bound methods: no cycle left for the GC to find
         if self._polled:
             self._loop.remove_reader(self._polled)
             if self._out:
@@ -444,162 +631,6 @@ class _Exchange(asyncio.Protocol):
             done.cancel()
         elif not done.cancelled():
             done.exception()  # retrieved: a failure that lost the race is not worth a log line
-
-    # -- parsing
-
-    def _take(self, src: bytes | bytearray, start: int, end: int) -> bool:
-        """Account body bytes src[start:end]; False once the cap is hit and reading stopped."""
-        room = self._cap - self.body_len
-        if end - start > room:
-            if self._store:
-                self.body += src[start : start + room]
-            self.body_len = self._cap
-            self.truncated = True
-            self._finish()
-            return False
-        if self._store:
-            self.body += src[start:end]
-        self.body_len += end - start
-        return True
-
-    def _feed_length(self, data: bytes | bytearray) -> None:
-        left = self._left
-        if len(data) >= left:
-            if self._take(data, 0, left):
-                self._finish()
-        else:
-            self._left = left - len(data)
-            self._take(data, 0, len(data))
-
-    def _feed_head(self, data: bytes) -> None:
-        buf = self._buf
-        src: bytes | bytearray
-        if buf:
-            buf += data
-            src = buf
-        else:
-            src = data
-        end = src.find(b"\r\n\r\n")
-        if end < 0:
-            if src is data:
-                buf += data
-            if len(buf) > _MAX_HEAD:
-                self._fail("response head larger than 64 KiB")
-            return
-        if end > _MAX_HEAD:
-            self._fail("response head larger than 64 KiB")
-            return
-        rest = src[end + 4 :]
-        lines = src[:end].split(b"\r\n")
-        buf.clear()
-
-        status_line = lines[0].split(None, 2)
-        if (
-            len(status_line) < 2
-            or not status_line[0].startswith(b"HTTP/1.")
-            or len(status_line[1]) != 3
-            or not status_line[1].isdigit()
-        ):
-            self._fail("malformed status line")
-            return
-        status = int(status_line[1])
-        if 100 <= status < 200 and status != 101:
-            # Interim (100 Continue, 103 Early Hints): the real head follows.
-            if rest:
-                self._feed_head(bytes(rest))
-            return
-        self.status = status
-
-        length = -1
-        te = chunked = False
-        for i in range(1, len(lines)):
-            name, sep, value = lines[i].partition(b":")
-            if not sep:
-                if lines[i][:1] in (b" ", b"\t"):
-                    continue  # obsolete line folding: a continuation of a header we skip
-                self._fail("malformed response header")
-                return
-            if len(name) == 14 and name.lower() == b"content-length":
-                value = value.strip()
-                if not value.isdigit() or (length >= 0 and int(value) != length):
-                    self._fail("invalid Content-Length")
-                    return
-                length = int(value)
-            elif len(name) == 17 and name.lower() == b"transfer-encoding":
-                te = True
-                chunked = value.rpartition(b",")[2].strip().lower() == b"chunked"
-
-        if self._head_only or status == 204 or status == 304 or status < 200:
-            self._finish()
-        elif chunked:
-            # RFC 9112 6.3: Transfer-Encoding overrides Content-Length.
-            self._mode = _CHUNKED
-            if rest:
-                self._feed_chunked(bytes(rest))
-        elif length >= 0 and not te:  # a non-chunked Transfer-Encoding: body until close
-            self._left = length
-            self._mode = _LENGTH
-            if length == 0:
-                self._finish()
-            elif rest:
-                self._feed_length(rest)
-        else:
-            self._mode = _CLOSE
-            if rest:
-                self._take(rest, 0, len(rest))
-
-    def _feed_chunked(self, data: bytes) -> None:
-        buf = self._buf
-        src: bytes | bytearray
-        if buf:
-            buf += data
-            src = buf
-        else:
-            src = data
-        pos, n = 0, len(src)
-        state, left = self._chunk, self._left
-        while pos < n:
-            if state == _DATA:
-                take = min(left, n - pos)
-                if not self._take(src, pos, pos + take):
-                    return
-                pos += take
-                left -= take
-                if not left:
-                    state = _DATA_END
-            elif state == _DATA_END:
-                if n - pos < 2:
-                    break
-                if src[pos : pos + 2] != b"\r\n":
-                    self._fail("malformed chunked body")
-                    return
-                pos += 2
-                state = _SIZE
-            else:
-                eol = src.find(b"\n", pos)
-                if eol < 0:
-                    if n - pos > _MAX_CHUNK_LINE:
-                        self._fail("malformed chunked body")
-                        return
-                    break
-                line = src[pos:eol].strip()
-                pos = eol + 1
-                if state == _TRAILER:
-                    if not line:
-                        self._finish()
-                        return
-                    continue
-                size = line.partition(b";")[0].strip()
-                if not size or size.strip(_HEX):
-                    self._fail("malformed chunked body")
-                    return
-                left = int(size, 16)
-                state = _DATA if left else _TRAILER
-        self._chunk, self._left = state, left
-        if src is buf:
-            del buf[:pos]
-        elif pos < n:
-            buf += src[pos:]
 
 
 def _tlv(der: bytes, pos: int) -> tuple[int, int, int]:
@@ -649,6 +680,13 @@ def _not_after(der: bytes) -> float | None:
         return None
 
 
+_SERVED_TTL = 60.0  # seconds an unverifiable certificate's expiry is reused
+
+
+def _found(regex: _Regex, body: bytearray) -> bool:
+    return regex.search(body) is not None
+
+
 def _size_text(n: int) -> str:
     if n % (1 << 20) == 0:
         return f"{n >> 20} MiB"
@@ -670,9 +708,22 @@ class Prober:
     ``ssl_context``: the verifying TLS context, used as given (tests inject one trusting their
     own CA); default ``ssl.create_default_context()`` with ALPN http/1.1. The context for
     ``tls_skip_verify`` is always this module's own.
+
+    A body_regex is searched on the event loop when the body is small for its pattern, else
+    in a thread of this prober's own (see ``_INLINE_STEPS``): never in the loop's default
+    executor, which getaddrinfo needs for every probe of a name.
     """
 
-    __slots__ = ("_cap", "_cap_text", "_expiry_cache", "_loop", "_skip_ctx", "_verify_ctx")
+    __slots__ = (
+        "_cap",
+        "_cap_text",
+        "_expiry_cache",
+        "_loop",
+        "_regex_pool",
+        "_served",
+        "_skip_ctx",
+        "_verify_ctx",
+    )
 
     def __init__(
         self,
@@ -690,6 +741,9 @@ class Prober:
         self._skip_ctx: ssl.SSLContext | None = None
         # Parsing a certificate is cheap, but the same one comes back on every probe.
         self._expiry_cache: dict[bytes, float | None] = {}
+        # (address, port, SNI) -> (expiry, when read) of certificates that failed verification
+        self._served: dict[tuple[Any, Any, str], tuple[float | None, float]] = {}
+        self._regex_pool: ThreadPoolExecutor | None = None
 
     def _context(self, skip_verify: bool) -> ssl.SSLContext:
         # Built on first use: loading the system trust store costs milliseconds.
@@ -732,7 +786,12 @@ class Prober:
             async with deadline:
                 await self._exchange(spec, c, loop, x)
         except _Fail as fail:
-            return self._result(x, started, fail.reason, fail.detail)
+            end = _now()
+            if fail.peer is not None:
+                # Outside the measured phases and within what is left of the deadline.
+                x.close()
+                x.expiry = await self._served_expiry(loop, fail.peer, c, deadline.when())
+            return self._result(x, started, fail.reason, fail.detail, end)
         except TimeoutError:
             if not deadline.expired():
                 return self._result(x, started, "error", "timed out (not the probe's deadline)")
@@ -760,7 +819,7 @@ class Prober:
             if 300 <= status < 400:
                 detail += " (redirect not followed)"
             reason: str | None = "status"
-        elif spec.body_regex is not None and spec.body_regex.search(x.body) is None:
+        elif c.regex is not None and not await self._search(loop, c, x.body):
             reason = "body"
             detail = f"body does not match {c.body_text!r}"
         else:
@@ -825,7 +884,8 @@ class Prober:
                 raw, x, self._context(spec.tls_skip_verify), server_hostname=c.server_hostname
             )
         except ssl.SSLCertVerificationError as exc:
-            raise _Fail("tls", f"certificate verify failed: {exc.verify_message}") from None
+            detail = f"certificate verify failed: {exc.verify_message}"
+            raise _Fail("tls", detail, (family, sockaddr)) from None
         except ssl.SSLError as exc:
             raise _Fail("tls", f"TLS handshake failed: {exc.reason or exc}") from None
         except ConnectionResetError:
@@ -840,6 +900,63 @@ class Prober:
             x.expiry = self._expiry(ssl_object.getpeercert(True))
         transport.write(c.request)
         await x.done
+
+    async def _search(self, loop: asyncio.AbstractEventLoop, c: _Compiled, body: bytearray) -> bool:
+        regex = c.regex
+        assert regex is not None
+        if len(body) * c.regex_steps <= _INLINE_STEPS:
+            return regex.search(body) is not None
+        pool = self._regex_pool
+        if pool is None:
+            pool = self._regex_pool = ThreadPoolExecutor(2, thread_name_prefix="cutover-regex")
+        return await loop.run_in_executor(pool, _found, regex, body)
+
+    async def _served_expiry(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        peer: tuple[int, tuple[Any, ...]],
+        c: _Compiled,
+        deadline: float | None,
+    ) -> float | None:
+        """The notAfter of the certificate a server serves, read without verifying it.
+
+        For a probe that failed verification: Python cannot read the peer certificate of a
+        failed handshake, so one more handshake reads it, at most once a minute per server.
+        """
+        family, sockaddr = peer
+        key = (sockaddr[0], sockaddr[1], c.server_hostname)
+        now = time.monotonic()
+        cached = self._served.get(key)
+        if cached is not None and now - cached[1] < _SERVED_TTL:
+            return cached[0]
+        expiry = None
+        sock = socket.socket(family, _STREAM)
+        transport: asyncio.Transport | None = None
+        try:
+            if not _NONBLOCK:
+                sock.setblocking(False)
+            async with asyncio.timeout_at(deadline):
+                await loop.sock_connect(sock, sockaddr)
+                transport, _ = await loop.create_connection(
+                    asyncio.Protocol,
+                    sock=sock,
+                    ssl=self._context(True),
+                    server_hostname=c.server_hostname,
+                )
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None:
+                expiry = self._expiry(ssl_object.getpeercert(True))
+        except Exception:  # best effort: the probe's own failure says enough
+            expiry = None
+        finally:
+            if transport is not None:
+                transport.abort()
+            else:
+                sock.close()
+        if len(self._served) >= 256:
+            self._served.clear()
+        self._served[key] = (expiry, now)
+        return expiry
 
     @staticmethod
     def _result(

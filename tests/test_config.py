@@ -546,3 +546,65 @@ def test_credentials_in_urls_are_refused_without_echoing_them() -> None:
     assert problems(text) == [
         "platforms.aws.base_url: invalid URL: credentials in a URL are not allowed, use headers"
     ]
+
+
+RE2_REFUSED = """\
+platforms:
+  heroku: {role: baseline, base_url: "https://myapp.herokuapp.com"}
+  aws: {role: candidate, base_url: "https://lb.example.com"}
+checks:
+  - name: backref
+    path: /a
+    expect: {body_regex: '"(ok|up)" == "\\1"'}
+  - name: lookahead
+    path: /b
+    expect: {body_regex: '"status":(?=\\s*"ok")'}
+  - name: huge
+    path: /c
+    expect: {body_regex: '[\\s\\S]{600}[\\s\\S]{600}z'}
+  - name: Bad
+    path: /d
+    interval: 1s
+    timeout: 2s
+    expect: {body_regex: 'ok\\Z'}
+  - name: fine
+    path: /e
+    expect: {body_regex: '"status":\\s*"ok"\\s*}\\z'}
+"""
+
+
+def test_body_regex_that_re2_cannot_run_is_refused_with_every_other_problem() -> None:
+    # Backreferences, lookaround and huge programs have no linear-time match: refused at
+    # load, where they are, in the same report as the rest.
+    got = problems(RE2_REFUSED)
+    expected = [
+        "checks[0].expect.body_regex: not supported by RE2 (linear-time): invalid escape "
+        "sequence: \\1",
+        "checks[1].expect.body_regex: not supported by RE2 (linear-time): invalid perl "
+        "operator: (?=",
+        "checks[2].expect.body_regex: pattern too large for a fast linear-time match: 1205 RE2 "
+        "instructions, at most 1000 (every copy of a repetition such as {100} counts)",
+        "checks[3].name: invalid name 'Bad': use lowercase letters, digits, '_' and '-'",
+        "checks[3].timeout: 2s must not exceed the interval (1s)",
+        "checks[3].expect.body_regex: not supported by RE2 (linear-time): invalid escape "
+        "sequence: \\Z (RE2 writes the end of the text as \\z)",
+    ]
+    for line in expected:
+        assert line in got, got
+    assert not [line for line in got if line.startswith("checks[4]")]
+
+
+def test_check_command_refuses_a_pattern_quietly(tmp_path: Path) -> None:
+    # RE2 logs every pattern it cannot parse on stderr unless told not to.
+    path = tmp_path / "re2.yml"
+    path.write_text(RE2_REFUSED)
+    res = run_cli("check", "--config", str(path))
+    assert res.returncode == 2
+    lines = res.stderr.splitlines()
+    assert any(
+        line.endswith(
+            "checks[0].expect.body_regex: not supported by RE2 (linear-time): invalid escape sequence: \\1"
+        )
+        for line in lines
+    ), res.stderr
+    assert "re2.cc" not in res.stderr and "Error parsing" not in res.stderr

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import gzip
+import logging
 import os
 import re
 import socket
@@ -175,8 +177,9 @@ async def test_slow_answer_is_timed_as_processing(prober: Prober) -> None:
     async with http_server([web.get("/", slow)]) as srv:
         r = await probe(prober, f"http://127.0.0.1:{srv.port}/")
     assert r.success
-    # the server's sleep runs on the test's loop: on uvloop, to the millisecond
-    assert delay - 0.001 <= r.processing < r.duration < delay + 2.0
+    # The server sleeps between our request and its answer: that wait is processing, whatever
+    # else a loaded machine adds. (Its sleep runs on this loop: on uvloop, to the millisecond.)
+    assert r.processing >= delay - 0.001
 
 
 async def test_unexpected_status(prober: Prober) -> None:
@@ -212,7 +215,7 @@ async def test_body_regex(prober: Prober) -> None:
     async def degraded(request: web.Request) -> web.Response:
         return web.json_response({"status": "degraded"})
 
-    regex = re.compile(rb'"status":\s*"ok"')
+    regex = r'"status":\s*"ok"'
     async with http_server([web.get("/ok", ok), web.get("/bad", degraded)]) as srv:
         base = f"http://127.0.0.1:{srv.port}"
         good = await probe(prober, f"{base}/ok", body_regex=regex)
@@ -261,7 +264,11 @@ async def test_reset_mid_response_is_error(prober: Prober) -> None:
 async def test_garbage_is_error(prober: Prober) -> None:
     async with raw_server(scripted(b"SSH-2.0-OpenSSH\r\n\r\n")) as port:
         r = await probe(prober, f"http://127.0.0.1:{port}/", timeout=2)
-    assert (r.reason, r.detail, r.status) == ("error", "malformed status line", 0)
+    assert (r.reason, r.detail, r.status) == (
+        "error",
+        "malformed response: Expected HTTP/, RTSP/ or ICE/",
+        0,
+    )
 
 
 async def test_closed_before_response_is_error(prober: Prober) -> None:
@@ -275,9 +282,10 @@ async def test_hang_times_out_in_processing(prober: Prober) -> None:
         r = await probe(prober, f"http://127.0.0.1:{port}/", timeout=0.3)
     assert (r.success, r.reason, r.status) == (False, "timeout", 0)
     assert r.detail == "timed out after 0.3s in processing"
-    # libuv (uvloop) keeps its timers to the millisecond: the deadline may fire a little early
-    assert 0.299 <= r.duration < 2.3
-    assert r.processing >= 0.29 and r.transfer == 0.0
+    # The deadline is the floor (uvloop keeps its timers to the millisecond); how far past it
+    # a loaded machine wakes us up is not this test's business.
+    assert r.duration >= 0.299
+    assert r.processing > 0.0 and r.transfer == 0.0
 
 
 async def test_stall_mid_body_times_out_in_transfer(prober: Prober) -> None:
@@ -286,7 +294,8 @@ async def test_stall_mid_body_times_out_in_transfer(prober: Prober) -> None:
         r = await probe(prober, f"http://127.0.0.1:{port}/", timeout=0.3)
     assert (r.reason, r.status) == ("timeout", 200)
     assert r.detail == "timed out after 0.3s in transfer"
-    assert r.transfer > 0.2
+    assert r.duration >= 0.299
+    assert r.processing > 0.0 and r.transfer > 0.0
 
 
 async def test_redirect_is_not_followed(prober: Prober) -> None:
@@ -327,7 +336,7 @@ async def test_huge_body_is_read_up_to_the_cap_only(prober: Prober) -> None:
     async with raw_server(stream) as port:
         tracemalloc.start()
         try:
-            r = await probe(prober, f"http://127.0.0.1:{port}/", body_regex=re.compile(rb"x{64}"))
+            r = await probe(prober, f"http://127.0.0.1:{port}/", body_regex="x{64}")
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
@@ -344,8 +353,8 @@ async def test_body_cap_applies_to_the_regex() -> None:
     head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
     async with raw_server(scripted(head + body)) as port:
         url = f"http://127.0.0.1:{port}/"
-        capped = await probe(Prober(body_cap=64), url, body_regex=re.compile(rb"needle"))
-        full = await probe(Prober(body_cap=1024), url, body_regex=re.compile(rb"needle"))
+        capped = await probe(Prober(body_cap=64), url, body_regex="needle")
+        full = await probe(Prober(body_cap=1024), url, body_regex="needle")
     assert (capped.reason, capped.status) == ("body", 200)
     assert capped.detail == "body does not match 'needle' (body truncated at 64 bytes)"
     assert full.success and full.detail == "ok"
@@ -362,9 +371,7 @@ async def test_chunked_response_split_across_reads(prober: Prober) -> None:
     )
     # The server stays open afterwards: the probe must end at the last chunk, not at close.
     async with raw_server(scripted(*pieces)) as port:
-        r = await probe(
-            prober, f"http://127.0.0.1:{port}/", body_regex=re.compile(rb"\Ahello world\Z")
-        )
+        r = await probe(prober, f"http://127.0.0.1:{port}/", body_regex=r"\Ahello world\z")
     assert r.success, r.detail
     assert r.transfer > 0
 
@@ -382,7 +389,7 @@ async def test_chunked_from_aiohttp(prober: Prober) -> None:
         r = await probe(
             prober,
             f"http://127.0.0.1:{srv.port}/",
-            body_regex=re.compile(rb"\Aline 0\n.*line 49\n\Z", re.S),
+            body_regex=r"(?s)\Aline 0\n.*line 49\n\z",
         )
     assert r.success, r.detail
 
@@ -393,7 +400,7 @@ async def test_content_length_response_ends_without_close(prober: Prober) -> Non
         r = await probe(
             prober,
             f"http://127.0.0.1:{port}/",
-            body_regex=re.compile(rb"\Ahello world\Z"),
+            body_regex=r"\Ahello world\z",
             timeout=2,
         )
     assert r.success, r.detail
@@ -405,7 +412,7 @@ async def test_until_close_response(prober: Prober) -> None:
         r = await probe(
             prober,
             f"http://127.0.0.1:{port}/",
-            body_regex=re.compile(rb"\Ahello world\Z"),
+            body_regex=r"\Ahello world\z",
             timeout=2,
         )
     assert r.success, r.detail
@@ -529,7 +536,8 @@ async def test_connect_that_never_completes_times_out_in_connect(prober: Prober)
         r = await probe(prober, f"http://127.0.0.1:{port}/", timeout=0.3)
         assert (r.reason, r.status) == ("timeout", 0), r
         assert r.detail == "timed out after 0.3s in connect"
-        assert r.connect >= 0.29 and r.processing == 0.0
+        assert r.duration >= 0.299
+        assert r.connect > 0.0 and r.tls == 0.0 and r.processing == 0.0
         assert await settle_fds(before) <= before
     finally:
         for filler in fillers:
@@ -547,6 +555,277 @@ def test_spec_rejects_what_cannot_be_sent() -> None:
         ProbeSpec("https://user:pw@h/")
     with pytest.raises(ValueError, match="method"):
         ProbeSpec("http://h/", method="GET /x")
+
+
+# ---------------------------------------------------------------- response parsing (llhttp)
+
+OK2 = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+MALFORMED = [
+    ("content-length-space", b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok", "Invalid header field char"),
+    ("folded-transfer-encoding", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip,\r\n chunked\r\n\r\n0\r\n\r\n", "Unexpected whitespace after header value"),
+    ("folded-other-header", b"HTTP/1.1 200 OK\r\nX-A: b\r\n c\r\nContent-Length: 0\r\n\r\n", "Unexpected whitespace after header value"),
+    ("te-and-cl", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n", "Content-Length can't be present with Transfer-Encoding"),
+    ("chunk-size-overflow", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n", "Chunk size overflow"),
+    ("chunk-size-not-hex", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "Invalid character in chunk size"),
+    ("http-1.9", b"HTTP/1.9 200 OK\r\nContent-Length: 0\r\n\r\n", "Invalid HTTP version"),
+    ("lowercase-http", b"http/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", "Expected HTTP/, RTSP/ or ICE/"),
+    ("status-two-digits", b"HTTP/1.1 20 OK\r\nContent-Length: 0\r\n\r\n", "Invalid status code"),
+    ("status-four-digits", b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n", "Invalid response status"),
+    ("nul-in-value", b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 0\r\n\r\n", "Invalid header value char"),
+    ("nul-in-name", b"HTTP/1.1 200 OK\r\nX\x00A: ab\r\nContent-Length: 0\r\n\r\n", "Invalid header token"),
+    ("empty-header-name", b"HTTP/1.1 200 OK\r\n: ab\r\nContent-Length: 0\r\n\r\n", "Invalid header token"),
+    ("header-without-colon", b"HTTP/1.1 200 OK\r\nBroken\r\nContent-Length: 0\r\n\r\n", "Invalid header token"),
+    ("space-before-first-header", b"HTTP/1.1 200 OK\r\n X-A: b\r\nContent-Length: 0\r\n\r\n", "Unexpected space after start line"),
+    ("bare-lf-head", b"HTTP/1.1 200 OK\nContent-Length: 0\n\n", "Missing expected CR after response line"),
+    ("bare-lf-header", b"HTTP/1.1 200 OK\r\nContent-Length: 0\n\r\n", "Missing expected CR after header value"),
+    ("duplicate-content-length", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok", "Duplicate Content-Length"),
+    ("negative-content-length", b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nok", "Invalid character in Content-Length"),
+    ("content-length-overflow", b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\nok", "Content-Length overflow"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("response", "why"), [m[1:] for m in MALFORMED], ids=[m[0] for m in MALFORMED]
+)
+async def test_malformed_response_is_error(prober: Prober, response: bytes, why: str) -> None:
+    # The server stays open: the failure is the parser's word, not a closed connection's.
+    async with raw_server(scripted(response)) as port:
+        r = await probe(prober, f"http://127.0.0.1:{port}/", timeout=5)
+    assert (r.success, r.reason, r.detail) == (False, "error", f"malformed response: {why}")
+
+
+ACCEPTED = [
+    # (id, what the server sends, does it close afterwards, probe options, status, body_regex)
+    ("close-delimited-body", (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhel", b"lo"), True, {}, 200),
+    ("non-chunked-transfer-encoding", (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nhello",), True, {}, 200),
+    ("chunked-not-last", (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, x\r\n\r\nhello",), True, {}, 200),
+    ("204-with-content-length", (b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",), False, {"expect_status": frozenset({204})}, 204),
+    ("304-with-content-length", (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",), False, {"expect_status": frozenset({304})}, 304),
+    ("head-with-content-length", (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n",), False, {"method": "HEAD"}, 200),
+    ("data-after-connection-close", (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhelloGARBAGE",), False, {}, 200),
+    ("second-response-ignored", (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 500 No\r\nContent-Length: 0\r\n\r\n",), False, {}, 200),
+    ("early-hints-and-continue", (b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"), False, {}, 200),
+    ("ten-interim", (b"HTTP/1.1 100 Continue\r\n\r\n" * 10 + b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",), False, {}, 200),
+    ("interim-content-length-forgotten", (b"HTTP/1.1 100 Continue\r\nContent-Length: 9\r\n\r\nHTTP/1.1 200 OK\r\n\r\nhello",), True, {}, 200),
+    ("head-byte-by-byte", (*(bytes([b]) for b in b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"), b"hello"), False, {}, 200),
+    ("head-just-under-64-KiB", (b"HTTP/1.1 200 OK\r\nX-Big: " + b"x" * 65400 + b"\r\nContent-Length: 5\r\n\r\nhello",), False, {}, 200),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("pieces", "then_close", "options", "status"),
+    [a[1:] for a in ACCEPTED],
+    ids=[a[0] for a in ACCEPTED],
+)
+async def test_accepted_response_framing(
+    prober: Prober,
+    pieces: tuple[bytes, ...],
+    then_close: bool,
+    options: dict[str, Any],
+    status: int,
+) -> None:
+    has_body = status == 200 and options.get("method") != "HEAD"
+    regex = r"\Ahello\z" if has_body else None
+    async with raw_server(scripted(*pieces, then_close=then_close)) as port:
+        r = await probe(prober, f"http://127.0.0.1:{port}/", body_regex=regex, timeout=5, **options)
+    assert (r.success, r.status, r.detail) == (True, status, "ok"), r
+
+
+@pytest.mark.parametrize(
+    ("response", "detail"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", "connection closed after 3 body bytes"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", "connection closed after 5 body bytes"),
+        (b"HTTP/1.1 200 OK\r\nContent-Le", "connection closed in the response head"),
+        (b"HTTP/1.1 100 Continue\r\n\r\n", "connection closed in the response head"),
+    ],
+    ids=["content-length", "chunked", "head", "after-interim"],
+)  # fmt: skip
+async def test_response_cut_by_close_is_error(prober: Prober, response: bytes, detail: str) -> None:
+    async with raw_server(scripted(response, then_close=True)) as port:
+        r = await probe(prober, f"http://127.0.0.1:{port}/", timeout=5)
+    assert (r.reason, r.detail) == ("error", detail)
+
+
+async def test_response_head_over_64_kib_is_error(prober: Prober) -> None:
+    big = b"HTTP/1.1 200 OK\r\nX-Big: " + b"x" * 65536 + b"\r\nContent-Length: 2\r\n\r\nok"
+    # in one piece, and trickled in small ones: the limit holds however the bytes arrive
+    trickle = tuple(big[i : i + 8192] for i in range(0, len(big), 8192))
+    async with raw_server(scripted(big)) as whole, raw_server(scripted(*trickle)) as parts:
+        for port in (whole, parts):
+            r = await probe(prober, f"http://127.0.0.1:{port}/", timeout=5)
+            assert (r.reason, r.detail) == ("error", "response head larger than 64 KiB")
+
+
+async def test_101_is_the_final_status(prober: Prober) -> None:
+    switching = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    )
+    async with raw_server(scripted(switching + b"\x81\x05hello")) as port:
+        r = await probe(prober, f"http://127.0.0.1:{port}/", timeout=5)
+        expected = await probe(
+            prober, f"http://127.0.0.1:{port}/", timeout=5, expect_status=frozenset({101})
+        )
+    assert (r.reason, r.status, r.detail) == ("status", 101, "status 101 not 2xx")
+    assert expected.success and expected.status == 101
+
+
+async def test_more_than_ten_interim_responses_fail(prober: Prober) -> None:
+    eleven = b"HTTP/1.1 100 Continue\r\n\r\n" * 11 + OK2
+    async with raw_server(scripted(eleven)) as port:
+        r = await probe(prober, f"http://127.0.0.1:{port}/", timeout=5)
+    assert (r.reason, r.status, r.detail) == (
+        "error",
+        0,
+        "more than 10 interim (1xx) responses",
+    )
+
+
+async def test_interim_flood_fails_at_once_and_holds_nothing(
+    prober: Prober, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # 20 000 interim responses before a valid 200: once a RecursionError in the loop's reader
+    # callback, a stalled loop and a wrong reason.
+    flood = b"HTTP/1.1 100 Continue\r\n\r\n" * 20_000 + OK2
+    caplog.set_level(logging.DEBUG)
+    async with raw_server(scripted(flood)) as port, http_server([web.get("/", ok_handler)]) as srv:
+        healthy = ProbeSpec(f"http://127.0.0.1:{srv.port}/")
+        flooded, *others = await asyncio.gather(
+            probe(prober, f"http://127.0.0.1:{port}/", timeout=5),
+            *(prober.probe(healthy) for _ in range(50)),
+        )
+    assert (flooded.reason, flooded.detail) == ("error", "more than 10 interim (1xx) responses")
+    assert [r.reason for r in others] == [None] * 50
+    problems = [rec for rec in caplog.records if rec.levelno >= logging.WARNING]
+    assert problems == []
+    assert "RecursionError" not in caplog.text + capfd.readouterr().err
+
+
+# ---------------------------------------------------------------- body_regex (RE2)
+
+
+async def on_grid(prober: Prober, spec: ProbeSpec, interval: float, slots: int) -> int:
+    """Probe on a grid of `slots` slots, as the daemon does: a slot missed while the loop was
+    held is skipped, not made up. Returns the probes made: `slots` when nothing held the loop."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    made = slot = 0
+    while slot < slots:
+        await asyncio.sleep(max(0.0, start + slot * interval - loop.time()))
+        result = await prober.probe(spec)
+        assert result.success, result
+        made += 1
+        slot = int((loop.time() - start) // interval) + 1
+    return made
+
+
+async def keeps_schedule(prober: Prober, hostile: ProbeSpec, steady: list[ProbeSpec]) -> None:
+    """While `hostile` is probed back to back, every steady check keeps most of its slots."""
+    slots = 30
+    stop = asyncio.Event()
+    hostile_results: list[ProbeResult] = []
+
+    async def keep_probing() -> None:
+        while not stop.is_set():
+            hostile_results.append(await prober.probe(hostile))
+
+    task = asyncio.create_task(keep_probing())
+    await asyncio.sleep(0.05)  # the first hostile probe is under way
+    try:
+        made = await asyncio.gather(*(on_grid(prober, s, 0.05, slots) for s in steady))
+    finally:
+        stop.set()
+        await task
+    assert hostile_results and {r.reason for r in hostile_results} == {"body"}
+    assert hostile_results[0].detail.startswith("body does not match")
+    # Counted in probes, not in seconds: a loop held for one match loses most of its slots.
+    assert min(made) >= slots // 2, made
+
+
+async def test_backtracking_pattern_over_a_large_body(prober: Prober) -> None:
+    # The issue's case: 120 KB of `a` took Python's backtracking re 6-10 s per probe, with the
+    # event loop held all along; RE2 answers in well under a millisecond.
+    big = b"a" * 120_000
+
+    async def answer(request: web.Request) -> web.Response:
+        if request.path == "/big":
+            return web.Response(body=big)
+        return web.json_response({"status": "ok"})
+
+    regex = r'.*"status":\s*"ok"'
+    async with http_server([web.get("/{p}", answer)]) as srv:
+        base = f"http://127.0.0.1:{srv.port}"
+        hostile = ProbeSpec(f"{base}/big", body_regex=regex)
+        steady = [ProbeSpec(f"{base}/ok{i}", body_regex=regex) for i in range(3)]
+        await keeps_schedule(prober, hostile, steady)
+
+
+async def test_dfa_hostile_pattern_over_a_large_body(prober: Prober) -> None:
+    # Linear is not cheap: this small pattern makes RE2 build a new DFA state at nearly every
+    # byte of random a/b text, about half a second per MiB. Matched in the prober's thread,
+    # not on the loop, the other checks keep their schedule.
+    body = bytes(97 + (b & 1) for b in os.urandom(1 << 20))
+
+    async def answer(request: web.Request) -> web.Response:
+        if request.path == "/big":
+            return web.Response(body=body)
+        return web.json_response({"status": "ok"})
+
+    async with http_server([web.get("/{p}", answer)]) as srv:
+        base = f"http://127.0.0.1:{srv.port}"
+        hostile = ProbeSpec(f"{base}/big", body_regex=r"a[ab]{20}z")
+        steady = [ProbeSpec(f"{base}/ok{i}", body_regex=r'"status":\s*"ok"') for i in range(3)]
+        await keeps_schedule(prober, hostile, steady)
+
+
+async def test_body_regex_is_matched_on_bytes(prober: Prober) -> None:
+    body = "température: ok\n".encode() + b"\xff\xfe binary tail"
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=body)
+
+    async with http_server([web.get("/", answer)]) as srv:
+        url = f"http://127.0.0.1:{srv.port}/"
+        results = [
+            await probe(prober, url, body_regex=pattern)
+            for pattern in ("température: ok", r"\Atemp.{5}ure", r"tail\z", r"ok$", "^ok")
+        ]
+    # non-ASCII text matches its UTF-8 bytes, `.` any byte, and the body need not be UTF-8
+    assert [r.reason for r in results[:3]] == [None, None, None]
+    assert [r.reason for r in results[3:]] == ["body", "body"]  # no multi-line mode by default
+
+
+def test_spec_refuses_what_re2_cannot_run() -> None:
+    with pytest.raises(ValueError, match=r"not supported by RE2 \(linear-time\): .*\\1"):
+        ProbeSpec("http://h/", body_regex=r"(a)\1")
+    with pytest.raises(ValueError, match="at most 1000"):
+        ProbeSpec("http://h/", body_regex=r"[\s\S]{600}[\s\S]{600}z")
+
+
+# ---------------------------------------------------------------- Accept-Encoding
+
+
+async def test_identity_is_asked_unless_the_check_says_otherwise(prober: Prober) -> None:
+    seen: list[str | None] = []
+
+    async def gzipping(request: web.Request) -> web.Response:
+        # RFC 9110 12.5.3: no Accept-Encoding means any coding is acceptable
+        accept = request.headers.get("Accept-Encoding")
+        seen.append(accept)
+        body = b'{"status": "ok"}'
+        if accept is None or "gzip" in accept or "*" in accept:
+            return web.Response(body=gzip.compress(body), headers={"Content-Encoding": "gzip"})
+        return web.Response(body=body)
+
+    regex = r'"status":\s*"ok"'
+    async with http_server([web.get("/", gzipping)]) as srv:
+        url = f"http://127.0.0.1:{srv.port}/"
+        plain = await probe(prober, url, body_regex=regex)
+        own = await probe(prober, url, body_regex=regex, headers=(("accept-encoding", "gzip"),))
+    assert seen == ["identity", "gzip"]
+    assert plain.success, plain.detail
+    # the check asked for gzip itself: its bytes are gzip's, which the regex does not match
+    assert own.reason == "body"
 
 
 # ---------------------------------------------------------------- TLS
@@ -608,13 +887,65 @@ async def test_tls_without_host_header_fails_on_the_name(
     assert (r.reason, r.status) == ("tls", 0)
     assert r.detail.startswith("certificate verify failed") and "127.0.0.1" in r.detail
     assert r.tls > 0 and r.processing == 0.0
-    assert sni == [None]  # no SNI for an IP literal
+    assert r.tls_expiry == not_after(leaf)  # read by a second, unverified handshake
+    assert sni == [None, None]  # no SNI for an IP literal, in either handshake
 
 
-async def test_tls_untrusted_ca(leaf: trustme.LeafCert) -> None:
-    async with http_server([web.get("/", ok_handler)], server_context(leaf, [])) as srv:
-        r = await probe(Prober(), f"https://127.0.0.1:{srv.port}/", host_header="api.example.test")
-    assert r.reason == "tls" and r.detail.startswith("certificate verify failed")
+async def test_tls_untrusted_ca_still_reports_expiry(
+    leaf: trustme.LeafCert, ca: trustme.CA
+) -> None:
+    sni: list[str | None] = []
+    async with http_server([web.get("/", ok_handler)], server_context(leaf, sni)) as srv:
+        prober = Prober()  # the system's trust store: trustme's CA is not in it
+        url = f"https://127.0.0.1:{srv.port}/"
+        first = await probe(prober, url, host_header="api.example.test")
+        second = await probe(prober, url, host_header="api.example.test")
+    for r in (first, second):
+        assert (r.reason, r.status) == ("tls", 0)
+        assert r.detail.startswith("certificate verify failed")
+        assert r.tls_expiry == not_after(leaf)
+        assert r.tls > 0 and r.processing == 0.0 and r.transfer == 0.0
+    # one extra handshake read the certificate; the second failure reused it (cached a minute)
+    assert sni == ["api.example.test"] * 3
+
+
+async def test_tls_expired_certificate_reports_its_expiry(ca: trustme.CA) -> None:
+    past = dt.datetime(2020, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    expired = ca.issue_cert(
+        "api.example.test", not_before=past - dt.timedelta(days=90), not_after=past
+    )
+    async with http_server([web.get("/", ok_handler)], server_context(expired, [])) as srv:
+        r = await probe(
+            trusting(ca), f"https://127.0.0.1:{srv.port}/", host_header="api.example.test"
+        )
+    assert (r.reason, r.status) == ("tls", 0)
+    assert r.detail == "certificate verify failed: certificate has expired"
+    assert r.tls_expiry == past.timestamp() == not_after(expired)
+
+
+async def test_tls_expiry_read_stays_within_the_deadline(leaf: trustme.LeafCert) -> None:
+    # The first connection gets a certificate that fails verification; every later one hangs
+    # before its handshake: the read of the certificate gives up at the probe's deadline.
+    ctx = server_context(leaf, [])
+    connections = 0
+
+    async def first_tls_then_hang(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        nonlocal connections
+        connections += 1
+        if connections == 1:
+            await writer.start_tls(ctx)
+        await hang(reader, writer)
+
+    async with raw_server(first_tls_then_hang) as port:
+        spec = ProbeSpec(f"https://127.0.0.1:{port}/", host_header="api.example.test", timeout=0.5)
+        # 20 times the deadline: without a bound, the handshake would wait for its own 60 s
+        r = await asyncio.wait_for(Prober().probe(spec), 10)
+    check_phases(r)
+    assert (r.reason, r.tls_expiry) == ("tls", None)
+    assert r.detail.startswith("certificate verify failed")
+    assert connections == 2
 
 
 async def test_tls_skip_verify_still_reports_expiry(leaf: trustme.LeafCert) -> None:
@@ -654,7 +985,7 @@ async def test_tls_framing(
             Prober(),
             f"https://127.0.0.1:{port}/",
             tls_skip_verify=True,
-            body_regex=re.compile(rb"\Ahello\Z"),
+            body_regex=r"\Ahello\z",
             timeout=2,
         )
     assert r.success, r.detail
