@@ -11,9 +11,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exporter.alerts import Alerts, AlertSettings, Fired, Resolved
-from exporter.judge import Evaluation, JudgeSettings, judge
-from exporter.window import Sample, Window
+from exporter.alerting.alerts import Alerts, AlertSettings, Fired, Resolved
+from exporter.judging.judge import Evaluation, JudgeSettings, judge
+from exporter.probing.window import Sample, Window
 
 INTERVAL = 0.25  # seconds between probes, per platform
 TIMEOUT = 1.0  # a probe slower than this fails as a timeout

@@ -21,19 +21,19 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from exporter import __version__
+from exporter.alerting.slack import Notifier, SlackError
 from exporter.config import Config, format_duration, load_config, parse_duration, parse_listen
 from exporter.daemon import Daemon, slack_settings
 from exporter.demo import run_demo
 from exporter.errors import ConfigError, StateDirError, UsageError
-from exporter.httpguard import (
+from exporter.logs import setup_logging
+from exporter.web.app import start_server
+from exporter.web.guard import (
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_WRITE_TIMEOUT,
     Limits,
     raise_fd_limit,
 )
-from exporter.logs import setup_logging
-from exporter.slack import Notifier, SlackError
-from exporter.web import start_server
 
 log = logging.getLogger("cutover")
 

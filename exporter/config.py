@@ -27,8 +27,8 @@ from pydantic import (
 )
 
 from exporter.errors import ConfigError
-from exporter.probe import ProbeSpec, compile_body_regex
-from exporter.route53 import normalize_name
+from exporter.probing.probe import ProbeSpec, compile_body_regex
+from exporter.route53.read import normalize_name
 
 NAME_RE = re.compile(r"^[a-z0-9_-]+$")
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")

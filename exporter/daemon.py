@@ -14,29 +14,29 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client.process_collector import ProcessCollector
 
 from exporter import __version__
-from exporter.alerts import Alerts, AlertSettings, Event, Fired, Incident, Resolved
-from exporter.collector import (
+from exporter.alerting.alerts import Alerts, AlertSettings, Event, Fired, Incident, Resolved
+from exporter.alerting.messages import Context, notifications, shift_notifications
+from exporter.alerting.outbox import Notification
+from exporter.alerting.slack import Notifier, SlackSettings
+from exporter.config import Check, Config, load_config, probe_spec
+from exporter.errors import ConfigError, CorruptStateFile, Refused
+from exporter.judging.judge import Evaluation, JudgeSettings, judge
+from exporter.logs import REDACTOR
+from exporter.probing.probe import Prober
+from exporter.probing.state import CheckState, Series
+from exporter.probing.window import Window
+from exporter.route53.plan import Notify, Observation, ShiftSettings
+from exporter.route53.read import RecordSpec, Route53Reader, Route53State, normalize_name
+from exporter.route53.runner import ShiftRunner
+from exporter.store.local import StateDir
+from exporter.tasks import Supervisor
+from exporter.web.collector import (
     BuildInfoCollector,
     ShiftView,
     StateCollector,
     View,
     expected_error_ratio,
 )
-from exporter.config import Check, Config, load_config, probe_spec
-from exporter.errors import ConfigError, CorruptStateFile, Refused
-from exporter.judge import JudgeSettings, judge
-from exporter.logs import REDACTOR
-from exporter.messages import Context, notifications, shift_notifications
-from exporter.outbox import Notification
-from exporter.persist import StateDir
-from exporter.probe import Prober
-from exporter.route53 import RecordSpec, Route53Reader, Route53State, normalize_name
-from exporter.shift import Notify, Observation, ShiftSettings
-from exporter.shift_runner import ShiftRunner
-from exporter.slack import Notifier, SlackSettings
-from exporter.state import CheckState, Series
-from exporter.tasks import Supervisor
-from exporter.window import Window
 
 log = logging.getLogger("cutover")
 
@@ -142,6 +142,8 @@ class Daemon:
         self.started = time.time()
         self.config_loaded_at = time.time()
         self._running: dict[str, _Running] = {}
+        # the judge's latest verdicts per check, and the hysteresis it carries to the next
+        self.evaluations: dict[str, Evaluation] = {}
         # every task the daemon starts belongs to it, in groups: PROBES, ROUTE53, WATCH, ...
         self.tasks = Supervisor(log)
         self.last_reload_ok = True
@@ -196,6 +198,7 @@ class Daemon:
             route53=self.route53.snapshot() if self.route53 is not None else None,
             records=self.records,
             alerts=self.alerts.incidents,
+            evaluations=self.evaluations,
             shift=None
             if self.shift is None
             else ShiftView(
@@ -299,6 +302,7 @@ class Daemon:
         """Start the probe loops of `cfg`, keeping the state of every unchanged check and platform."""
         running: dict[str, _Running] = {}
         old = dict(previous)
+        undisturbed: set[str] = set()
         for check in cfg.checks:
             prior = old.pop(check.name, None)
             series: dict[str, Series] = {}
@@ -323,6 +327,7 @@ class Daemon:
                 if unchanged and len(prior.state.series) == len(series):
                     # nothing about this check changed: its loop keeps running undisturbed
                     running[check.name] = prior
+                    undisturbed.add(check.name)
                     continue
                 self.tasks.cancel([prior.task])
             state = CheckState(name=check.name, series=series)
@@ -332,6 +337,8 @@ class Daemon:
             task = self.tasks.spawn(self._probe_loop(check, state), f"check:{check.name}", PROBES)
             running[check.name] = _Running(check=check, state=state, task=task)
         self.tasks.cancel(gone.task for gone in old.values())
+        for name in self.evaluations.keys() - undisturbed:
+            del self.evaluations[name]  # a changed check is judged afresh, a removed one not at all
         self._running = running
 
     def _apply_route53(self, cfg: Config, previous: Config | None) -> None:
@@ -464,9 +471,9 @@ class Daemon:
             candidate.window.samples(),
             t,
             self.judge_settings,
-            previous=state.evaluation,
+            previous=self.evaluations.get(state.name),
         )
-        state.evaluation = evaluation
+        self.evaluations[state.name] = evaluation
         events = self.alerts.update(state.name, evaluation, time.time())
         for event in events:
             self._log_event(event)
@@ -519,11 +526,18 @@ class Daemon:
     def shift_settings(self, cfg: Config) -> ShiftSettings | None:
         if cfg.shift is None:
             return None
-        return ShiftSettings.from_config(
-            cfg.shift,
+        shift = cfg.shift
+        return ShiftSettings(
+            record=shift.record,
             baseline=cfg.baseline,
             candidate=cfg.candidate,
-            dry_run=not (cfg.shift.enabled and self.allow_route53_writes),
+            steps=tuple(float(s) for s in shift.steps),
+            hold=shift.hold,
+            ttl_margin=shift.ttl_margin,
+            min_samples=shift.min_samples,
+            rollback_to=float(shift.rollback_to),
+            mode=shift.mode,
+            dry_run=not (shift.enabled and self.allow_route53_writes),
         )
 
     def _apply_shift(self, cfg: Config) -> None:
@@ -632,7 +646,7 @@ class Daemon:
         """What Slack hears of a shift action; nothing without Slack."""
         if self.notifier is None:
             return []
-        return shift_notifications(action, time.time())
+        return shift_notifications(action.kind, action.text, action.about, time.time())
 
     # -- loops ------------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """The per-check families built with client_python's metric families: the reference that
-exporter/exposition.py's hand-written text must equal, sample for sample.
+exporter/web/exposition.py's hand-written text must equal, sample for sample.
 
 This is how the daemon rendered them before the streamed renderer (it took ~0.8 s per 1000
 checks on the event loop); kept here only as a test oracle.
@@ -7,7 +7,7 @@ checks on the event loop); kept here only as a test oracle.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client.core import (
     CollectorRegistry,
@@ -18,11 +18,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from exporter.collector import expected_error_ratio
-from exporter.judge import SIGNALS
-from exporter.probe import REASONS
-from exporter.state import DURATION_BUCKETS, CheckState, ratio
-from exporter.window import QUANTILES
+from exporter.judging.judge import SIGNALS, Evaluation
+from exporter.probing.probe import REASONS
+from exporter.probing.state import DURATION_BUCKETS, CheckState, ratio
+from exporter.probing.window import QUANTILES
+from exporter.web.collector import expected_error_ratio
 
 
 class OracleCollector(Collector):
@@ -34,7 +34,9 @@ class OracleCollector(Collector):
         candidate: str,
         fired: frozenset[tuple[str, str]],
         shares: Callable[[str], dict[str, float] | None] | None,
+        evaluations: Mapping[str, Evaluation] | None = None,
     ) -> None:
+        self.evaluations = evaluations or {}
         self.checks, self.now = checks, now
         self.baseline, self.candidate = baseline, candidate
         self.fired, self.shares = fired, shares
@@ -98,8 +100,8 @@ class OracleCollector(Collector):
             labels=["check", "signal"],
         )
         for state in self.checks:
-            if state.evaluation is not None:
-                for verdict in state.evaluation.verdicts():
+            if (evaluation := self.evaluations.get(state.name)) is not None:
+                for verdict in evaluation.verdicts():
                     regression.add_metric(
                         [state.name, verdict.signal], 1.0 if verdict.regressed else 0.0
                     )

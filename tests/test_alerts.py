@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.alerts import (
+from exporter.alerting.alerts import (
     Alerts,
     AlertSettings,
     Fired,
@@ -18,9 +18,9 @@ from exporter.alerts import (
     Reminder,
     Resolved,
 )
-from exporter.judge import Evaluation, JudgeSettings, State, Verdict, judge
-from exporter.persist import save_atomic
-from exporter.window import Sample
+from exporter.judging.judge import Evaluation, JudgeSettings, State, Verdict, judge
+from exporter.probing.window import Sample
+from exporter.store.local import save_atomic
 
 SETTINGS = AlertSettings(for_=60.0, resolve_after=120.0, repeat_interval=3600.0)
 STEP = 15.0  # one evaluation per probe interval

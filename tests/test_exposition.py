@@ -20,12 +20,12 @@ from prometheus_client.utils import floatToGoString
 
 from exporter.config import parse_config, probe_spec
 from exporter.daemon import Daemon, judge_settings
-from exporter.exposition import Scrape, number, render_checks
-from exporter.judge import judge
-from exporter.probe import ProbeResult
-from exporter.state import CheckState, Series
-from exporter.web import start_server
-from exporter.window import Window
+from exporter.judging.judge import Evaluation, judge
+from exporter.probing.probe import ProbeResult
+from exporter.probing.state import CheckState, Series
+from exporter.probing.window import Window
+from exporter.web.app import start_server
+from exporter.web.exposition import Scrape, number, render_checks
 
 from .conftest import FakePlatform, config_yaml
 from .metrics_oracle import OracleCollector, oracle_registry
@@ -64,8 +64,6 @@ def states(now: float) -> list[CheckState]:
         t = now - 40 + tick
         health.series["heroku"].record(result(True, rnd.uniform(0.04, 0.06)), t, tick)
         health.series["aws"].record(result(tick % 9 != 0, rnd.uniform(0.1, 0.2)), t, tick)
-    b, c = health.series["heroku"], health.series["aws"]
-    health.evaluation = judge(b.window.samples(), c.window.samples(), now, judge_settings(CFG))
     odd = make_state(ODD)
     reasons = ("timeout", "connect", "tls", "dns", "body", "error")
     for tick in range(12):
@@ -81,22 +79,32 @@ def states(now: float) -> list[CheckState]:
     return [health, odd, fresh, lone]
 
 
-def scrape_of(shares: bool) -> tuple[Scrape, Callable[[str], dict[str, float] | None] | None]:
+def judged(checks: list[CheckState], now: float) -> dict[str, Evaluation]:
+    """The judge's verdicts on "health" only: the others have none yet."""
+    b, c = next(s.series.values() for s in checks if s.name == "health")
+    return {"health": judge(b.window.samples(), c.window.samples(), now, judge_settings(CFG))}
+
+
+def scrape_of(
+    checks: list[CheckState], now: float, shares: bool
+) -> tuple[Scrape, Callable[[str], dict[str, float] | None] | None]:
     table = {"health": {"heroku": 0.9, "aws": 0.1}, ODD: {"heroku": 0.0, "aws": 1.0}}
     lookup = table.get if shares else None
     fired = frozenset({("health", "latency"), (ODD, "down")})
-    return Scrape("heroku", "aws", fired, lookup), lookup
+    return Scrape("heroku", "aws", fired, lookup, judged(checks, now)), lookup
 
 
 def streamed(checks: list[CheckState], now: float, openmetrics: bool, shares: bool) -> str:
-    scrape, _ = scrape_of(shares)
+    scrape, _ = scrape_of(checks, now, shares)
     text = "".join(render_checks(scrape, checks, now, openmetrics=openmetrics, slice_size=2))
     return text + ("# EOF\n" if openmetrics else "")
 
 
 def reference(checks: list[CheckState], now: float, openmetrics: bool, shares: bool) -> str:
-    scrape, lookup = scrape_of(shares)
-    registry = oracle_registry(OracleCollector(checks, now, "heroku", "aws", scrape.fired, lookup))
+    scrape, lookup = scrape_of(checks, now, shares)
+    registry = oracle_registry(
+        OracleCollector(checks, now, "heroku", "aws", scrape.fired, lookup, scrape.evaluations)
+    )
     encode = om_exposition.generate_latest if openmetrics else generate_latest
     return encode(registry).decode()
 

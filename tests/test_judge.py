@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from exporter.alerts import Alerts, AlertSettings, Fired
-from exporter.judge import (
+from exporter.alerting.alerts import Alerts, AlertSettings, Fired
+from exporter.judging.judge import (
     Evaluation,
     JudgeSettings,
     State,
@@ -25,7 +25,7 @@ from exporter.judge import (
     lag1_autocorrelation,
     norm_sf,
 )
-from exporter.window import Sample
+from exporter.probing.window import Sample
 
 INTERVAL = 0.25
 MEDIAN = 0.080

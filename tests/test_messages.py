@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from exporter.alerts import Fired, Incident, Phase, Reminder, Resolved
-from exporter.messages import Context, duration_text, notifications, severity
+from exporter.alerting.alerts import Fired, Incident, Phase, Reminder, Resolved
+from exporter.alerting.messages import Context, duration_text, notifications, severity
 
 FIGURES = {
     "candidate_p50": 0.120, "candidate_p95": 0.240, "candidate_error_ratio": 0.052,

@@ -1,4 +1,4 @@
-"""exporter.probe against real local servers: aiohttp apps and raw asyncio sockets on 127.0.0.1."""
+"""exporter.probing.probe against real local servers: aiohttp apps and raw asyncio sockets on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestServer
 from cryptography import x509
 
 from exporter import __version__
-from exporter.probe import PHASES, REASONS, Prober, ProbeResult, ProbeSpec
+from exporter.probing.probe import PHASES, REASONS, Prober, ProbeResult, ProbeSpec
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

@@ -14,7 +14,7 @@ from typing import Any
 import boto3
 import pytest
 
-from exporter.route53 import (
+from exporter.route53.read import (
     RecordSpec,
     RecordWeights,
     Route53Error,
@@ -26,7 +26,7 @@ from tests.route53_standin import THROTTLED, Failure, StandIn, cname, running
 PLATFORMS = {"heroku": "heroku", "aws": "aws"}
 ELB = "k8s-ingress-1234.eu-west-1.elb.amazonaws.com"
 ELB_ZONE = "Z32O12XQLNTSW2"
-LOGGER = "exporter.route53"
+LOGGER = "exporter.route53.read"
 RATIOS = [(90, 10), (75, 25), (50, 50), (0, 0), (0, 255)]
 
 # fake AWS credentials for every test here (tests/conftest.py: aws_env, moto_url, r53)

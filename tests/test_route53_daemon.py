@@ -256,7 +256,7 @@ async def test_expected_error_ratio_weighs_errors_by_traffic(
 
 
 def test_expected_error_ratio_arithmetic() -> None:
-    from exporter.collector import expected_error_ratio
+    from exporter.web.collector import expected_error_ratio
 
     nan = float("nan")
     assert expected_error_ratio({"a": 0.9, "b": 0.1}, {"a": 0.0, "b": 0.5}) == pytest.approx(0.05)

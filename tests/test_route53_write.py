@@ -13,9 +13,9 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from exporter.route53 import RecordSpec, Route53Error, Route53Reader
-from exporter.route53_write import Route53Writer, WeightsChanged
-from exporter.shift import Observation, Phase, SetWeights, ShiftPlan, ShiftSettings
+from exporter.route53.plan import Observation, Phase, SetWeights, ShiftPlan, ShiftSettings
+from exporter.route53.read import RecordSpec, Route53Error, Route53Reader
+from exporter.route53.write import Route53Writer, WeightsChanged
 from tests.route53_standin import THROTTLED, Failure, cname, running
 from tests.route53_write_standin import PRIOR_REQUEST, WriteStandIn
 
@@ -195,7 +195,7 @@ async def test_alias_target_and_plain_values_are_kept(
 async def test_dry_run_writes_nothing_and_shows_the_exact_batch(
     r53: Any, zone: str, moto_url: str, writers: Writers, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="exporter.route53_write")
+    caplog.set_level(logging.INFO, logger="exporter.route53.write")
     spec = RecordSpec(zone, "api.example.com", "CNAME", PLATFORMS)
     before = everything(r53, zone)
     writer = writers(endpoint_url=moto_url, dry_run=True)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from exporter.shift import (
+from exporter.route53.plan import (
     HISTORY_LIMIT,
     Action,
     Notify,

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from exporter.slack import Notification, Notifier, SlackError, SlackSettings
+from exporter.alerting.slack import Notification, Notifier, SlackError, SlackSettings
 from tests.slack_standin import SlackStandIn
 
 TOKEN = "xoxb-1111-2222-secret-test-token"

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from exporter.alerts import Alerts, AlertSettings
+from exporter.alerting.alerts import Alerts, AlertSettings
+from exporter.alerting.slack import Notifier, SlackSettings
 from exporter.errors import CorruptStateFile, StateDirError
-from exporter.persist import StateDir
-from exporter.shift import ShiftPlan, ShiftSettings
-from exporter.slack import Notifier, SlackSettings
+from exporter.route53.plan import ShiftPlan, ShiftSettings
+from exporter.store.local import StateDir
 from tests.conftest import ROOT, DaemonProcess, FakePlatform, daemon_env, free_port
 from tests.slack_standin import SlackStandIn
 from tests.test_alerting_e2e import TOKEN, alerting_config, until

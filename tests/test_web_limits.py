@@ -15,7 +15,7 @@ import pytest
 
 from exporter.config import parse_config
 from exporter.daemon import Daemon
-from exporter.web import start_server
+from exporter.web.app import start_server
 from tests.conftest import ROOT, DaemonProcess, FakePlatform, config_yaml, daemon_env, free_port
 
 Start = Callable[..., DaemonProcess]

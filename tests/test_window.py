@@ -6,7 +6,7 @@ import gc
 import math
 import random
 
-from exporter.window import QUANTILES, Sample, Window, quantile
+from exporter.probing.window import QUANTILES, Sample, Window, quantile
 
 
 def reference(samples: list[Sample], now: float, span: float) -> list[Sample]:

@@ -1,0 +1,1 @@
+"""Real traffic: requests per platform and route group, from log drains, Prometheus, CloudWatch."""

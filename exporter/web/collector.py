@@ -13,12 +13,13 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from exporter.alerts import Incident
+from exporter.alerting.alerts import Incident
 from exporter.config import Config
-from exporter.route53 import RecordSpec, Route53Snapshot
-from exporter.shift import Phase as ShiftPhase
-from exporter.shift import ShiftStatus
-from exporter.state import CheckState
+from exporter.judging.judge import Evaluation
+from exporter.probing.state import CheckState
+from exporter.route53.plan import Phase as ShiftPhase
+from exporter.route53.plan import ShiftStatus
+from exporter.route53.read import RecordSpec, Route53Snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,7 @@ class View:
     records: Mapping[str, RecordSpec] = field(default_factory=dict)  # config key -> record
     alerts: tuple[Incident, ...] = ()  # open incidents, pending and firing
     shift: ShiftView | None = None
+    evaluations: Mapping[str, Evaluation] = field(default_factory=dict)  # check -> the judge's last
 
     def shares_for(self, check: str) -> dict[str, float] | None:
         """Traffic share per platform of the record a check represents, once read."""

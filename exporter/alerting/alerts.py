@@ -11,9 +11,9 @@ from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import ConfigDict, Field
 
-from exporter.judge import SIGNALS, Evaluation, State, Verdict
-from exporter.outbox import STRICT, Notification
-from exporter.persist import StateFile
+from exporter.alerting.outbox import STRICT, Notification
+from exporter.judging.judge import SIGNALS, Evaluation, State, Verdict
+from exporter.store.local import StateFile
 
 STATE_VERSION: Final = 1
 # Down is not a statistical guess: the candidate failed its last probes, so it fires at once.

@@ -11,7 +11,7 @@ from enum import StrEnum
 from functools import lru_cache
 from itertools import accumulate
 
-from exporter.window import Sample, quantile
+from exporter.probing.window import Sample, quantile
 
 SIGNALS = ("down", "errors", "latency")
 

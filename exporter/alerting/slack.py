@@ -22,9 +22,15 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 from slack_sdk.webhook.webhook_response import WebhookResponse
 
+from exporter.alerting.outbox import (
+    ACTIONS,
+    OUTBOX_VERSION,
+    Notification,
+    OutboxRecord,
+    QueuedRecord,
+)
 from exporter.errors import CorruptStateFile, SlackError
-from exporter.outbox import ACTIONS, OUTBOX_VERSION, Notification, OutboxRecord, QueuedRecord
-from exporter.persist import StateFile
+from exporter.store.local import StateFile
 
 __all__ = ["Notification", "Notifier", "SlackError", "SlackSettings"]
 

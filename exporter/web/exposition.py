@@ -13,14 +13,14 @@ families with client_python and the tests compare the two sample for sample.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-from exporter.collector import expected_error_ratio
-from exporter.judge import SIGNALS
-from exporter.probe import PHASES, REASONS
-from exporter.state import DURATION_BUCKETS, CheckState, Series, label_value, ratio
-from exporter.window import QUANTILES, WindowStats
+from exporter.judging.judge import SIGNALS, Evaluation
+from exporter.probing.probe import PHASES, REASONS
+from exporter.probing.state import DURATION_BUCKETS, CheckState, Series, label_value, ratio
+from exporter.probing.window import QUANTILES, WindowStats
+from exporter.web.collector import expected_error_ratio
 
 _LE = (*(f'le="{b:g}"' for b in DURATION_BUCKETS), 'le="+Inf"')
 # `q`, not `quantile`: Prometheus reserves `quantile` for summaries, and these are gauges of
@@ -60,7 +60,7 @@ def _bool(flag: bool) -> str:
 class Scrape:
     """What one scrape reads besides the live series: figures computed once, and the config's roles."""
 
-    __slots__ = ("baseline", "candidate", "fired", "shares", "stats")
+    __slots__ = ("baseline", "candidate", "evaluations", "fired", "shares", "stats")
 
     def __init__(
         self,
@@ -68,11 +68,13 @@ class Scrape:
         candidate: str,
         fired: frozenset[tuple[str, str]],
         shares: Callable[[str], dict[str, float] | None] | None,
+        evaluations: Mapping[str, Evaluation] | None = None,
     ) -> None:
         self.baseline = baseline
         self.candidate = candidate
         self.fired = fired
         self.shares = shares  # None when Route53 is not configured: no expected error ratio
+        self.evaluations = evaluations or {}  # check -> the judge's last verdicts
         self.stats: dict[int, WindowStats] = {}  # id(series) -> its window figures now
 
     def of(self, series: Series) -> WindowStats:
@@ -223,10 +225,11 @@ def _expected(scrape: Scrape, state: CheckState) -> Iterator[str]:
 
 
 def _regression(scrape: Scrape, state: CheckState) -> Iterator[str]:
-    if state.evaluation is None:
+    evaluation = scrape.evaluations.get(state.name)
+    if evaluation is None:
         return
     check = state.label
-    for verdict in state.evaluation.verdicts():
+    for verdict in evaluation.verdicts():
         signal = label_value(verdict.signal)
         yield f'cutover_regression{{{check},signal="{signal}"}} {_bool(verdict.regressed)}\n'
 

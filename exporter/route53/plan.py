@@ -26,17 +26,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import ConfigDict, Field
 
+from exporter.alerting.outbox import STRICT, Notification
 from exporter.errors import Refused
-from exporter.outbox import STRICT, Notification
-from exporter.persist import StateFile
-from exporter.route53 import normalize_name
-
-if TYPE_CHECKING:
-    from exporter.config import Shift
+from exporter.route53.read import normalize_name
+from exporter.store.local import StateFile
 
 __all__ = [
     "ALIAS_TTL",
@@ -160,23 +157,6 @@ class ShiftSettings:
             problems.append("baseline and candidate must be two platforms")
         if problems:
             raise ValueError("; ".join(problems))
-
-    @classmethod
-    def from_config(
-        cls, shift: Shift, *, baseline: str, candidate: str, dry_run: bool
-    ) -> ShiftSettings:
-        return cls(
-            record=shift.record,
-            baseline=baseline,
-            candidate=candidate,
-            steps=tuple(float(s) for s in shift.steps),
-            hold=shift.hold,
-            ttl_margin=shift.ttl_margin,
-            min_samples=shift.min_samples,
-            rollback_to=float(shift.rollback_to),
-            mode=shift.mode,
-            dry_run=dry_run,
-        )
 
     def hold_for(self, ttl: float | None) -> float:
         """The hold, raised to the record's TTL plus the margin so resolvers saw the change."""

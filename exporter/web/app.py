@@ -20,18 +20,18 @@ from prometheus_client.exposition import choose_encoder
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from exporter import __version__
-from exporter.alerts import Incident, Phase
-from exporter.collector import View, expected_error_ratio
+from exporter.alerting.alerts import Incident, Phase
 from exporter.errors import Refused
-from exporter.exposition import Scrape, render_checks
-from exporter.httpguard import (
+from exporter.probing.state import CheckState, ratio
+from exporter.web.collector import View, expected_error_ratio
+from exporter.web.exposition import Scrape, render_checks
+from exporter.web.guard import (
     DEFAULT_HEADER_TIMEOUT,
     KEEPALIVE_TIMEOUT,
     Bounds,
     GuardedSite,
     Limits,
 )
-from exporter.state import CheckState, ratio
 
 log = logging.getLogger("cutover.web")
 
@@ -187,8 +187,8 @@ def status_data(backend: Backend) -> dict[str, Any]:
                 "traffic_share": shares,
                 "expected_error_ratio": expected,
                 "verdicts": None
-                if state.evaluation is None
-                else {v.signal: v.as_dict() for v in state.evaluation.verdicts()},
+                if (evaluation := view.evaluations.get(state.name)) is None
+                else {v.signal: v.as_dict() for v in evaluation.verdicts()},
             }
         )
     return {
@@ -308,9 +308,10 @@ def _check_table(view: View, state: CheckState) -> str:
             "<tr><th class='l'>users see (through DNS)</th>"
             f"<td colspan=2 class='l'>{_pct(users)} of requests failing</td></tr>"
         )
-    if state.evaluation is not None:
+    evaluation = view.evaluations.get(state.name)
+    if evaluation is not None:
         verdicts = []
-        for v in state.evaluation.verdicts():
+        for v in evaluation.verdicts():
             css = "bad" if v.regressed else ("muted" if v.state.value == "inconclusive" else "ok")
             verdicts.append(
                 f"{escape(v.signal)} <span class='{css}'>{escape(v.state.value)}</span>"
@@ -487,6 +488,7 @@ async def metrics(request: web.Request) -> web.StreamResponse:
         candidate=cfg.candidate,
         fired=frozenset(i.key for i in view.alerts if i.phase is Phase.FIRING),
         shares=view.shares_for if view.route53 is not None else None,
+        evaluations=view.evaluations,
     )
     resp = web.StreamResponse(headers={"Content-Type": content_type})
     await resp.prepare(request)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from exporter.alerts import Event, Fired, Incident, Reminder, Resolved
-from exporter.outbox import Action, Notification
-from exporter.shift import Notify
+from exporter.alerting.alerts import Event, Fired, Incident, Reminder, Resolved
+from exporter.alerting.outbox import Action, Notification
 
 log = logging.getLogger("cutover.messages")
 
@@ -237,10 +236,12 @@ def _plain(event: Event, ctx: Context, action: Action) -> str:
     )
 
 
-def shift_notifications(action: Notify, now: float) -> list[Notification]:
-    """What Slack hears of the guarded shift: a post, or replies in the incidents' threads."""
-    base = f"shift:{action.kind}:{round(now * 1000)}"
-    if action.about:
+def shift_notifications(
+    kind: str, text: str, about: Sequence[str], now: float
+) -> list[Notification]:
+    """What Slack hears of the guarded shift: a post, or replies in the threads of `about`."""
+    base = f"shift:{kind}:{round(now * 1000)}"
+    if about:
         # a rollback answers the incidents that caused it, in their threads: `about` holds the
         # firing incidents' ids, whose posts are ahead in the outbox
         return [
@@ -248,13 +249,13 @@ def shift_notifications(action: Notify, now: float) -> list[Notification]:
                 key=f"{base}:{incident}",
                 incident=incident,
                 action="reply",
-                text=action.text,
+                text=text,
                 created=now,
             )
-            for incident in action.about
+            for incident in about
         ]
     return [
         Notification(
-            key=base, incident=base, action="post", text=f"[SHIFT] {action.text}", created=now
+            key=base, incident=base, action="post", text=f"[SHIFT] {text}", created=now
         )
     ]

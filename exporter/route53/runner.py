@@ -8,11 +8,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from exporter.alerting.outbox import Notification
 from exporter.errors import CorruptStateFile
-from exporter.outbox import Notification
-from exporter.route53 import RecordSpec, Route53Error
-from exporter.route53_write import Route53Writer
-from exporter.shift import (
+from exporter.route53.plan import (
     Action,
     Notify,
     Observation,
@@ -21,6 +19,8 @@ from exporter.shift import (
     ShiftPlan,
     ShiftSettings,
 )
+from exporter.route53.read import RecordSpec, Route53Error
+from exporter.route53.write import Route53Writer
 from exporter.tasks import Supervisor
 
 log = logging.getLogger("cutover.shift")

@@ -37,7 +37,7 @@ from botocore.exceptions import ClientError, ReadTimeoutError, WaiterError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from exporter.errors import Route53Error, WeightsChanged
-from exporter.route53 import (
+from exporter.route53.read import (
     RecordSpec,
     Route53Calls,
     classify,

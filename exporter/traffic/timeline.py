@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from exporter.traffic.model import ALL, CODE_CLASSES, Report, Tally
+from exporter.traffic.counts import ALL, CODE_CLASSES, Report, Tally
 
 __all__ = ["Counters", "SourceStatus", "TrafficStore"]
 

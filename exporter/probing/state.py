@@ -7,9 +7,8 @@ from array import array
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
-from exporter.judge import Evaluation
-from exporter.probe import PHASES, REASONS, ProbeResult, ProbeSpec
-from exporter.window import Window, WindowStats
+from exporter.probing.probe import PHASES, REASONS, ProbeResult, ProbeSpec
+from exporter.probing.window import Window, WindowStats
 
 # Upper bounds of cutover_probe_duration_seconds: fine where health checks live (5 ms - 1 s),
 # coarse beyond, so that p95/p99 recording rules stay meaningful without hundreds of series.
@@ -84,7 +83,6 @@ class CheckState:
     name: str
     series: dict[str, Series]  # platform name -> series
     next_tick: int = 0
-    evaluation: Evaluation | None = None  # the judge's last verdicts, and its hysteresis state
     label: str = field(init=False, repr=False, compare=False)  # `check="…"`, escaped once
 
     def __post_init__(self) -> None:

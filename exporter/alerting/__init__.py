@@ -1,0 +1,1 @@
+"""Alerting: incidents (pending, firing, resolved), their wording, and delivery to Slack."""

@@ -1,0 +1,1 @@
+"""Where state lives: the state files in state_dir, typed, atomic, locked for one daemon."""
