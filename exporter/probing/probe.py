@@ -15,7 +15,7 @@ set one, since a body_regex runs on the bytes as they come.
 body_regex runs on RE2 (google-re2), in time linear in the body; ``compile_body_regex``
 refuses what RE2 cannot run (backreferences, lookaround) and patterns over 1000 instructions.
 Small bodies are searched on the event loop, larger ones in a thread of the prober's own (see
-``_INLINE_STEPS``), so that no body holds the loop for more than about 2 ms.
+``INLINE_STEPS``), so that no body holds the loop for more than about 2 ms.
 
 Failure reasons (``ProbeResult.reason``), in the order a probe can meet them::
 
@@ -55,13 +55,13 @@ import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httptools
-import re2  # type: ignore[import-untyped]  # google-re2 ships no type hints
 
 from exporter import __version__
+from exporter.regex import INLINE_STEPS, Regex, compile_linear
 
 __all__ = ["PHASES", "REASONS", "ProbeResult", "ProbeSpec", "Prober", "compile_body_regex"]
 
@@ -80,65 +80,9 @@ _PATH_SAFE = "/%!$&'()*+,;=:@-._~"
 _QUERY_SAFE = _PATH_SAFE + "?"
 
 
-class _Regex(Protocol):
-    """What a probe uses of a compiled RE2 pattern (google-re2 ships no type hints)."""
-
-    @property
-    def programsize(self) -> int: ...
-
-    def search(self, text: bytes | bytearray) -> object | None: ...
-
-
-# RE2 matches in time linear in the body, but the factor grows with the pattern's program size:
-# measured worst (a DFA that keeps building new states, as `a[ab]{20}z` over random a/b text
-# makes it, or RE2's fallback to its NFA) about 55 ns per body byte and instruction, while usual
-# patterns over usual bodies take 0.2 ns. Patterns stay small so that the worst stays bounded:
-# 1000 instructions is a minute per MiB at worst; health-check patterns take 20 to 300.
-_MAX_PROGRAM = 1000
-# A body whose bytes x instructions stay under this is searched on the event loop (2 ms at the
-# worst rate: a `"status":\s*"ok"` pattern, 22 instructions, over bodies up to 1.4 KiB); any
-# larger one in a thread, where RE2 releases the GIL, so that no body holds the loop longer.
-_INLINE_STEPS = 1 << 15
-
-
-def _re2_options() -> Any:
-    options = re2.Options()
-    options.log_errors = False  # else RE2 prints every refused pattern on stderr
-    # Matching or not is all a probe needs: without captures RE2 never falls back to its
-    # slow submatch engines (`(.*a){20}` over 1 MiB: 1.7 s with captures, 8 ms without).
-    options.never_capture = True
-    # Bytes in, bytes matched, as with the re module's bytes patterns: `.` is any byte and a
-    # body need not be valid UTF-8. Non-ASCII text in a pattern still matches its UTF-8 bytes.
-    options.encoding = re2.Options.Encoding.LATIN1
-    return options
-
-
-def compile_body_regex(pattern: str) -> _Regex:
-    """A check's body_regex -> the RE2 pattern probes search with; ValueError says why not.
-
-    The one compile used by both config validation and the prober, so that whatever loads is
-    what probes run. RE2 (Go's regexp syntax, as blackbox_exporter's) is linear-time: no
-    backreferences, no lookaround, `\\z` for the end of the text.
-    """
-    try:
-        regex: _Regex = re2.compile(pattern.encode(), _re2_options())
-    except re2.error as exc:
-        why = exc.args[0] if exc.args else exc
-        why = why.decode(errors="replace") if isinstance(why, bytes) else str(why)
-        try:
-            re.compile(pattern)
-        except re.error as py_exc:
-            # wrong in any dialect: Python's words say where
-            raise ValueError(f"invalid regular expression: {py_exc}") from None
-        hint = " (RE2 writes the end of the text as \\z)" if "\\Z" in why else ""
-        raise ValueError(f"not supported by RE2 (linear-time): {why}{hint}") from None
-    size = regex.programsize
-    if size > _MAX_PROGRAM:
-        raise ValueError(
-            f"pattern too large for a fast linear-time match: {size} RE2 instructions, at most "
-            f"{_MAX_PROGRAM} (every copy of a repetition such as {{100}} counts)"
-        )
-    return regex
+# Patterns compile with the shared linear-time rules (exporter/regex.py); this is the name the
+# config's validation and the prober both call, so that whatever loads is what probes run.
+compile_body_regex = compile_linear
 
 
 class _Compiled:
@@ -240,7 +184,7 @@ class _Compiled:
         else:
             self.expect_text = f"not in [{', '.join(map(str, sorted(spec.expect_status)))}]"
         self.body_text = ""
-        self.regex: _Regex | None = None
+        self.regex: Regex | None = None
         self.regex_steps = 0  # the pattern's work per body byte, in RE2 instructions
         if spec.body_regex is not None:
             self.regex = compile_body_regex(spec.body_regex)
@@ -683,7 +627,7 @@ def _not_after(der: bytes) -> float | None:
 _SERVED_TTL = 60.0  # seconds an unverifiable certificate's expiry is reused
 
 
-def _found(regex: _Regex, body: bytearray) -> bool:
+def _found(regex: Regex, body: bytearray) -> bool:
     return regex.search(body) is not None
 
 
@@ -710,7 +654,7 @@ class Prober:
     ``tls_skip_verify`` is always this module's own.
 
     A body_regex is searched on the event loop when the body is small for its pattern, else
-    in a thread of this prober's own (see ``_INLINE_STEPS``): never in the loop's default
+    in a thread of this prober's own (see ``INLINE_STEPS``): never in the loop's default
     executor, which getaddrinfo needs for every probe of a name.
     """
 
@@ -904,7 +848,7 @@ class Prober:
     async def _search(self, loop: asyncio.AbstractEventLoop, c: _Compiled, body: bytearray) -> bool:
         regex = c.regex
         assert regex is not None
-        if len(body) * c.regex_steps <= _INLINE_STEPS:
+        if len(body) * c.regex_steps <= INLINE_STEPS:
             return regex.search(body) is not None
         pool = self._regex_pool
         if pool is None:
