@@ -28,6 +28,7 @@ from pydantic import (
 
 from exporter.errors import ConfigError
 from exporter.probing.probe import ProbeSpec, compile_body_regex
+from exporter.regex import compile_linear
 from exporter.route53.read import normalize_name
 
 NAME_RE = re.compile(r"^[a-z0-9_-]+$")
@@ -287,6 +288,8 @@ class Shift(_Model):
     hold: Duration = 1800.0
     ttl_margin: Annotated[float, BeforeValidator(parse_duration), Field(ge=0)] = 5.0
     min_samples: Annotated[int, Field(ge=1)] = 50
+    # real candidate requests (traffic section) a step must have seen before the next
+    min_requests: Annotated[int, Field(ge=0)] = 0
     rollback_to: Annotated[float, Field(ge=0, le=100)] = 0
     mode: Literal["auto", "manual"] = "auto"
 
@@ -296,6 +299,152 @@ class Shift(_Model):
         if any(b <= a for a, b in itertools.pairwise(value)):
             raise ValueError("steps must increase strictly, e.g. [10, 25, 50, 100]")
         return value
+
+
+RESERVED_ROUTES = ("all", "other")  # a platform as a whole; paths no group matches
+# a drain token is a password in a URL Heroku stores: long and random, never a word
+MIN_TOKEN_LENGTH = 16
+
+
+def _linear_regex(value: str) -> str:
+    compile_linear(value)  # ValueError says why RE2 cannot run it
+    return value
+
+
+class RouteGroup(_Model):
+    """Requests whose path (query string left out) matches `path_regex` (RE2) form a group."""
+
+    name: Name
+    path_regex: Annotated[str, AfterValidator(_linear_regex)]
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value in RESERVED_ROUTES:
+            raise ValueError(f"{value!r} is the name of a group cutover makes itself")
+        return value
+
+
+class HerokuDrain(_Model):
+    """A Heroku HTTPS log drain POSTing to /api/v1/drains/heroku with this basic-auth password."""
+
+    token: str = Field(repr=False)
+    hosts: tuple[Annotated[str, Field(min_length=1)], ...] | None = None  # keep only these host=
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, value: str) -> str:
+        # the value is a secret: its length is all the message may say of it
+        if len(value) < MIN_TOKEN_LENGTH or any(c in value for c in ":@/ \t\r\n"):
+            raise ValueError(
+                f"must be at least {MIN_TOKEN_LENGTH} characters without ':', '@', '/' or "
+                "spaces (it goes into the drain's URL), e.g. from `openssl rand -hex 16`"
+            )
+        return value
+
+
+PrometheusPreset = Literal["ingress-nginx", "http-requests", "custom"]
+
+
+class PrometheusTraffic(_Model):
+    """Request counts and latency buckets from Prometheus' HTTP API, every `interval`."""
+
+    url: HttpUrl
+    interval: Duration = 15.0
+    timeout: Duration = 10.0
+    preset: PrometheusPreset
+    selector: str = ""  # label matchers for the preset's metrics, e.g. host="api.example.com"
+    route_label: Annotated[str, Field(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")] | None = None
+    requests_query: str | None = None  # custom: counts by status (or code) [and route]
+    latency_buckets_query: str | None = None  # custom: bucket counts by le [and route]
+    headers: Headers = Field(default_factory=dict)  # e.g. Authorization; values are secrets
+
+    @model_validator(mode="after")
+    def _queries(self) -> PrometheusTraffic:
+        custom = self.requests_query is not None and self.latency_buckets_query is not None
+        if self.preset == "custom" and not custom:
+            raise ValueError("preset custom needs requests_query and latency_buckets_query")
+        if self.timeout > self.interval:
+            raise ValueError(
+                f"timeout {format_duration(self.timeout)} must not exceed the interval "
+                f"({format_duration(self.interval)})"
+            )
+        return self
+
+
+class CloudWatchAlb(_Model):
+    """An application load balancer's metrics from CloudWatch (GetMetricData, 60 s periods)."""
+
+    load_balancer: Annotated[str, Field(pattern=r"^app/[^/\s]+/[0-9a-zA-Z]+$")]
+    target_group: Annotated[str, Field(pattern=r"^targetgroup/[^/\s]+/[0-9a-zA-Z]+$")] | None = None
+    region: str | None = None
+    endpoint_url: HttpUrl | None = None
+    interval: Duration = 60.0
+    timeout: Duration = 10.0
+
+
+SOURCE_KINDS = ("heroku_drain", "prometheus", "cloudwatch_alb")
+
+
+class TrafficSource(_Model):
+    """One source of one platform's real traffic: exactly one of the kinds."""
+
+    platform: Name
+    name: Name | None = None  # the `source` label; default: the kind (kind-2, ... for more)
+    heroku_drain: HerokuDrain | None = None
+    prometheus: PrometheusTraffic | None = None
+    cloudwatch_alb: CloudWatchAlb | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> TrafficSource:
+        given = [k for k in SOURCE_KINDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"set exactly one of {', '.join(SOURCE_KINDS)}"
+                + (f" (found {', '.join(given)})" if given else "")
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in SOURCE_KINDS if getattr(self, k) is not None)
+
+
+class Traffic(_Model):
+    """Real user traffic of both platforms, judged side by side like the probes."""
+
+    window: Duration | None = None  # default: judge.window
+    min_requests: Annotated[int, Field(ge=1)] = 200  # per side and route group, for a verdict
+    record: str | None = None  # the Route53 record the traffic is split by (default: the only one)
+    routes: tuple[RouteGroup, ...] = ()
+    sources: tuple[TrafficSource, ...]
+    # the measured split may stray this far from the weights (once TTL and a margin have passed)
+    split_tolerance: Annotated[float, Field(gt=0, le=1)] = 0.1
+
+    @field_validator("sources")
+    @classmethod
+    def _some_sources(cls, value: tuple[TrafficSource, ...]) -> tuple[TrafficSource, ...]:
+        if not value:
+            raise ValueError("at least one source per platform is required")
+        return value
+
+    def named_sources(self) -> list[tuple[str, TrafficSource]]:
+        """Each source with its `source` label: its name, else its kind (kind-2, kind-3, ...)."""
+        out: list[tuple[str, TrafficSource]] = []
+        taken = {s.name for s in self.sources if s.name is not None}
+        counts: dict[str, int] = {}
+        for s in self.sources:
+            if s.name is not None:
+                out.append((s.name, s))
+                continue
+            counts[s.kind] = counts.get(s.kind, 0) + 1
+            name = s.kind if counts[s.kind] == 1 else f"{s.kind}-{counts[s.kind]}"
+            while name in taken:
+                counts[s.kind] += 1
+                name = f"{s.kind}-{counts[s.kind]}"
+            taken.add(name)
+            out.append((name, s))
+        return out
 
 
 class Config(_Model):
@@ -309,6 +458,7 @@ class Config(_Model):
     judge: Judge = Field(default_factory=Judge)
     alerting: Alerting | None = None
     shift: Shift | None = None
+    traffic: Traffic | None = None
 
     @field_validator("checks")
     @classmethod
@@ -332,6 +482,12 @@ class Config(_Model):
     @property
     def candidate(self) -> str:
         return next(n for n, p in self.platforms.items() if p.role == "candidate")
+
+    def traffic_record(self) -> Route53Record | None:
+        """The Route53 record real traffic is split by: traffic.record, else the only record."""
+        if self.traffic is None or self.route53 is None:
+            return None
+        return _record_of(self.traffic.record, self.route53.records)
 
     def record_for(self, check: Check) -> Route53Record | None:
         """The Route53 record whose traffic this check represents, if any."""
@@ -517,6 +673,8 @@ class _Pieces:
     records: list[_Piece[Route53Record] | None] | None  # None: unknown (route53 is broken)
     slack: _Piece[Slack] | None  # None: absent or unusable, either way no rule applies
     shift: _Piece[Shift] | None
+    traffic: _Piece[Traffic] | None
+    sources: list[_Piece[TrafficSource] | None]  # traffic.sources one by one
 
     @classmethod
     def of_config(cls, cfg: Config) -> _Pieces:
@@ -528,6 +686,8 @@ class _Pieces:
             records=[_Piece(r) for r in cfg.route53.records] if cfg.route53 else [],
             slack=_Piece(cfg.alerting.slack) if cfg.alerting and cfg.alerting.slack else None,
             shift=_Piece(cfg.shift) if cfg.shift else None,
+            traffic=_Piece(cfg.traffic) if cfg.traffic else None,
+            sources=[_Piece(s) for s in cfg.traffic.sources] if cfg.traffic else [],
         )
 
     @classmethod
@@ -552,7 +712,14 @@ class _Pieces:
             records=records,
             slack=_piece(Slack, alerting.get("slack")) if isinstance(alerting, dict) else None,
             shift=_piece(Shift, raw.get("shift")),
+            traffic=_piece(Traffic, raw.get("traffic")),
+            sources=[_piece(TrafficSource, s) for s in _list_in(raw.get("traffic"), "sources")],
         )
+
+
+def _list_in(section: object, key: str) -> list[Any]:
+    value = section.get(key) if isinstance(section, dict) else None
+    return value if isinstance(value, list) else []
 
 
 def _cross_check(pieces: _Pieces) -> list[_Problem]:
@@ -666,6 +833,93 @@ def _cross_check(pieces: _Pieces) -> list[_Problem]:
                 )
         if sh.has("rollback_to", "steps") and shift.rollback_to >= shift.steps[0]:
             problems.append((("shift", "rollback_to"), "must be below the first step"))
+        if sh.has("min_requests") and shift.min_requests and pieces.traffic is None:
+            problems.append(
+                (
+                    ("shift", "min_requests"),
+                    "needs a traffic section: real requests are counted there",
+                )
+            )
+    if (tr := pieces.traffic) is not None:
+        problems += _traffic_rules(tr, pieces, record_keys, all_records)
+    return problems
+
+
+def _traffic_rules(
+    tr: _Piece[Traffic], pieces: _Pieces, record_keys: dict[str, int], all_records: bool
+) -> list[_Problem]:
+    """The traffic section against the platforms and records, and its sources among themselves."""
+    problems: list[_Problem] = []
+    traffic = tr.value
+    if tr.has("routes"):
+        seen: dict[str, int] = {}
+        for i, group in enumerate(traffic.routes):
+            if group.name in seen:
+                problems.append(
+                    (("traffic", "routes", i, "name"), f"duplicate route group {group.name!r}")
+                )
+            seen.setdefault(group.name, i)
+    if tr.has("record") and all_records:
+        if traffic.record is not None and normalize_name(traffic.record) not in record_keys:
+            no_route53 = "" if pieces.route53 else " (there is no route53 section)"
+            problems.append(
+                (
+                    ("traffic", "record"),
+                    f"{traffic.record!r} is not one of route53.records{no_route53}",
+                )
+            )
+        elif traffic.record is None and len(record_keys) > 1:
+            problems.append(
+                (
+                    ("traffic", "record"),
+                    "required: route53 has several records, say which one splits it",
+                )
+            )
+    platforms = pieces.platforms
+    tokens: dict[str, int] = {}
+    names: dict[str, int] = {}
+    for i, piece in enumerate(pieces.sources):
+        if piece is None or not piece.has("platform", "name", "heroku_drain"):
+            continue
+        source, loc = piece.value, ("traffic", "sources", i)
+        if platforms is not None and source.platform not in platforms:
+            problems.append(
+                (
+                    (*loc, "platform"),
+                    f"unknown platform {source.platform!r} (platforms: {', '.join(platforms)})",
+                )
+            )
+        if source.heroku_drain is not None:
+            token = source.heroku_drain.token
+            if token in tokens:
+                problems.append(
+                    (
+                        (*loc, "heroku_drain", "token"),
+                        f"the same token as traffic.sources[{tokens[token]}]: the token tells which "
+                        "drain a POST feeds, so each drain needs its own",
+                    )
+                )
+            tokens.setdefault(token, i)
+        if source.name is not None:
+            if source.name in names:
+                problems.append(
+                    (
+                        (*loc, "name"),
+                        f"duplicate source name {source.name!r} (also sources[{names[source.name]}])",
+                    )
+                )
+            names.setdefault(source.name, i)
+    complete = all(p is not None and p.has("platform") for p in pieces.sources)
+    if platforms is not None and complete and all(p is not None for p in platforms.values()):
+        fed = {p.value.platform for p in pieces.sources if p is not None}
+        for name in platforms:
+            if name in pieces.named and name not in fed:
+                problems.append(
+                    (
+                        ("traffic", "sources"),
+                        f"no source for platform {name!r}: real traffic is judged by comparing both",
+                    )
+                )
     return problems
 
 

@@ -8,6 +8,7 @@
     ├── Route53Error      a Route53 read or write failed; `reason` labels the error metrics
     │   └── WeightsChanged  a write found other weights than expected; nothing was written
     ├── SlackError        Slack refused a test message for a reason a person must fix
+    ├── SourceError       a traffic source's poll failed; `reason` labels the error metrics
     └── Refused           a shift control call (pause, resume, ...) that does not apply now
 
 Failing targets are not exceptions: a probe always returns a result with a reason. Failures of
@@ -82,6 +83,19 @@ class WeightsChanged(Route53Error):
         super().__init__("other", f"weights of {record} changed: {diffs}", code="WeightsChanged")
         self.found = dict(found)
         self.expected = dict(expected)
+
+
+class SourceError(CutoverError):
+    """A traffic source could not be read this time (`reason`: timeout, unreachable, refused,
+    throttling, bad_answer, other); the source stays configured and tries again."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.reason} ({self.detail})"
 
 
 class SlackError(CutoverError):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from exporter.traffic.counts import ALL, CODE_CLASSES, Report, Tally
 
-__all__ = ["Counters", "SourceStatus", "TrafficStore"]
+__all__ = ["Counters", "SourceStatus", "Timeline"]
 
 BUCKET_SECONDS = 5.0
 
@@ -49,7 +49,7 @@ class SourceStatus:
     error: str | None = None
 
 
-class TrafficStore:
+class Timeline:
     """Reports of every source, spread over fixed buckets of `bucket` seconds."""
 
     def __init__(self, bucket: float = BUCKET_SECONDS, keep: float = 900.0) -> None:
