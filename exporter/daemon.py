@@ -535,6 +535,7 @@ class Daemon:
             hold=shift.hold,
             ttl_margin=shift.ttl_margin,
             min_samples=shift.min_samples,
+            min_requests=shift.min_requests,
             rollback_to=float(shift.rollback_to),
             mode=shift.mode,
             dry_run=not (shift.enabled and self.allow_route53_writes),

@@ -718,3 +718,11 @@ def test_settings_are_checked() -> None:
         dataclasses.replace(SETTINGS, rollback_to=10)
     with pytest.raises(ValueError, match="steps must increase strictly"):
         dataclasses.replace(SETTINGS, steps=(10, 10))
+
+
+def test_a_step_waits_for_real_candidate_requests() -> None:
+    at = at_share(10, min_requests=500)  # the first step needs none: nobody used the candidate
+    at.evaluate(61)  # the hold is over, probes are plenty: the requests are not
+    assert at.plan.status(at.t).why.endswith("the candidate served 0/500 real requests")
+    assert sets(at.evaluate(1, candidate_requests=499)) == []
+    assert [a.share for a in sets(at.evaluate(1, candidate_requests=500))] == [25]

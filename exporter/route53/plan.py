@@ -136,6 +136,8 @@ class ShiftSettings:
     hold: float = 1800.0
     ttl_margin: float = 5.0
     min_samples: int = 50
+    # real candidate requests since the step began (traffic section): 0 asks for none
+    min_requests: int = 0
     rollback_to: float = 0.0
     mode: Literal["auto", "manual"] = "auto"
     # No writes reach Route53: the plan trusts its own writes instead of reading them back.
@@ -151,8 +153,8 @@ class ShiftSettings:
             problems.append("steps must increase strictly")
         if self.steps and not 0 <= self.rollback_to < self.steps[0]:
             problems.append("rollback_to must be >= 0 and below the first step")
-        if self.hold < 0 or self.ttl_margin < 0 or self.min_samples < 0:
-            problems.append("hold, ttl_margin and min_samples must not be negative")
+        if self.hold < 0 or self.ttl_margin < 0 or self.min_samples < 0 or self.min_requests < 0:
+            problems.append("hold, ttl_margin, min_samples and min_requests must not be negative")
         if self.baseline == self.candidate:
             problems.append("baseline and candidate must be two platforms")
         if problems:
@@ -172,6 +174,9 @@ class Observation:
     baseline_samples / candidate_samples
               probes made on each side since `plan.samples_since` (per side, e.g. the fewest
               over the checks tied to the record); fewer than min_samples holds, never advances
+    candidate_requests
+              real requests the candidate served since then (traffic section); fewer than
+              min_requests holds a step above rollback_to (below it the candidate has no users)
     firing    regression alerts firing on checks tied to the record (labels such as
               "health/down" or incident ids; they come back in Notify.about)
     pending   the same for alerts pending (seen, not yet fired): they hold, never advance
@@ -185,6 +190,7 @@ class Observation:
     weights: Mapping[str, int | None] | None
     baseline_samples: int = 0
     candidate_samples: int = 0
+    candidate_requests: float = 0.0
     firing: Sequence[str] = ()
     pending: Sequence[str] = ()
     ttl: float | None = None
@@ -779,6 +785,12 @@ class ShiftPlan:
         ):
             if have < need:
                 out.append(f"inconclusive: {side} has {have}/{need} samples")
+        wanted = self.settings.min_requests
+        if wanted and obs.candidate_requests < wanted and self._needs_hold():
+            out.append(
+                f"inconclusive: the candidate served {obs.candidate_requests:.0f}/{wanted} "
+                "real requests"
+            )
         return out
 
     def _waiting(self, now: float) -> list[str]:
