@@ -418,8 +418,10 @@ class Traffic(_Model):
     record: str | None = None  # the Route53 record the traffic is split by (default: the only one)
     routes: tuple[RouteGroup, ...] = ()
     sources: tuple[TrafficSource, ...]
-    # the measured split may stray this far from the weights (once TTL and a margin have passed)
+    # the measured split may stray this far from the weights once the record's TTL and
+    # split_margin have passed since they changed (resolvers and clients cache past the TTL)
     split_tolerance: Annotated[float, Field(gt=0, le=1)] = 0.1
+    split_margin: Annotated[float, BeforeValidator(parse_duration), Field(ge=0)] = 300.0
 
     @field_validator("sources")
     @classmethod
