@@ -80,3 +80,22 @@ def test_duration_text() -> None:
         "1h 0m",
         "1h 2m",
     ]
+
+
+def test_real_traffic_names_its_route_group_and_the_evidence() -> None:
+    traffic = Incident(
+        id="traffic:redemptions.errors.1000", check="traffic:redemptions", signal="errors",
+        started_at=1000.0, phase=Phase.FIRING, fired_at=1030.0, reminded_at=1030.0,
+        figures={**FIGURES, "candidate_requests": 1234.0, "baseline_requests": 11106.4},
+    )  # fmt: skip
+    (n,) = notifications(Fired(traffic), ctx(candidate_share=0.1))
+    lines = n.text.splitlines()
+    assert lines[0] == "[CRITICAL] real traffic, route group redemptions: aws fails more requests than heroku (errors)"
+    assert lines[1] == "aws (candidate): p50 120 ms · p95 240 ms · errors 5.2% of 1,234 requests"
+    assert lines[2] == "heroku (baseline): p50 40 ms · p95 80 ms · errors 0.1% of 11,106 requests"
+    whole = Incident(
+        id="traffic:all.latency.1", check="traffic:all", signal="latency", started_at=1.0,
+        phase=Phase.FIRING, fired_at=2.0, figures=dict(FIGURES),
+    )  # fmt: skip
+    (n,) = notifications(Fired(whole), ctx())
+    assert n.text.startswith("[WARNING] real traffic, all routes: aws is slower than heroku")

@@ -76,16 +76,29 @@ def severity(incident: Incident, ctx: Context) -> str:
     return "warning"
 
 
+TRAFFIC_PREFIX = "traffic:"  # the check name of a real-traffic incident: traffic:<route group>
+
+
+def subject(check: str) -> str:
+    """What an incident is about, for a person: the check, or a route group of real traffic."""
+    if not check.startswith(TRAFFIC_PREFIX):
+        return check
+    route = check[len(TRAFFIC_PREFIX) :]
+    return "real traffic, all routes" if route == "all" else f"real traffic, route group {route}"
+
+
+def _side(figures: Mapping[str, Any], side: str) -> str:
+    line = (
+        f"p50 {_ms(_num(figures, f'{side}_p50'))} · p95 {_ms(_num(figures, f'{side}_p95'))}"
+        f" · errors {_pct(_num(figures, f'{side}_error_ratio'))}"
+    )
+    requests = _num(figures, f"{side}_requests")  # real traffic: the evidence behind the ratio
+    return line if math.isnan(requests) else f"{line} of {requests:,.0f} requests"
+
+
 def figures_lines(figures: Mapping[str, Any], ctx: Context) -> tuple[str, str, str]:
     """The candidate's and the baseline's figures side by side, and the comparison."""
-    cand = (
-        f"p50 {_ms(_num(figures, 'candidate_p50'))} · p95 {_ms(_num(figures, 'candidate_p95'))}"
-        f" · errors {_pct(_num(figures, 'candidate_error_ratio'))}"
-    )
-    base = (
-        f"p50 {_ms(_num(figures, 'baseline_p50'))} · p95 {_ms(_num(figures, 'baseline_p95'))}"
-        f" · errors {_pct(_num(figures, 'baseline_error_ratio'))}"
-    )
+    cand, base = _side(figures, "candidate"), _side(figures, "baseline")
     delta = _num(figures, "error_ratio_delta")
     comparison = (
         f"p95 {_x(_num(figures, 'p95_ratio'))} (tolerated {ctx.max_ratio:g}x) · "
@@ -161,10 +174,10 @@ def _text(title: str, incident: Incident, ctx: Context, extra: str | None) -> st
 def firing_title(incident: Incident, ctx: Context) -> str:
     sev = severity(incident, ctx)
     return (
-        f"[{sev.upper()}] {incident.check}: {ctx.candidate} {SIGNAL_TITLES[incident.signal]} "
+        f"[{sev.upper()}] {subject(incident.check)}: {ctx.candidate} {SIGNAL_TITLES[incident.signal]} "
         f"than {ctx.baseline} ({incident.signal})"
         if incident.signal != "down"
-        else f"[{sev.upper()}] {incident.check}: {ctx.candidate} is down ({incident.signal})"
+        else f"[{sev.upper()}] {subject(incident.check)}: {ctx.candidate} is down ({incident.signal})"
     )
 
 
@@ -208,11 +221,13 @@ def _wording(event: Event, ctx: Context) -> list[Wording]:
         return [(_text(title, incident, ctx, None), tuple(_blocks(title, incident, ctx, None)))]
     if isinstance(event, Resolved):
         lasted = duration_text(event.duration)
-        title = f"[RESOLVED] {incident.check}: {ctx.candidate} {incident.signal} regression"
+        title = (
+            f"[RESOLVED] {subject(incident.check)}: {ctx.candidate} {incident.signal} regression"
+        )
         extra = (
             f"*Resolved* after {lasted}. The figures above are the last ones seen while it fired."
         )
-        reply = f"Resolved: {incident.check} {incident.signal} lasted {lasted}."
+        reply = f"Resolved: {subject(incident.check)} {incident.signal} lasted {lasted}."
         return [
             (_text(title, incident, ctx, extra), tuple(_blocks(title, incident, ctx, extra))),
             (reply, None),
@@ -231,7 +246,7 @@ def _plain(event: Event, ctx: Context, action: Action) -> str:
     incident = event.incident
     what = {"post": "FIRING", "edit": "RESOLVED", "reply": "update"}[action]
     return (
-        f"[{what}] {incident.check}: {ctx.candidate} {incident.signal} regression "
+        f"[{what}] {subject(incident.check)}: {ctx.candidate} {incident.signal} regression "
         f"(incident {incident.id}; figures unavailable, see the status page)"
     )
 
@@ -255,7 +270,5 @@ def shift_notifications(
             for incident in about
         ]
     return [
-        Notification(
-            key=base, incident=base, action="post", text=f"[SHIFT] {text}", created=now
-        )
+        Notification(key=base, incident=base, action="post", text=f"[SHIFT] {text}", created=now)
     ]
