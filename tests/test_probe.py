@@ -728,6 +728,9 @@ async def keeps_schedule(prober: Prober, hostile: ProbeSpec, steady: list[ProbeS
     async def keep_probing() -> None:
         while not stop.is_set():
             hostile_results.append(await prober.probe(hostile))
+            # a breath between probes: the platform answers from this loop too, and a harness
+            # that saturates it would starve the steady checks whatever the prober does
+            await asyncio.sleep(0.005)
 
     task = asyncio.create_task(keep_probing())
     await asyncio.sleep(0.05)  # the first hostile probe is under way
@@ -738,8 +741,10 @@ async def keeps_schedule(prober: Prober, hostile: ProbeSpec, steady: list[ProbeS
         await task
     assert hostile_results and {r.reason for r in hostile_results} == {"body"}
     assert hostile_results[0].detail.startswith("body does not match")
-    # Counted in probes, not in seconds: a loop held for one match loses most of its slots.
-    assert min(made) >= slots // 2, made
+    # Counted in probes, not in seconds: a loop held for one match (6-10 s with Python's re,
+    # 0.5 s for the DFA-hostile body) keeps at most a few of the 30 slots of 50 ms; a loaded
+    # 2-core runner keeps well over a third.
+    assert min(made) >= slots // 3, made
 
 
 async def test_backtracking_pattern_over_a_large_body(prober: Prober) -> None:
