@@ -21,6 +21,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from exporter import __version__
 from exporter.alerting.alerts import Incident, Phase
+from exporter.alerting.messages import TRAFFIC_PREFIX
 from exporter.errors import Refused
 from exporter.probing.state import CheckState, ratio
 from exporter.web.collector import View, expected_error_ratio
@@ -489,6 +490,9 @@ async def metrics(request: web.Request) -> web.StreamResponse:
         fired=frozenset(i.key for i in view.alerts if i.phase is Phase.FIRING),
         shares=view.shares_for if view.route53 is not None else None,
         evaluations=view.evaluations,
+        traffic={}
+        if view.traffic is None
+        else {f"{TRAFFIC_PREFIX}{route}": e for route, e in view.traffic.verdicts.items()},
     )
     resp = web.StreamResponse(headers={"Content-Type": content_type})
     await resp.prepare(request)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -15,11 +16,16 @@ from prometheus_client.registry import Collector
 
 from exporter.alerting.alerts import Incident
 from exporter.config import Config
-from exporter.judging.judge import Evaluation
+from exporter.judging.judge import Evaluation, Verdict
 from exporter.probing.state import CheckState
 from exporter.route53.plan import Phase as ShiftPhase
 from exporter.route53.plan import ShiftStatus
 from exporter.route53.read import RecordSpec, Route53Snapshot
+from exporter.traffic.counts import CODE_CLASSES, Tally
+from exporter.traffic.split import SplitStatus
+from exporter.traffic.timeline import Counters, SourceStatus
+
+TRAFFIC_QUANTILES = (0.5, 0.9, 0.95, 0.99)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +34,28 @@ class ShiftView:
     changes: Mapping[str, int]
     last_change: float | None
     last_rollback: float | None
+
+
+class Judged(Protocol):
+    """A verdict-bearing evaluation (the probe judge's or the traffic judge's)."""
+
+    def verdicts(self) -> Sequence[Verdict]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficView:
+    """Real traffic as one scrape or one page renders it: counters, windows, verdicts, split."""
+
+    roles: Mapping[str, str]  # platform -> role
+    counters: Mapping[tuple[str, str, str], Counters]  # (platform, source, route) -> totals
+    sources: Sequence[SourceStatus]
+    source_errors: Mapping[str, Mapping[str, int]]  # source -> reason -> failed polls
+    drain_lines: Mapping[tuple[str, str, str], int]  # (platform, source, kind) -> lines
+    windows: Mapping[tuple[str, str], Tally]  # (platform, route) -> the judged window's totals
+    verdicts: Mapping[str, Judged]  # route group -> the judge's last evaluation
+    record: str | None = None  # the record whose split is measured
+    split: SplitStatus | None = None
+    window_end: float | None = None  # the judged span ends here (both sides covered it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +70,7 @@ class View:
     alerts: tuple[Incident, ...] = ()  # open incidents, pending and firing
     shift: ShiftView | None = None
     evaluations: Mapping[str, Evaluation] = field(default_factory=dict)  # check -> the judge's last
+    traffic: TrafficView | None = None
 
     def shares_for(self, check: str) -> dict[str, float] | None:
         """Traffic share per platform of the record a check represents, once read."""
@@ -89,6 +118,8 @@ class StateCollector(Collector):
             yield from route53_families(view.route53, view.records.values())
         if view.shift is not None:
             yield from shift_families(view.shift)
+        if view.traffic is not None:
+            yield from traffic_families(view.traffic)
 
 
 def shift_families(view: ShiftView) -> Iterator[Metric]:
@@ -191,3 +222,115 @@ class BuildInfoCollector(Collector):
         info = GaugeMetricFamily("cutover_build_info", "cutover's version.", labels=["version"])
         info.add_metric([self._version], 1.0)
         yield info
+
+
+def traffic_families(view: TrafficView) -> Iterator[Metric]:
+    """Real traffic: counters per source and route group, the judged window, sources, the split.
+
+    The counters carry one series per route group a source reported (no aggregate beside them,
+    so that they sum to the platform's total); window figures exist for `all` too.
+    """
+    roles = view.roles
+    base = ["platform", "role", "route", "source"]
+    requests = CounterMetricFamily(
+        "cutover_traffic_requests", "Real requests counted per source and route group.", labels=base
+    )
+    responses = CounterMetricFamily(
+        "cutover_traffic_responses",
+        "Real responses by status class (router and load balancer failures are 5xx).",
+        labels=[*base, "code_class"],
+    )
+    router = CounterMetricFamily(
+        "cutover_traffic_router_errors",
+        "Failures the platform's router or load balancer produced itself (Heroku H-codes, an "
+        "ALB's own 5xx); also counted as 5xx responses.",
+        labels=base,
+    )
+    for (platform, source, route), c in sorted(view.counters.items()):
+        labels = [platform, roles.get(platform, ""), route, source]
+        requests.add_metric(labels, c.requests)
+        for cls in CODE_CLASSES:
+            responses.add_metric([*labels, cls], c.responses.get(cls, 0.0))
+        router.add_metric(labels, c.router_errors)
+    yield from (requests, responses, router)
+
+    window = ["platform", "role", "route"]
+    counted = GaugeMetricFamily(
+        "cutover_traffic_window_requests", "Real requests in the judged window.", labels=window
+    )
+    errors = GaugeMetricFamily(
+        "cutover_traffic_window_error_ratio",
+        "5xx / all real requests in the judged window (NaN without requests).",
+        labels=window,
+    )
+    latency = GaugeMetricFamily(
+        "cutover_traffic_window_latency_seconds",
+        "Quantiles of real requests' latency in the judged window, from the sources' histograms.",
+        labels=[*window, "q"],
+    )
+    for (platform, route), tally in sorted(view.windows.items()):
+        labels = [platform, roles.get(platform, ""), route]
+        counted.add_metric(labels, tally.requests)
+        errors.add_metric(labels, tally.error_ratio)
+        for q in TRAFFIC_QUANTILES:
+            value = tally.latency.quantile(q) if tally.latency is not None else math.nan
+            latency.add_metric([*labels, f"{q:g}"], value)
+    yield from (counted, errors, latency)
+
+    up = GaugeMetricFamily(
+        "cutover_traffic_source_up",
+        "1 while a traffic source reports (a drain: POSTs arrive; a poller: its last poll worked).",
+        labels=["platform", "source"],
+    )
+    success = GaugeMetricFamily(
+        "cutover_traffic_source_last_success_timestamp_seconds",
+        "When a traffic source last reported.",
+        labels=["platform", "source"],
+    )
+    failed = CounterMetricFamily(
+        "cutover_traffic_source_errors",
+        "Failed polls of a traffic source, by reason.",
+        labels=["platform", "source", "reason"],
+    )
+    for status in sorted(view.sources, key=lambda s: (s.platform, s.source)):
+        up.add_metric([status.platform, status.source], 1.0 if status.up else 0.0)
+        if status.last_success is not None:
+            success.add_metric([status.platform, status.source], status.last_success)
+        for reason, n in sorted(view.source_errors.get(status.source, {}).items()):
+            failed.add_metric([status.platform, status.source, reason], float(n))
+    yield from (up, success, failed)
+
+    lines = CounterMetricFamily(
+        "cutover_traffic_drain_lines",
+        "Log lines a drain received, by kind: router, router_error, ignored, unreadable.",
+        labels=["platform", "source", "kind"],
+    )
+    for (platform, source, kind), n in sorted(view.drain_lines.items()):
+        lines.add_metric([platform, source, kind], float(n))
+    yield lines
+
+    measured = GaugeMetricFamily(
+        "cutover_traffic_measured_share",
+        "Each platform's share of the real requests over the last minute (0..1).",
+        labels=["record", "platform"],
+    )
+    lag = GaugeMetricFamily(
+        "cutover_traffic_split_lag_seconds",
+        "From the last weight change until the measured split came within the tolerance (while "
+        "it has not: the time since the change).",
+        labels=["record"],
+    )
+    diverged = GaugeMetricFamily(
+        "cutover_traffic_split_diverged",
+        "1 when the measured split is off the weights by more than traffic.split_tolerance once "
+        "the TTL and traffic.split_margin have passed since they changed.",
+        labels=["record"],
+    )
+    split, record = view.split, view.record
+    if split is not None and record is not None:
+        for platform, share in sorted((split.measured or {}).items()):
+            measured.add_metric([record, platform], share)
+        if split.lag is not None:
+            lag.add_metric([record], split.lag)
+        diverged.add_metric([record], 1.0 if split.diverged else 0.0)
+    yield from (measured, lag, diverged)

@@ -20,7 +20,7 @@ from exporter.judging.judge import SIGNALS, Evaluation
 from exporter.probing.probe import PHASES, REASONS
 from exporter.probing.state import DURATION_BUCKETS, CheckState, Series, label_value, ratio
 from exporter.probing.window import QUANTILES, WindowStats
-from exporter.web.collector import expected_error_ratio
+from exporter.web.collector import Judged, expected_error_ratio
 
 _LE = (*(f'le="{b:g}"' for b in DURATION_BUCKETS), 'le="+Inf"')
 # `q`, not `quantile`: Prometheus reserves `quantile` for summaries, and these are gauges of
@@ -60,7 +60,7 @@ def _bool(flag: bool) -> str:
 class Scrape:
     """What one scrape reads besides the live series: figures computed once, and the config's roles."""
 
-    __slots__ = ("baseline", "candidate", "evaluations", "fired", "shares", "stats")
+    __slots__ = ("baseline", "candidate", "evaluations", "fired", "shares", "stats", "traffic")
 
     def __init__(
         self,
@@ -69,12 +69,15 @@ class Scrape:
         fired: frozenset[tuple[str, str]],
         shares: Callable[[str], dict[str, float] | None] | None,
         evaluations: Mapping[str, Evaluation] | None = None,
+        traffic: Mapping[str, Judged] | None = None,
     ) -> None:
         self.baseline = baseline
         self.candidate = candidate
         self.fired = fired
         self.shares = shares  # None when Route53 is not configured: no expected error ratio
         self.evaluations = evaluations or {}  # check -> the judge's last verdicts
+        # real traffic's checks ("traffic:<route group>") -> their last verdicts (errors, latency)
+        self.traffic = traffic or {}
         self.stats: dict[int, WindowStats] = {}  # id(series) -> its window figures now
 
     def of(self, series: Series) -> WindowStats:
@@ -90,6 +93,7 @@ class Family:
     kind: str  # gauge, counter or histogram
     help: str
     rows: Rows
+    tail: Callable[[Scrape], Iterator[str]] | None = None  # rows after the checks' rows
 
     def header(self, openmetrics: bool) -> str:
         # client_python names a counter family without `_total` in OpenMetrics, with it in text
@@ -234,6 +238,23 @@ def _regression(scrape: Scrape, state: CheckState) -> Iterator[str]:
         yield f'cutover_regression{{{check},signal="{signal}"}} {_bool(verdict.regressed)}\n'
 
 
+def _traffic_regression(scrape: Scrape) -> Iterator[str]:
+    for check, evaluation in sorted(scrape.traffic.items()):
+        label = f'check="{label_value(check)}"'
+        for verdict in evaluation.verdicts():
+            signal = label_value(verdict.signal)
+            yield f'cutover_regression{{{label},signal="{signal}"}} {_bool(verdict.regressed)}\n'
+
+
+def _traffic_firing(scrape: Scrape) -> Iterator[str]:
+    for check, evaluation in sorted(scrape.traffic.items()):
+        label = f'check="{label_value(check)}"'
+        for verdict in evaluation.verdicts():
+            firing = (check, verdict.signal) in scrape.fired
+            signal = label_value(verdict.signal)
+            yield f'cutover_alert_firing{{{label},signal="{signal}"}} {_bool(firing)}\n'
+
+
 def _firing(scrape: Scrape, state: CheckState) -> Iterator[str]:
     check, fired = state.label, scrape.fired
     for signal, label in zip(SIGNALS, _SIGNAL, strict=True):
@@ -298,12 +319,14 @@ FAMILIES: tuple[Family, ...] = (
         "gauge",
         "The judge's verdict now: 1 when the candidate regressed on this signal.",
         _regression,
+        _traffic_regression,
     ),
     Family(
         "cutover_alert_firing",
         "gauge",
         "1 while the alert fires (after `for`; down at once).",
         _firing,
+        _traffic_firing,
     ),
 )
 EXPECTED = Family(
@@ -339,3 +362,5 @@ def render_checks(
                     for line in rows(scrape, state)
                 ]
             )
+        if family.tail is not None:
+            yield "".join(family.tail(scrape))
