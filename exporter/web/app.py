@@ -33,6 +33,7 @@ from exporter.web.guard import (
     GuardedSite,
     Limits,
 )
+from exporter.web.traffic import traffic_data, traffic_html
 
 log = logging.getLogger("cutover.web")
 
@@ -213,6 +214,9 @@ def status_data(backend: Backend) -> dict[str, Any]:
         "route53": route53_data(view),
         "alerts": [_incident_data(i) for i in view.alerts],
         "shift": shift_data(backend, view),
+        "traffic": None
+        if view.traffic is None
+        else traffic_data(view.traffic, cfg.baseline, cfg.candidate),
         "notifications_pending": backend.notifications_pending(),
     }
 
@@ -447,7 +451,12 @@ def status_html(backend: Backend) -> str:
     view = backend.view()
     cfg = view.config
     tables = "".join(_check_table(view, state) for state in view.checks)
-    tables = _alerts_html(view) + _shift_html(backend, view) + _route53_html(view) + tables
+    traffic = (
+        "" if view.traffic is None else traffic_html(view.traffic, cfg.baseline, cfg.candidate)
+    )
+    tables = (
+        _alerts_html(view) + _shift_html(backend, view) + _route53_html(view) + traffic + tables
+    )
     ready = "ready" if backend.ready else "starting: not every check has been probed yet"
     reload_note = (
         ""
