@@ -73,7 +73,8 @@ def test_minimal_config_gets_the_documented_defaults() -> None:
 
 @pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.yml")), ids=lambda p: p.name)
 def test_shipped_examples_load(example: Path) -> None:
-    cfg = load_config(example, env={"SLACK_BOT_TOKEN": "xoxb-test", "HEALTH_TOKEN": "t"})
+    env = {"SLACK_BOT_TOKEN": "xoxb-test", "HEALTH_TOKEN": "t", "HEROKU_DRAIN_TOKEN": "d" * 32}
+    cfg = load_config(example, env=env)
     assert cfg.checks
 
 
