@@ -390,6 +390,29 @@ async def test_a_minute_waits_until_complete_and_late_data_is_never_counted_twic
     assert counters.requests == 5 * 10 + 100 + 7
 
 
+async def test_datapoints_outside_the_asked_span_are_skipped(
+    standin: StandIn, sources: list[CloudWatchAlbSource]
+) -> None:
+    for i in range(9):
+        put(standin, i, requests=10, ok=10, bad=0, elb=0)
+    clock = Clock(after(5))
+    source = make(sources, standin.url, clock)
+    # an answer that holds more than was asked for: an incomplete minute, and one long gone
+    standin.raw_next.append(
+        _answer(
+            requests=_result(
+                "requests", Timestamps=[minute(0), minute(3), minute(7)], Values=[4, 5, 9]
+            )
+        )
+    )
+    await source.poll_once()
+    assert source.status.up
+    assert [minute_requests(source, i) for i in range(9)] == [0, 0, 0, 5, 0, 0, 0, 0, 0]
+    clock.now = after(7)
+    await source.poll_once()
+    assert [minute_requests(source, i) for i in range(9)] == [0, 0, 0, 5, 0, 0, 10, 10, 0]
+
+
 async def test_missed_minutes_are_caught_up_once_after_failures(
     standin: StandIn, sources: list[CloudWatchAlbSource], caplog: pytest.LogCaptureFixture
 ) -> None:
