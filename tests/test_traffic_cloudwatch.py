@@ -442,6 +442,32 @@ async def test_missed_minutes_are_caught_up_once_after_failures(
     assert any("works again" in r.getMessage() for r in caplog.records)
 
 
+async def test_after_a_long_outage_only_minutes_the_timeline_still_takes_are_asked_for(
+    standin: StandIn, sources: list[CloudWatchAlbSource]
+) -> None:
+    for i in range(40):
+        put(standin, i, requests=10, ok=10, bad=0, elb=0)
+    clock = Clock(after(4))
+    source = make(sources, standin.url, clock)
+    await source.poll_once()
+    standin.fail_always = UNAVAILABLE
+    clock.now = after(10)
+    await source.poll_once()
+    standin.fail_always = None
+    clock.now = after(35, 59)  # 30 minutes later, just before minute 36 completes
+    await source.poll_once()
+    assert source.status.up
+    asked = body(standin)
+    assert asked["EndTime"] == minute(36)
+    # the timeline keeps 15 minutes: the 13 minutes whose end lies inside them
+    assert asked["StartTime"] == minute(36 - 13)
+    assert source.timeline.keep == 900
+    held = [i for i in range(5, 36) if minute_requests(source, i) > 0]
+    assert held == list(range(23, 36))
+    counters = source.timeline.counters[("aws", "cw", ALL)]
+    assert counters.requests == pytest.approx(10 * (5 + 13))
+
+
 @pytest.mark.parametrize(
     ("failure", "reason", "attempts"),
     [

@@ -100,7 +100,7 @@ NAMESPACE: Final = "AWS/ApplicationELB"
 PERIOD: Final = 60  # seconds; ALB publishes per minute
 SETTLE: Final = 120.0  # a period is complete this long after its end
 BACKFILL: Final = 5  # periods asked for at the first poll: a window's worth, to judge sooner
-MAX_PERIODS: Final = 15  # asked for at most per poll (the timeline keeps 15 minutes by default)
+MAX_PERIODS: Final = 15  # asked for at most per poll
 MAX_PAGES: Final = 10  # NextToken pages per poll; a few periods of 10 series fit in one
 DETAIL_MAX: Final = 200
 # TargetResponseTime percentiles asked for: p90 is not needed by the judge, but as a knot of
@@ -402,8 +402,10 @@ class CloudWatchAlbSource(PollingSource):
         self.max_attempts = max_attempts
         self.settle = settle
         self.backfill = backfill
-        # reports older than the timeline keeps would be refused
-        self.max_periods = max(1, min(MAX_PERIODS, int(timeline.keep // PERIOD)))
+        # the timeline refuses reports that ended more than `keep` ago, and the newest period
+        # asked for ended up to `settle` + one period ago: after a long outage, only the
+        # periods it still takes are asked for
+        self.max_periods = max(1, min(MAX_PERIODS, int((timeline.keep - settle) // PERIOD)))
         self.reported_until: float | None = None  # end of the last period reported
         self.api_calls = 0  # GetMetricData operations, botocore's retries not counted
         self._queries = _queries(load_balancer, target_group)
