@@ -650,6 +650,15 @@ async def test_without_credentials_it_is_refused_and_nothing_is_sent(
     assert standin.requests == []
 
 
+async def test_without_a_region_it_says_so(
+    standin: StandIn, sources: list[CloudWatchAlbSource]
+) -> None:
+    source = make(sources, standin.url, Clock(after(5)), region=None)
+    await source.poll_once()
+    assert source.status.error == "other: no region: set the source's region, or AWS_REGION"
+    assert standin.requests == []
+
+
 async def test_keys_and_tokens_stay_out_of_errors_and_logs(
     standin: StandIn, sources: list[CloudWatchAlbSource], caplog: pytest.LogCaptureFixture
 ) -> None:
