@@ -72,9 +72,7 @@ class Route53Error(CutoverError):
 class WeightsChanged(Route53Error):
     """The record's weights are not the ones the caller expected; nothing was written."""
 
-    def __init__(
-        self, record: str, found: Mapping[str, int], expected: Mapping[str, int]
-    ) -> None:
+    def __init__(self, record: str, found: Mapping[str, int], expected: Mapping[str, int]) -> None:
         diffs = ", ".join(
             f"{p} {expected.get(p, '-')} -> {found.get(p, '-')}"
             for p in dict.fromkeys([*expected, *found])
