@@ -13,8 +13,10 @@ to the span the report covers: the average rate over the range, times the span. 
 polls the next one catches up on the gap (up to CATCH_UP_INTERVALS intervals).
 
 Answers are read with a size cap and decoded one series at a time, yielding to the event loop
-every YIELD_EVERY series: `json.loads` holds the GIL for the whole document (some 40 ms for the
-1 MB of 10 000 series on this project's machine), so a thread would not free the loop; this does.
+every 2 ms: `json.loads` holds the GIL for the whole document (30-50 ms for the 1 MB of 10 000
+series on this project's machine), so a thread would not free the loop; this does. The two
+answers are fetched together and decoded one after the other, so that a turn of the loop runs
+one slice, not two (bench/prometheus_parse.py measures the longest stall).
 
 Failures become `SourceError`s whose detail never carries the configured header values:
     unreachable  no connection (refused, DNS, reset), or the connection broke mid-answer
@@ -58,7 +60,10 @@ MAX_BODY = 8 * 1024 * 1024  # bytes of one answer, after decompression
 MAX_SERIES = 20_000  # series in one answer: ~2 MB, some 0.15 s of CPU per poll at most
 MAX_ERROR_BODY = 64 * 1024  # what is read of a 4xx/5xx answer to find its error text
 MAX_ENVELOPE = 1024 * 1024  # the answer outside its result array (status, warnings)
-YIELD_EVERY = 256  # series decoded between two yields to the event loop (~1-2 ms)
+# the event loop gets a turn after SLICE_SECONDS of decoding (checked every 16 series), and
+# after YIELD_EVERY series at the latest
+SLICE_SECONDS = 0.002
+YIELD_EVERY = 256
 CATCH_UP_INTERVALS = 10  # after failed polls, the next one covers the gap up to this many
 MAX_DETAIL = 300  # characters of an error text kept in the status
 _CHUNK = 64 * 1024
@@ -148,8 +153,9 @@ def _short(text: str) -> str:
 async def decode_vector(text: str, add: Add, *, max_series: int = MAX_SERIES) -> int:
     """Feed each series of an instant-query answer to `add(labels, value)`; the series count.
 
-    The result array is decoded one series at a time, with a yield to the event loop every
-    YIELD_EVERY series; the rest of the answer (status, resultType) is checked after it. Raises
+    The result array is decoded one series at a time, with a yield to the event loop after
+    SLICE_SECONDS (or YIELD_EVERY series); the rest of the answer (status, resultType) is
+    checked after it. Raises
     SourceError: `refused` for `status: error`, `bad_answer` for anything not a vector.
     """
     match = _RESULT_RE.search(text)
@@ -164,6 +170,8 @@ async def decode_vector(text: str, add: Add, *, max_series: int = MAX_SERIES) ->
     end = len(text)
     pos = _WS_RE.match(text, match.end()).end()  # type: ignore[union-attr]
     count = 0
+    since = 0  # series since the last yield
+    slice_end = time.perf_counter() + SLICE_SECONDS
     if pos < end and text[pos] == "]":
         close = pos
     else:
@@ -179,8 +187,11 @@ async def decode_vector(text: str, add: Add, *, max_series: int = MAX_SERIES) ->
                     "with fewer values"
                 )
             _sample(item, add)
-            if count % YIELD_EVERY == 0:
+            since += 1
+            if since >= YIELD_EVERY or (since % 16 == 0 and time.perf_counter() > slice_end):
                 await asyncio.sleep(0)
+                since = 0
+                slice_end = time.perf_counter() + SLICE_SECONDS
             pos = _WS_RE.match(text, pos).end()  # type: ignore[union-attr]
             if pos < end and text[pos] == ",":
                 pos = _WS_RE.match(text, pos + 1).end()  # type: ignore[union-attr]
@@ -358,17 +369,23 @@ class PrometheusSource(PollingSource):
         seconds = max(1, round(max(self.range, span) * 1000)) / 1000
         counts = _Counts(self._grouper())
         try:
-            async with asyncio.TaskGroup() as tasks:
-                requests = tasks.create_task(
-                    self._query(self.requests_query, window, now, counts.add_requests)
-                )
-                latency = tasks.create_task(
-                    self._query(self.latency_query, window, now, counts.add_bucket)
-                )
-        except BaseExceptionGroup as group:
-            # both queries may fail alike (Prometheus down): report the first
-            raise group.exceptions[0] from None
-        series = requests.result() + latency.result()
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    requests = tasks.create_task(
+                        self._fetch(_with_range(self.requests_query, window), now)
+                    )
+                    latency = tasks.create_task(
+                        self._fetch(_with_range(self.latency_query, window), now)
+                    )
+            except BaseExceptionGroup as group:
+                # both queries may fail alike (Prometheus down): report the first
+                raise group.exceptions[0] from None
+            # one after the other: two decodes at once would both run in each turn of the loop
+            series = await decode_vector(requests.result(), counts.add_requests)
+            series += await decode_vector(latency.result(), counts.add_bucket)
+        except SourceError as exc:
+            # an error text may quote what a proxy saw, headers included
+            raise SourceError(exc.reason, self._scrub(exc.detail)) from None
         self._note(counts, series, window)
         reports = self._reports(counts, now, span, span / seconds)
         self._last = now
@@ -432,14 +449,6 @@ class PrometheusSource(PollingSource):
                 window,
             )
         self._empty = series == 0
-
-    async def _query(self, query: str, window: str, now: float, add: Add) -> int:
-        try:
-            text = await self._fetch(_with_range(query, window), now)
-            return await decode_vector(text, add)
-        except SourceError as exc:
-            # an error text may quote what a proxy saw, headers included
-            raise SourceError(exc.reason, self._scrub(exc.detail)) from None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
