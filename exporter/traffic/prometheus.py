@@ -13,7 +13,7 @@ to the span the report covers: the average rate over the range, times the span. 
 polls the next one catches up on the gap (up to CATCH_UP_INTERVALS intervals).
 
 Answers are read with a size cap and decoded one series at a time, yielding to the event loop
-every 2 ms: `json.loads` holds the GIL for the whole document (30-50 ms for the 1 MB of 10 000
+every 1 ms: `json.loads` holds the GIL for the whole document (30-50 ms for the 1 MB of 10 000
 series on this project's machine), so a thread would not free the loop; this does. The two
 answers are fetched together and decoded one after the other, so that a turn of the loop runs
 one slice, not two (bench/prometheus_parse.py measures the longest stall).
@@ -62,7 +62,7 @@ MAX_ERROR_BODY = 64 * 1024  # what is read of a 4xx/5xx answer to find its error
 MAX_ENVELOPE = 1024 * 1024  # the answer outside its result array (status, warnings)
 # the event loop gets a turn after SLICE_SECONDS of decoding (checked every 16 series), and
 # after YIELD_EVERY series at the latest
-SLICE_SECONDS = 0.002
+SLICE_SECONDS = 0.001
 YIELD_EVERY = 256
 CATCH_UP_INTERVALS = 10  # after failed polls, the next one covers the gap up to this many
 MAX_DETAIL = 300  # characters of an error text kept in the status
