@@ -88,8 +88,8 @@ async def move_counters(
 ) -> tuple[float, float]:
     """Record `initial`, let it be scraped, record `bump` at once, let that be scraped.
 
-    The times of the last scrape with the old values and of the newest one; `marker` is one
-    series both move (its value is 1 after `initial` and more after `bump`).
+    The times of the last scrape with the old values and of the newest one; `marker` is the
+    series of bump[0] (its value is 1 after `initial`).
     """
     await exporter.record(initial)
 
@@ -435,7 +435,7 @@ async def test_counts_are_scaled_to_the_span_and_a_gap_is_caught_up(standin: Sta
             "sum by (le) (increase(nginx_ingress_controller_request_duration_seconds_bucket[60s]))",
         ]
         for params, headers in standin.seen:
-            assert (params["time"], params["timeout"]) == ("1000.000", "2s")
+            assert (params["time"], params["timeout"]) == ("1000.000", "1800ms")
             assert headers["X-Scope-OrgID"] == "tenant-1"
 
         standin.handler = lambda _: _json_response(
@@ -551,7 +551,10 @@ async def test_an_empty_answer_is_zero_requests_over_a_covered_span(
         counters = timeline.counters[("aws", "prom", route)]
         assert counters.requests == 0 and sum(counters.responses.values()) == 0
     empty = [r for r in caplog.records if "found no series" in r.getMessage()]
-    assert len(empty) == 1 and "60s holds fewer than two scrapes" in empty[0].getMessage()
+    assert [r.getMessage() for r in empty] == [
+        "traffic source prom: the requests and latency queries found no series (counted as "
+        "none): no metric matches yet, or the range 60s holds fewer than two scrapes"
+    ]
 
 
 def _text(status: int, text: str, content_type: str = "text/plain") -> Handler:

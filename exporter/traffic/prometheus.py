@@ -340,7 +340,7 @@ class PrometheusSource(PollingSource):
         self._session: aiohttp.ClientSession | None = None
         self._last: float | None = None  # the time of the last successful poll
         self._bounds: tuple[float, ...] | None = None  # the latency buckets last seen
-        self._empty = False
+        self._empty: tuple[str, ...] = ()  # the queries that found no series last time
         self._skipping = False
         words = [w for v in cfg.headers.values() for w in (v, *v.split())]
         self._secrets = sorted({w for w in words if len(w) >= _MIN_SECRET}, key=len, reverse=True)
@@ -381,12 +381,14 @@ class PrometheusSource(PollingSource):
                 # both queries may fail alike (Prometheus down): report the first
                 raise group.exceptions[0] from None
             # one after the other: two decodes at once would both run in each turn of the loop
-            series = await decode_vector(requests.result(), counts.add_requests)
-            series += await decode_vector(latency.result(), counts.add_bucket)
+            found = (
+                await decode_vector(requests.result(), counts.add_requests),
+                await decode_vector(latency.result(), counts.add_bucket),
+            )
         except SourceError as exc:
             # an error text may quote what a proxy saw, headers included
             raise SourceError(exc.reason, self._scrub(exc.detail)) from None
-        self._note(counts, series, window)
+        self._note(counts, found, window)
         reports = self._reports(counts, now, span, span / seconds)
         self._last = now
         return Poll(reports, covered_until=now)
@@ -429,7 +431,7 @@ class PrometheusSource(PollingSource):
             reports.append(Report(self.name, self.platform, route, now - span, now, tally))
         return reports
 
-    def _note(self, counts: _Counts, series: int, window: str) -> None:
+    def _note(self, counts: _Counts, found: tuple[int, int], window: str) -> None:
         """Log what deserves a look once when it starts, not at every poll."""
         for why, n in counts.skipped.items():
             self.skipped[why] = self.skipped.get(why, 0) + n
@@ -440,15 +442,17 @@ class PrometheusSource(PollingSource):
                 ", ".join(f"{why}: {n}" for why, n in sorted(counts.skipped.items())),
             )
         self._skipping = bool(counts.skipped)
-        if series == 0 and not self._empty:
-            # zero requests are zero-valued series; no series at all is worth a look
+        # zero requests are zero-valued series; no series at all is worth a look
+        empty = tuple(q for q, n in zip(("requests", "latency"), found, strict=True) if n == 0)
+        if empty and empty != self._empty:
             self.log.warning(
-                "traffic source %s: the queries found no series (counted as no requests): no "
-                "metric matches yet, or the range %s holds fewer than two scrapes",
+                "traffic source %s: the %s found no series (counted as none): no metric "
+                "matches yet, or the range %s holds fewer than two scrapes",
                 self.name,
+                " and ".join(empty) + (" queries" if len(empty) > 1 else " query"),
                 window,
             )
-        self._empty = series == 0
+        self._empty = empty
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -462,7 +466,9 @@ class PrometheusSource(PollingSource):
         params = {
             "query": query,
             "time": f"{now:.3f}",
-            "timeout": duration_text(self.cfg.timeout),  # Prometheus gives up too
+            # Prometheus gives up a little earlier, so that its own word on a heavy query
+            # arrives before the client's timeout
+            "timeout": duration_text(self.cfg.timeout * 0.9),
         }
         try:
             async with self._client().get(self.url, params=params) as resp:
