@@ -344,6 +344,23 @@ class HerokuDrain(_Model):
 
 
 PrometheusPreset = Literal["ingress-nginx", "http-requests", "custom"]
+# one PromQL label matcher: name, operator, a quoted (or backquoted raw) string
+_MATCHER = r"""[a-zA-Z_][a-zA-Z0-9_]*\s*(?:=~|!~|!=|=)\s*(?:"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'|`[^`]*`)"""
+_SELECTOR_RE = re.compile(rf"\s*(?:{_MATCHER}(?:\s*,\s*{_MATCHER})*\s*,?\s*)?")
+# labels the queries group by themselves: a route label of that name would collide
+_QUERY_LABELS = ("le", "code_class", "status", "code")
+RANGE_PLACEHOLDERS = ("$__interval", "$interval")  # custom queries: replaced by the range
+
+
+def _selector(value: str) -> str:
+    # inserted verbatim between the preset's braces: checked here, so that a stray brace or
+    # quote is a config error with its location, not a PromQL error at every poll
+    if not _SELECTOR_RE.fullmatch(value):
+        raise ValueError(
+            f"invalid selector {value!r}: expected label matchers separated by commas, without "
+            """braces, e.g. 'host="api.example.com", namespace=~"prod-.*"'"""
+        )
+    return value
 
 
 class PrometheusTraffic(_Model):
@@ -351,25 +368,63 @@ class PrometheusTraffic(_Model):
 
     url: HttpUrl
     interval: Duration = 15.0
+    # the range of increase(): at least two scrape intervals (four are safer), or the queries
+    # find fewer than two samples and return nothing; default max(interval, 1m)
+    range: Duration | None = None
     timeout: Duration = 10.0
     preset: PrometheusPreset
-    selector: str = ""  # label matchers for the preset's metrics, e.g. host="api.example.com"
+    # label matchers for the preset's metrics, e.g. host="api.example.com"
+    selector: Annotated[str, AfterValidator(_selector)] = ""
     route_label: Annotated[str, Field(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")] | None = None
-    requests_query: str | None = None  # custom: counts by status (or code) [and route]
+    requests_query: str | None = None  # custom: counts by code_class (or status, code) [and route]
     latency_buckets_query: str | None = None  # custom: bucket counts by le [and route]
     headers: Headers = Field(default_factory=dict)  # e.g. Authorization; values are secrets
 
     @model_validator(mode="after")
     def _queries(self) -> PrometheusTraffic:
-        custom = self.requests_query is not None and self.latency_buckets_query is not None
-        if self.preset == "custom" and not custom:
-            raise ValueError("preset custom needs requests_query and latency_buckets_query")
+        queries = {
+            "requests_query": self.requests_query,
+            "latency_buckets_query": self.latency_buckets_query,
+        }
+        if self.preset == "custom":
+            missing = [k for k, q in queries.items() if q is None]
+            if missing:
+                raise ValueError(f"preset custom needs {' and '.join(missing)}")
+            if self.selector:
+                raise ValueError(
+                    "selector is for the presets: a custom query carries its own matchers"
+                )
+            for key, query in queries.items():
+                if query is not None and not any(p in query for p in RANGE_PLACEHOLDERS):
+                    # the source scales counts by the span they cover: it must know the range
+                    raise ValueError(
+                        f"{key} must take its range from $interval, e.g. "
+                        "sum by (code) (increase(http_requests_total[$interval]))"
+                    )
+        else:
+            given = [k for k, q in queries.items() if q is not None]
+            if given:
+                raise ValueError(f"{' and '.join(given)}: only with preset custom")
+        if self.route_label in _QUERY_LABELS:
+            raise ValueError(
+                f"route_label {self.route_label!r} is a label the queries group by already"
+            )
         if self.timeout > self.interval:
             raise ValueError(
                 f"timeout {format_duration(self.timeout)} must not exceed the interval "
                 f"({format_duration(self.interval)})"
             )
+        if self.range is not None and self.range < self.interval:
+            raise ValueError(
+                f"range {format_duration(self.range)} must be at least the interval "
+                f"({format_duration(self.interval)}): requests in between would not be counted"
+            )
         return self
+
+    @property
+    def query_range(self) -> float:
+        """The range of increase() in the queries: `range`, else max(interval, 1m)."""
+        return self.range if self.range is not None else max(self.interval, 60.0)
 
 
 class CloudWatchAlb(_Model):
