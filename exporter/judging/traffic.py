@@ -42,6 +42,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import accumulate
 
 from exporter.judging.judge import JudgeSettings, State, Verdict, binom_sf, norm_sf
 from exporter.traffic.counts import Histogram, Tally, common_bounds
@@ -332,13 +333,42 @@ class TrafficEvaluation:
 # The judge
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
+class _Latency:
+    """A histogram with its running sums from the top: `above` costs one bisection."""
+
+    hist: Histogram
+    suffix: tuple[float, ...]  # suffix[k]: requests in bucket k and above
+
+    @classmethod
+    def of(cls, hist: Histogram) -> _Latency:
+        return cls(hist, (*reversed(list(accumulate(reversed(hist.counts)))), 0.0))
+
+    @property
+    def bounds(self) -> tuple[float, ...]:
+        return self.hist.bounds
+
+    @property
+    def total(self) -> float:
+        return self.suffix[0]
+
+    def above(self, seconds: float) -> float:
+        """As Histogram.above: requests in the buckets whose lower bound is >= `seconds`."""
+        if seconds <= 0:
+            return self.suffix[0]
+        return self.suffix[bisect_left(self.hist.bounds, seconds) + 1]
+
+    def quantile(self, q: float) -> float:
+        return self.hist.quantile(q)
+
+
+@dataclass(frozen=True, slots=True)
 class _Totals:
     """One side's counts over one horizon."""
 
     requests: float = 0.0
     errors: float = 0.0
-    latency: Histogram | None = None
+    latency: _Latency | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,36 +436,48 @@ def _accumulate(
     layouts = {t.latency.bounds for _, t in inside if t.latency is not None}
     bounds: tuple[float, ...] | None = None
     for layout in layouts:
-        bounds = layout if bounds is None else common_bounds(bounds, layout)
+        bounds = layout if bounds is None else _common_bounds(bounds, layout)
+    counts = [0.0] * (len(bounds) + 1) if bounds is not None else None
+    requests = errors = 0.0
     out: list[_Totals] = []
-    running = _Totals(latency=Histogram(bounds) if bounds is not None else None)
     i = 0
     for span in spans:
+        rows: list[list[float]] = []  # this horizon's histograms beyond the shorter one's
         while i < len(inside) and inside[i][0] >= end - span - _EPS:
             tally = inside[i][1]
-            running.requests += tally.requests
-            running.errors += min(max(tally.errors, 0.0), max(tally.requests, 0.0))
-            if tally.latency is not None and running.latency is not None:
-                running.latency.merge(tally.latency)
+            requests += tally.requests
+            errors += min(max(tally.errors, 0.0), max(tally.requests, 0.0))
+            hist = tally.latency
+            if hist is not None and bounds is not None:
+                rows.append((hist if hist.bounds == bounds else hist.coarsen(bounds)).counts)
             i += 1
-        out.append(
-            _Totals(
-                running.requests,
-                running.errors,
-                None
-                if running.latency is None
-                else Histogram(running.latency.bounds, list(running.latency.counts)),
-            )
-        )
+        latency = None
+        if bounds is not None and counts is not None:
+            if rows:
+                counts = [
+                    a + b for a, b in zip(counts, map(sum, zip(*rows, strict=True)), strict=True)
+                ]
+            latency = _Latency.of(Histogram(bounds, counts))
+        out.append(_Totals(requests, errors, latency))
     return out
+
+
+@lru_cache(maxsize=256)
+def _common_bounds(a: tuple[float, ...], b: tuple[float, ...]) -> tuple[float, ...]:
+    """common_bounds, remembered: a handful of layouts meet at every evaluation."""
+    return common_bounds(a, b)
 
 
 def _figures(base: _Totals, cand: _Totals, covered: float) -> TrafficFigures:
     b_q: tuple[float, ...] = (math.nan,) * 3
     c_q = b_q
     if base.latency is not None and cand.latency is not None:
-        shared = common_bounds(base.latency.bounds, cand.latency.bounds)
-        b_hist, c_hist = base.latency.coarsen(shared), cand.latency.coarsen(shared)
+        shared = _common_bounds(base.latency.bounds, cand.latency.bounds)
+        b_hist, c_hist = base.latency.hist, cand.latency.hist
+        if b_hist.bounds != shared:
+            b_hist = b_hist.coarsen(shared)
+        if c_hist.bounds != shared:
+            c_hist = c_hist.coarsen(shared)
         b_q = tuple(b_hist.quantile(q) for q in QUANTILES)
         c_q = tuple(c_hist.quantile(q) for q in QUANTILES)
     return TrafficFigures(
@@ -469,8 +511,8 @@ def _inconclusive(signal: str, why: str, horizon: float) -> Verdict:
 def _later_is_better(x_recent: float, n_recent: float, x_all: float, n_all: float) -> bool:
     """Whether the recent part of a horizon has significantly fewer events than the rest of it."""
     n_old = n_all - n_recent
-    if n_old <= 0 or n_recent <= 0:
-        return False
+    if n_old <= 0 or n_recent <= 0 or x_recent * n_all >= x_all * n_recent:
+        return False  # (not even fewer)
     return difference_sf(x_all - x_recent, n_old, x_recent, n_recent) < CONTRADICTION_P
 
 
@@ -511,7 +553,7 @@ def _errors(
 
 
 def _shift_bounds(
-    q: float, base: Histogram, cand: Histogram, settings: TrafficSettings
+    q: float, base: _Latency, cand: _Latency, settings: TrafficSettings
 ) -> tuple[float, float] | None:
     """(T, L) of the shift test for quantile q: T a candidate bound near the tolerated level of
     the baseline's q-quantile, L the largest baseline bound at or below what T tolerates. None
@@ -521,19 +563,22 @@ def _shift_bounds(
         return None
     ratio, increase = settings.latency_max_ratio, settings.latency_min_increase
     tolerated = max(ratio * level, level + increase)
-    best: tuple[float, float] | None = None
-    best_distance = math.inf
-    for bound in cand.bounds:
-        if bound <= 0:
-            continue
+    bounds = cand.bounds
+    i = bisect_left(bounds, tolerated)
+    # the bound nearest the tolerated level (in ratio) is one of its neighbours; when neither
+    # has a baseline bound below what it tolerates, the next ones up
+    order = sorted(
+        (j for j in (i - 1, i) if 0 <= j < len(bounds) and bounds[j] > 0),
+        key=lambda j: abs(math.log(bounds[j] / tolerated)),
+    )
+    order += range(i + 1, len(bounds))
+    for j in order:
+        bound = bounds[j]
         allowed = min(bound / ratio, bound - increase)
-        i = bisect_right(base.bounds, allowed * (1.0 + 1e-9))
-        if i == 0:
-            continue  # below the baseline's first bound: nothing to compare with
-        distance = abs(math.log(bound / tolerated))
-        if distance < best_distance:
-            best, best_distance = (bound, base.bounds[i - 1]), distance
-    return best
+        k = bisect_right(base.bounds, allowed * (1.0 + 1e-9))
+        if k > 0:  # else below the baseline's first bound: nothing to compare with
+            return bound, base.bounds[k - 1]
+    return None
 
 
 def binom_tail(k: int, n: int, p: float) -> float:
@@ -599,6 +644,7 @@ def binom_lower_quantile(n: float, p: float, alpha: float) -> int | None:
     return found if found >= 0 else None
 
 
+@lru_cache(maxsize=64)
 def _norm_isf(alpha: float) -> float:
     """z with P(Z > z) = alpha (bisection on norm_sf: called with a handful of levels)."""
     lo, hi = -40.0, 40.0
@@ -612,7 +658,7 @@ def _norm_isf(alpha: float) -> float:
 
 
 def _tail_bound(
-    q: float, base: Histogram, cand: Histogram, settings: TrafficSettings
+    q: float, base: _Latency, cand: _Latency, settings: TrafficSettings
 ) -> tuple[float, float] | None:
     """(T, U) of the tail test for quantile q: U a baseline bound above the baseline's
     q-quantile with confidence 1 - UPPER_BOUND_SHARE x alpha, T the smallest candidate bound at
