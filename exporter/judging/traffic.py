@@ -307,10 +307,11 @@ class TrafficEvaluation:
     """Both traffic verdicts for one route group at one moment, and the figures behind them.
 
     Consumed like the probes' Evaluation: `Alerts.update("traffic:<route>", evaluation, now)`.
-    A verdict's `horizon` is in seconds, its `estimate` and `threshold` are, for errors, the
-    candidate's failure-ratio increase and the tolerated one; for latency, the share of
-    candidate requests slower than the test's bound and the share of baseline requests slower
-    than that bound divided by max_ratio (the test name says both bounds).
+    A verdict's `horizon` is in seconds (the span of the evidence with the smallest p-value);
+    its `estimate` and `threshold` are, for errors, the candidate's failure-ratio increase and
+    the tolerated one; for latency, the share of candidate requests slower than the test's bound
+    and what it is held against: the share of baseline requests slower than the bound the
+    tolerance allows (shift test), or 1 - q (tail test). The test's name says the bounds.
     """
 
     at: float
@@ -777,7 +778,8 @@ def _decide(
         tests = [t for t in tests if t.horizon >= shortest - _EPS]
     best = min(tests, key=lambda t: t.p_value, default=None)
     if best is None:
-        # every horizon is contradicted by fresher requests: nothing holds
+        # every horizon long enough for an ongoing regression is contradicted by fresher
+        # requests: what they held is over
         return Verdict(
             signal=signal,
             state=State.OK,
