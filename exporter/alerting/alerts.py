@@ -7,12 +7,12 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal, Protocol
 
 from pydantic import ConfigDict, Field
 
 from exporter.alerting.outbox import STRICT, Notification
-from exporter.judging.judge import SIGNALS, Evaluation, State, Verdict
+from exporter.judging.judge import SIGNALS, State, Verdict
 from exporter.store.local import StateFile
 
 STATE_VERSION: Final = 1
@@ -23,6 +23,20 @@ FigureValue = float | int | str | bool | None
 # what a state file may hold in `figures`: NaN included, read back as None (`finite_figures`);
 # an unknown figure is no reason to throw away the incidents around it
 _SavedFigure = Annotated[float, Field(allow_inf_nan=True)] | int | str | bool | None
+
+
+class JudgedFigures(Protocol):
+    def as_dict(self) -> Mapping[str, FigureValue]: ...
+
+
+class Judged(Protocol):
+    """What `Alerts.update` reads of an evaluation: the probes' Evaluation, real traffic's
+    TrafficEvaluation (exporter/judging/traffic.py)."""
+
+    @property
+    def figures(self) -> JudgedFigures: ...
+
+    def verdicts(self) -> Iterable[Verdict]: ...
 
 
 class Phase(StrEnum):
@@ -190,7 +204,7 @@ class Alerts:
     def get(self, check: str, signal: str) -> Incident | None:
         return self._open.get((check, signal))
 
-    def update(self, check: str, evaluation: Evaluation, now: float) -> list[Event]:
+    def update(self, check: str, evaluation: Judged, now: float) -> list[Event]:
         """Feed one evaluation of `check`; returns what to notify about, in order."""
         events: list[Event] = []
         for verdict in evaluation.verdicts():
