@@ -512,6 +512,9 @@ class CloudWatchAlbSource(PollingSource):
         except (ClientError, BotoCoreError, TimeoutError) as exc:
             raise classify(exc, self._secrets()) from None
 
+    async def aclose(self) -> None:
+        self.close()
+
     def close(self) -> None:
         """Release threads and connections; a call still running in a thread finishes alone."""
         if self._closed:

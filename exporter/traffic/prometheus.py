@@ -351,6 +351,9 @@ class PrometheusSource(PollingSource):
         finally:
             await self.close()
 
+    async def aclose(self) -> None:
+        await self.close()
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()

@@ -62,6 +62,10 @@ class PollingSource(ABC):
     async def poll(self, now: float) -> Poll:
         """Ask once for what happened up to `now`; raise SourceError(reason, detail) to fail."""
 
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Release what the source holds (sessions, threads); a source dropped on reload too."""
+
     async def run(self) -> None:
         """Poll every `interval` until cancelled; a failure is a status, never an exception."""
         loop = asyncio.get_running_loop()
