@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -14,13 +15,27 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client.process_collector import ProcessCollector
 
 from exporter import __version__
-from exporter.alerting.alerts import Alerts, AlertSettings, Event, Fired, Incident, Resolved
-from exporter.alerting.messages import Context, notifications, shift_notifications
+from exporter.alerting.alerts import (
+    Alerts,
+    AlertSettings,
+    Event,
+    Fired,
+    Incident,
+    Judged,
+    Resolved,
+)
+from exporter.alerting.messages import (
+    TRAFFIC_PREFIX,
+    Context,
+    notifications,
+    shift_notifications,
+)
 from exporter.alerting.outbox import Notification
 from exporter.alerting.slack import Notifier, SlackSettings
 from exporter.config import Check, Config, load_config, probe_spec
 from exporter.errors import ConfigError, CorruptStateFile, Refused
 from exporter.judging.judge import Evaluation, JudgeSettings, judge
+from exporter.judging.traffic import TrafficEvaluation, TrafficSettings, judge_traffic
 from exporter.logs import REDACTOR
 from exporter.probing.probe import Prober
 from exporter.probing.state import CheckState, Series
@@ -30,10 +45,16 @@ from exporter.route53.read import RecordSpec, Route53Reader, Route53State, norma
 from exporter.route53.runner import ShiftRunner
 from exporter.store.local import StateDir
 from exporter.tasks import Supervisor
+from exporter.traffic.counts import ALL, OTHER, Tally
+from exporter.traffic.feeds import TrafficFeeds
+from exporter.traffic.routes import Routes
+from exporter.traffic.split import SplitStatus, SplitWatch, shares_of
+from exporter.traffic.timeline import Timeline
 from exporter.web.collector import (
     BuildInfoCollector,
     ShiftView,
     StateCollector,
+    TrafficView,
     View,
     expected_error_ratio,
 )
@@ -71,6 +92,22 @@ def judge_settings(cfg: Config) -> JudgeSettings:
     )
 
 
+def traffic_settings(cfg: Config) -> TrafficSettings | None:
+    if cfg.traffic is None:
+        return None
+    return TrafficSettings.from_judge(
+        judge_settings(cfg), cfg.traffic.min_requests, cfg.traffic.window
+    )
+
+
+def traffic_checks(cfg: Config) -> set[str]:
+    """The check names real traffic's incidents may carry: traffic:<every group it may judge>."""
+    if cfg.traffic is None:
+        return set()
+    routes = {ALL, OTHER, *(g.name for g in cfg.traffic.routes)}
+    return {f"{TRAFFIC_PREFIX}{route}" for route in routes}
+
+
 def alert_settings(cfg: Config) -> AlertSettings:
     a = cfg.alerting
     if a is None:
@@ -103,6 +140,12 @@ def secrets_of(cfg: Config) -> Iterator[str]:
     if cfg.alerting is not None and cfg.alerting.slack is not None:
         slack = cfg.alerting.slack
         yield from (s for s in (slack.token, slack.webhook_url) if s)
+    if cfg.traffic is not None:
+        for source in cfg.traffic.sources:
+            if source.heroku_drain is not None:
+                yield source.heroku_drain.token
+            if source.prometheus is not None:
+                yield from source.prometheus.headers.values()
 
 
 def _offset(name: str, interval: float) -> float:
@@ -119,7 +162,15 @@ class _Running:
 
 
 # The daemon's task groups, in the order `stop` ends them.
-PROBES, ROUTE53, WATCH, SHIFT, SLACK = "probe", "route53", "watch", "shift", "slack"
+PROBES, ROUTE53, WATCH, TRAFFIC, SHIFT, SLACK = (
+    "probe", "route53", "watch", "traffic", "shift", "slack"
+)  # fmt: skip
+# Real traffic is judged as often as the timeline fills a bucket.
+TRAFFIC_TICK = 5.0
+# The timeline keeps this much beyond the judged window: late reports, the split's minute.
+TRAFFIC_KEEP_MARGIN = 300.0
+# The measured split is over the last minute of traffic both platforms' sources reported.
+SPLIT_SPAN = 60.0
 
 
 class Daemon:
@@ -160,6 +211,15 @@ class Daemon:
         # writes need both the config's `shift.enabled` and the command line's permission
         self.allow_route53_writes = allow_route53_writes and not dry_run
         self.shift: ShiftRunner | None = None
+        # real traffic: the timeline every source fills, the pollers, the verdicts per group
+        self.timeline = Timeline()
+        self.traffic: TrafficFeeds | None = None
+        self.traffic_evaluations: dict[str, TrafficEvaluation] = {}
+        self._traffic_windows: dict[tuple[str, str], Tally] = {}
+        self._traffic_end: float | None = None
+        self._split: SplitWatch | None = None
+        self._split_status: SplitStatus | None = None
+        self._shift_requests: tuple[float | None, float] = (None, 0.0)
         self._shift_base: tuple[float | None, dict[tuple[str, str], int]] = (None, {})
 
         self.reload_ok = Gauge(
@@ -199,6 +259,7 @@ class Daemon:
             records=self.records,
             alerts=self.alerts.incidents,
             evaluations=self.evaluations,
+            traffic=self.traffic_view(),
             shift=None
             if self.shift is None
             else ShiftView(
@@ -233,6 +294,7 @@ class Daemon:
         self._apply_route53(self.config, previous=None)
         self._apply_slack(self.config)
         self._apply_shift(self.config)
+        self._apply_traffic(self.config, previous=None)
         self.tasks.spawn(self._watch_loop_lag(), "loop-lag", WATCH)
         # what a crash left owed is handed to the outbox before anything new happens
         self._settle_alerts(doubtful=True)
@@ -244,6 +306,9 @@ class Daemon:
         self._running.clear()
         await self.tasks.stop_group(ROUTE53)
         await self.tasks.stop_group(WATCH)
+        await self.tasks.stop_group(TRAFFIC)
+        if self.traffic is not None:
+            await self.traffic.aclose()
         if self.route53 is not None:
             self.route53.close()
         self._save_alerts()
@@ -281,6 +346,7 @@ class Daemon:
             log.warning("state_dir changes take effect only after a restart")
         self._apply(new, previous=self._running)
         self._apply_route53(new, previous=self.config)
+        self._apply_traffic(new, previous=self.config)
         self.judge_settings = judge_settings(new)
         self.alerts.settings = alert_settings(new)
         for incident in self._forget_removed_checks(new):
@@ -404,7 +470,7 @@ class Daemon:
             self._alerts_save_error = None
 
     def _forget_removed_checks(self, cfg: Config) -> list[Incident]:
-        names = {c.name for c in cfg.checks}
+        names = {c.name for c in cfg.checks} | traffic_checks(cfg)
         removed = []
         for incident in self.alerts.incidents:
             if incident.check not in names:
@@ -454,13 +520,7 @@ class Daemon:
             self._save_alerts()
 
     def _evaluate(self, state: CheckState, t: float) -> None:
-        """Judge one check after a tick, advance its incidents, and notify.
-
-        A transition and the notifications it causes are saved in one file before the outbox
-        is given them: whatever happens between the two saves (a crash, a full disk for the
-        outbox), the messages are still owed at the next start, and the outbox takes each
-        key once.
-        """
+        """Judge one check after a tick, advance its incidents, and notify."""
         cfg = self.config
         baseline = state.series.get(cfg.baseline)
         candidate = state.series.get(cfg.candidate)
@@ -474,18 +534,31 @@ class Daemon:
             previous=self.evaluations.get(state.name),
         )
         self.evaluations[state.name] = evaluation
-        events = self.alerts.update(state.name, evaluation, time.time())
+        self._advance_incidents(state.name, evaluation, lambda: self._context(state))
+
+    def _advance_incidents(
+        self, check: str, evaluation: Judged, context: Callable[[], Context]
+    ) -> None:
+        """Feed a check's verdicts to its incidents; what they cause is owed, saved, handed over.
+
+        A transition and the notifications it causes are saved in one file before the outbox
+        is given them: whatever happens between the two saves (a crash, a full disk for the
+        outbox), the messages are still owed at the next start, and the outbox takes each
+        key once.
+        """
+        events = self.alerts.update(check, evaluation, time.time())
         for event in events:
             self._log_event(event)
         if events and self.notifier is not None:
+            cfg = self.config
             try:
-                context = self._context(state)
+                ctx = context()
             except Exception:  # the figures are a nicety; the message itself is owed
-                log.exception("cannot gather the context of %s's message", state.name)
-                context = Context(baseline=cfg.baseline, candidate=cfg.candidate)
+                log.exception("cannot gather the context of %s's message", check)
+                ctx = Context(baseline=cfg.baseline, candidate=cfg.candidate)
             now = time.time()
             self.alerts.owe(
-                replace(n, created=now) for event in events for n in notifications(event, context)
+                replace(n, created=now) for event in events for n in notifications(event, ctx)
             )
         if self.alerts.revision != self._alerts_saved:
             self._save_alerts()
@@ -519,6 +592,154 @@ class Daemon:
             dashboard_url=alerting.dashboard_url if alerting else None,
             max_ratio=cfg.judge.latency.max_ratio,
             max_error_increase=cfg.judge.errors.max_increase,
+        )
+
+    # -- real traffic -------------------------------------------------------------------------
+
+    def _apply_traffic(self, cfg: Config, previous: Config | None) -> None:
+        """Start, change or stop the traffic sources and their judging; the timeline stays."""
+        if (
+            previous is not None
+            and cfg.traffic == previous.traffic
+            and cfg.judge == previous.judge
+            and cfg.route53 == previous.route53
+        ):
+            return
+        self.tasks.cancel(self.tasks.group(TRAFFIC))
+        if self.traffic is not None:
+            self.tasks.spawn(self.traffic.aclose(), "traffic-close", TRAFFIC)
+            self.traffic = None
+        settings = traffic_settings(cfg)
+        if cfg.traffic is None or settings is None:
+            self.traffic_evaluations.clear()
+            self._traffic_windows.clear()
+            self._split = self._split_status = None
+            return
+        self.timeline.keep = max(self.timeline.keep, settings.window + TRAFFIC_KEEP_MARGIN)
+        routes = Routes([(g.name, g.path_regex) for g in cfg.traffic.routes])
+        self.traffic = TrafficFeeds(cfg.traffic, self.timeline, routes)
+        for name, run in self.traffic.runs():
+            self.tasks.spawn(run, name, TRAFFIC)
+        judged = set(self.traffic.route_groups())
+        for route in [r for r in self.traffic_evaluations if r not in judged]:
+            del self.traffic_evaluations[route]  # a group no longer judged: its hysteresis too
+        record = cfg.traffic_record()
+        old_record = previous.traffic_record() if previous is not None else None
+        if self._split is None or record != old_record:
+            tr = cfg.traffic
+            self._split = SplitWatch(tr.split_tolerance, tr.split_margin) if record else None
+            self._split_status = None
+        self.tasks.spawn(self._traffic_loop(), "traffic-judge", TRAFFIC)
+
+    async def _traffic_loop(self) -> None:
+        while True:
+            try:
+                self._judge_traffic(time.time())
+            except Exception:
+                # the judge is pure and the timeline is ours: anything here is a bug, and the
+                # loop must go on judging
+                log.exception("traffic: judging real traffic failed unexpectedly")
+            await asyncio.sleep(TRAFFIC_TICK)
+
+    def _judge_traffic(self, now: float) -> None:
+        """Judge each route group over the span both platforms' sources have reported."""
+        cfg, feeds = self.config, self.traffic
+        settings = traffic_settings(cfg)
+        if feeds is None or settings is None:
+            return
+        platforms = (cfg.baseline, cfg.candidate)
+        end = feeds.covered_until(platforms)
+        self._traffic_end = end
+        windows: dict[tuple[str, str], Tally] = {}
+        for route in feeds.route_groups():
+            sides = [
+                self.timeline.series(p, route, end - settings.window, end) if end else []
+                for p in platforms
+            ]
+            evaluation = judge_traffic(
+                sides[0],
+                sides[1],
+                end if end is not None else now,
+                settings,
+                previous=self.traffic_evaluations.get(route),
+            )
+            self.traffic_evaluations[route] = evaluation
+            for platform, series in zip(platforms, sides, strict=True):
+                total = windows[(platform, route)] = Tally()
+                for _, tally in series:
+                    total.merge(tally)
+            self._advance_incidents(
+                f"{TRAFFIC_PREFIX}{route}",
+                evaluation,
+                lambda route=route: self._traffic_context(route, windows),  # type: ignore[misc]
+            )
+        self._traffic_windows = windows
+        if self._split is not None:
+            self._split_status = self._split.update(
+                now, self._traffic_shares(), self._measured_split(end), self._traffic_ttl()
+            )
+
+    def _measured_split(self, end: float | None) -> dict[str, float] | None:
+        if end is None:
+            return None
+        requests = {
+            p: self.timeline.total(p, ALL, end - SPLIT_SPAN, end).requests
+            for p in (self.config.baseline, self.config.candidate)
+        }
+        return shares_of(requests)
+
+    def _traffic_record(self) -> RecordSpec | None:
+        record = self.config.traffic_record()
+        return self.records.get(record.key) if record is not None else None
+
+    def _traffic_shares(self) -> dict[str, float] | None:
+        """The Route53 shares of the record the traffic is split by, once read."""
+        spec = self._traffic_record()
+        if spec is None or self.route53 is None:
+            return None
+        weights = self.route53.weights.get(spec)
+        return weights.platform_shares() if weights is not None else None
+
+    def _traffic_ttl(self) -> float | None:
+        spec = self._traffic_record()
+        weights = self.route53.weights.get(spec) if spec and self.route53 else None
+        return weights.ttl if weights is not None else None
+
+    def _traffic_context(self, route: str, windows: dict[tuple[str, str], Tally]) -> Context:
+        cfg = self.config
+        shares = self._traffic_shares()
+        share = expected = None
+        if shares is not None:
+            share = shares.get(cfg.candidate, 0.0)
+            ratios = {p: windows[(p, route)].error_ratio for p in (cfg.baseline, cfg.candidate)}
+            expected = expected_error_ratio(shares, ratios)
+        alerting = cfg.alerting
+        return Context(
+            baseline=cfg.baseline,
+            candidate=cfg.candidate,
+            candidate_share=share,
+            expected_error_ratio=expected,
+            dashboard_url=alerting.dashboard_url if alerting else None,
+            max_ratio=cfg.judge.latency.max_ratio,
+            max_error_increase=cfg.judge.errors.max_increase,
+        )
+
+    def traffic_view(self) -> TrafficView | None:
+        """Real traffic for a scrape or the page: live counters and sources, the last verdicts."""
+        cfg, feeds = self.config, self.traffic
+        if cfg.traffic is None or feeds is None:
+            return None
+        record = cfg.traffic_record()
+        return TrafficView(
+            roles={name: p.role for name, p in cfg.platforms.items()},
+            counters=dict(self.timeline.counters),
+            sources=[replace(s) for s in self.timeline.sources.values()],
+            source_errors=feeds.source_errors(),
+            windows=self._traffic_windows,
+            verdicts=dict(self.traffic_evaluations),
+            record=record.name if record is not None else None,
+            split=self._split_status,
+            window_end=self._traffic_end,
         )
 
     # -- guarded shifting -------------------------------------------------------------------
@@ -585,7 +806,14 @@ class Daemon:
         if cfg.shift is None:
             return []
         key = normalize_name(cfg.shift.record)
-        return [c.name for c in cfg.checks if (r := cfg.record_for(c)) is not None and r.key == key]
+        probes = [
+            c.name for c in cfg.checks if (r := cfg.record_for(c)) is not None and r.key == key
+        ]
+        split = cfg.traffic_record()
+        if self.traffic is None or split is None or split.key != key:
+            return probes
+        # real traffic on the shifted record guards it as its probes do
+        return probes + [f"{TRAFFIC_PREFIX}{route}" for route in self.traffic.route_groups()]
 
     def _shift_observation(self) -> Observation:
         assert self.shift is not None
@@ -624,10 +852,21 @@ class Daemon:
                 ("candidate", self.config.candidate),
             )
         }
+        # real candidate requests since then, from the cumulative counters (a step's hold may
+        # be longer than the timeline remembers)
+        served = math.fsum(
+            c.requests
+            for (p, _, _), c in self.timeline.counters.items()
+            if p == self.config.candidate
+        )
+        if since != self._shift_requests[0]:
+            self._shift_requests = (since, served)
+        candidate_requests = served - self._shift_requests[1]
         return Observation(
             weights=weights,
             baseline_samples=counts["baseline"],
             candidate_samples=counts["candidate"],
+            candidate_requests=candidate_requests,
             firing=firing,
             pending=pending,
             ttl=ttl,

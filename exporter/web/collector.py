@@ -50,7 +50,6 @@ class TrafficView:
     counters: Mapping[tuple[str, str, str], Counters]  # (platform, source, route) -> totals
     sources: Sequence[SourceStatus]
     source_errors: Mapping[str, Mapping[str, int]]  # source -> reason -> failed polls
-    drain_lines: Mapping[tuple[str, str, str], int]  # (platform, source, kind) -> lines
     windows: Mapping[tuple[str, str], Tally]  # (platform, route) -> the judged window's totals
     verdicts: Mapping[str, Judged]  # route group -> the judge's last evaluation
     record: str | None = None  # the record whose split is measured
@@ -300,14 +299,7 @@ def traffic_families(view: TrafficView) -> Iterator[Metric]:
             failed.add_metric([status.platform, status.source, reason], float(n))
     yield from (up, success, failed)
 
-    lines = CounterMetricFamily(
-        "cutover_traffic_drain_lines",
-        "Log lines a drain received, by kind: router, router_error, ignored, unreadable.",
-        labels=["platform", "source", "kind"],
-    )
-    for (platform, source, kind), n in sorted(view.drain_lines.items()):
-        lines.add_metric([platform, source, kind], float(n))
-    yield lines
+    # the drains' own counts (lines by kind, POSTs by result) come from their collector
 
     measured = GaugeMetricFamily(
         "cutover_traffic_measured_share",
