@@ -22,7 +22,7 @@ from exporter.judging.judge import SIGNALS, Evaluation
 from exporter.probing.probe import REASONS
 from exporter.probing.state import DURATION_BUCKETS, CheckState, ratio
 from exporter.probing.window import QUANTILES
-from exporter.web.collector import expected_error_ratio
+from exporter.web.collector import Judged, expected_error_ratio
 
 
 class OracleCollector(Collector):
@@ -35,8 +35,10 @@ class OracleCollector(Collector):
         fired: frozenset[tuple[str, str]],
         shares: Callable[[str], dict[str, float] | None] | None,
         evaluations: Mapping[str, Evaluation] | None = None,
+        traffic: Mapping[str, Judged] | None = None,
     ) -> None:
         self.evaluations = evaluations or {}
+        self.traffic = traffic or {}
         self.checks, self.now = checks, now
         self.baseline, self.candidate = baseline, candidate
         self.fired, self.shares = fired, shares
@@ -148,6 +150,11 @@ class OracleCollector(Collector):
             if shares is not None:
                 ratios = {p: st.error_ratio for p, st in stats.items()}
                 expected.add_metric([state.name], expected_error_ratio(shares, ratios))
+        for check, judged in sorted(self.traffic.items()):
+            for verdict in judged.verdicts():
+                regression.add_metric([check, verdict.signal], 1.0 if verdict.regressed else 0.0)
+                fired = (check, verdict.signal) in self.fired
+                firing.add_metric([check, verdict.signal], 1.0 if fired else 0.0)
         yield from (success, duration, phase, status, probes, failures, expiry)
         yield from (w_latency, w_errors, w_samples, l_ratio, e_delta, regression, firing)
         if self.shares is not None:

@@ -21,9 +21,11 @@ from prometheus_client.utils import floatToGoString
 from exporter.config import parse_config, probe_spec
 from exporter.daemon import Daemon, judge_settings
 from exporter.judging.judge import Evaluation, judge
+from exporter.judging.traffic import TrafficEvaluation, TrafficSettings, judge_traffic
 from exporter.probing.probe import ProbeResult
 from exporter.probing.state import CheckState, Series
 from exporter.probing.window import Window
+from exporter.traffic.counts import Tally
 from exporter.web.app import start_server
 from exporter.web.exposition import Scrape, number, render_checks
 
@@ -90,8 +92,21 @@ def scrape_of(
 ) -> tuple[Scrape, Callable[[str], dict[str, float] | None] | None]:
     table = {"health": {"heroku": 0.9, "aws": 0.1}, ODD: {"heroku": 0.0, "aws": 1.0}}
     lookup = table.get if shares else None
-    fired = frozenset({("health", "latency"), (ODD, "down")})
-    return Scrape("heroku", "aws", fired, lookup, judged(checks, now)), lookup
+    fired = frozenset({("health", "latency"), (ODD, "down"), ("traffic:all", "errors")})
+    return Scrape("heroku", "aws", fired, lookup, judged(checks, now), traffic(now)), lookup
+
+
+def traffic(now: float) -> dict[str, TrafficEvaluation]:
+    """Real traffic's verdicts: rows of cutover_regression and cutover_alert_firing too."""
+    tallies = []
+    for i in range(12):
+        tally = Tally(requests=100.0)
+        tally.responses["2xx"], tally.responses["5xx"] = 90.0, 10.0
+        tallies.append((now - 60 + 5 * i, tally))
+    return {
+        f"traffic:{route}": judge_traffic(tallies, tallies, now, TrafficSettings(min_requests=50))
+        for route in ("all", 'odd "group"')
+    }
 
 
 def streamed(checks: list[CheckState], now: float, openmetrics: bool, shares: bool) -> str:
@@ -103,7 +118,9 @@ def streamed(checks: list[CheckState], now: float, openmetrics: bool, shares: bo
 def reference(checks: list[CheckState], now: float, openmetrics: bool, shares: bool) -> str:
     scrape, lookup = scrape_of(checks, now, shares)
     registry = oracle_registry(
-        OracleCollector(checks, now, "heroku", "aws", scrape.fired, lookup, scrape.evaluations)
+        OracleCollector(
+            checks, now, "heroku", "aws", scrape.fired, lookup, scrape.evaluations, scrape.traffic
+        )
     )
     encode = om_exposition.generate_latest if openmetrics else generate_latest
     return encode(registry).decode()
