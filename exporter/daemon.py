@@ -30,6 +30,8 @@ from exporter.route53.read import RecordSpec, Route53Reader, Route53State, norma
 from exporter.route53.runner import ShiftRunner
 from exporter.store.local import StateDir
 from exporter.tasks import Supervisor
+from exporter.traffic.drain import Drains, drain_specs, routes_of
+from exporter.traffic.timeline import Timeline
 from exporter.web.collector import (
     BuildInfoCollector,
     ShiftView,
@@ -103,6 +105,7 @@ def secrets_of(cfg: Config) -> Iterator[str]:
     if cfg.alerting is not None and cfg.alerting.slack is not None:
         slack = cfg.alerting.slack
         yield from (s for s in (slack.token, slack.webhook_url) if s)
+    yield from (drain.token for drain in drain_specs(cfg))
 
 
 def _offset(name: str, interval: float) -> float:
@@ -120,6 +123,7 @@ class _Running:
 
 # The daemon's task groups, in the order `stop` ends them.
 PROBES, ROUTE53, WATCH, SHIFT, SLACK = "probe", "route53", "watch", "shift", "slack"
+TRAFFIC = "traffic"
 
 
 class Daemon:
@@ -178,6 +182,10 @@ class Daemon:
             buckets=LOOP_LAG_BUCKETS,
             registry=self.registry,
         )
+        # traffic: drains (wired further by the main session)
+        self.timeline = Timeline()
+        self.drains = Drains(self.timeline, registry=self.registry)
+        self.drains.configure(drain_specs(config), routes_of(config))
         self.registry.register(StateCollector(self.view))
         self.registry.register(BuildInfoCollector(__version__))
         ProcessCollector(registry=self.registry)
@@ -234,6 +242,7 @@ class Daemon:
         self._apply_slack(self.config)
         self._apply_shift(self.config)
         self.tasks.spawn(self._watch_loop_lag(), "loop-lag", WATCH)
+        self.tasks.spawn(self.drains.run(), "traffic-drains", TRAFFIC)
         # what a crash left owed is handed to the outbox before anything new happens
         self._settle_alerts(doubtful=True)
         if self.shift is not None:
@@ -244,6 +253,7 @@ class Daemon:
         self._running.clear()
         await self.tasks.stop_group(ROUTE53)
         await self.tasks.stop_group(WATCH)
+        await self.tasks.stop_group(TRAFFIC)
         if self.route53 is not None:
             self.route53.close()
         self._save_alerts()
@@ -281,6 +291,7 @@ class Daemon:
             log.warning("state_dir changes take effect only after a restart")
         self._apply(new, previous=self._running)
         self._apply_route53(new, previous=self.config)
+        self.drains.configure(drain_specs(new), routes_of(new))
         self.judge_settings = judge_settings(new)
         self.alerts.settings = alert_settings(new)
         for incident in self._forget_removed_checks(new):
