@@ -39,7 +39,9 @@ RUNTIME_METRICS_LINE = (
     b"dyno=heroku.2808254.d97d0ea7-cf3d-411b-b453-d2943a50b456 sample#memory_total=21.00MB "
     b"sample#memory_rss=21.00MB sample#memory_cache=0.00MB sample#memory_swap=0.00MB"
 )
-STATE_LINE = b"<45>1 2026-12-01T19:00:00.000000+00:00 host heroku web.1 - State changed from starting to up"
+STATE_LINE = (
+    b"<45>1 2026-12-01T19:00:00.000000+00:00 host heroku web.1 - State changed from starting to up"
+)
 
 LOGPLEX = "application/logplex-1"
 

@@ -117,9 +117,9 @@ _CACHE = 4096  # entries of the timestamp and route caches before they are clear
 # (fixed shape: linear in the body whatever it holds)
 _CANDIDATE = re.compile(rb"[0-9]{1,6} <")
 _NEWLINES = re.compile(rb"[\r\n]+")
-# what may follow a frame: a newline, the next frame's length (lines are not reliably
-# newline-terminated), or the end; a space or a letter means the octet count was wrong
-_BOUNDARY = frozenset(b"\r\n0123456789")
+# what may follow a frame: a newline, the next frame (lines are not reliably
+# newline-terminated), or the end; anything else means the octet count was wrong
+_NEWLINE_BYTES = frozenset(b"\r\n")
 _HEROKU, _ROUTER = b"heroku", b"router"
 _AGAIN = (-1, -1)  # _frame found no frame yet, and looked long enough to check the clock
 
@@ -328,7 +328,12 @@ class Batch:
                         end - start >= 2
                         and end <= size
                         and body[start] == 60  # "<": the line's PRI
-                        and (end == size or body[end] in _BOUNDARY)
+                        and (
+                            end == size
+                            or body[end - 1] == 10  # the line's own newline, counted
+                            or body[end] in _NEWLINE_BYTES
+                            or _CANDIDATE.match(body, end) is not None
+                        )
                         # a newline inside: the count swallowed the next frame
                         and body.find(b"\n", start, end - 1) < 0
                     ):
