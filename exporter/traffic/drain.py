@@ -174,34 +174,35 @@ def routes_of(cfg: Config) -> Routes:
 class LineReader:
     """How one drain reads router lines: its route groups and hosts, and caches for both."""
 
-    __slots__ = ("_routes_cache", "_seconds", "hosts", "routes")
+    __slots__ = ("groups", "hosts", "routes", "seconds")
 
     def __init__(self, routes: Routes, hosts: Iterable[str] | None = None) -> None:
         self.routes = routes
         self.hosts: frozenset[bytes] | None = (
             None if hosts is None else frozenset(h.lower().encode() for h in hosts)
         )
-        self._routes_cache: dict[bytes, str] = {}
-        self._seconds: dict[bytes, int | None] = {}
+        self.groups: dict[bytes, str] = {}  # path without its query -> route group
+        # the first 19 bytes of a `+00:00` timestamp -> its second (None: not a time)
+        self.seconds: dict[bytes, int | None] = {}
 
     def route(self, path: bytes) -> str:
         """The route group of a path; only group names come out, never the path."""
         if not self.routes:
             return ALL
         bare = path.partition(b"?")[0][:MAX_PATH]
-        group = self._routes_cache.get(bare)
+        group = self.groups.get(bare)
         if group is None:
-            if len(self._routes_cache) >= _CACHE:
-                self._routes_cache.clear()  # ids in paths: a cache, not a catalogue
-            group = self._routes_cache[bare] = self.routes.group(bare)
+            if len(self.groups) >= _CACHE:
+                self.groups.clear()  # ids in paths: a cache, not a catalogue
+            group = self.groups[bare] = self.routes.group(bare)
         return group
 
     def second(self, stamp: bytes) -> int | None:
         """The unix second of an RFC 5424 timestamp (`2026-12-01T19:00:00.123456+00:00`)."""
         if stamp[-6:] == b"+00:00":  # what Logplex writes: the second is in the first 19 bytes
             key = stamp[:19]
-            if key in self._seconds and stamp[19:20] in (b".", b"+"):
-                return self._seconds[key]
+            if key in self.seconds and stamp[19:20] in (b".", b"+"):
+                return self.seconds[key]
         head, rest = stamp[:19], stamp[19:]
         if rest[:1] == b".":
             rest = rest[1:].lstrip(b"0123456789")  # the fraction: a second is all we keep
@@ -215,32 +216,76 @@ class LineReader:
                 moment = None
             if moment is not None and moment.tzinfo is not None:
                 value = int(moment.timestamp())
-        if len(self._seconds) >= _CACHE:
-            self._seconds.clear()
+        if len(self.seconds) >= _CACHE:
+            self.seconds.clear()
         if rest == b"+00:00":
-            self._seconds[head] = value
+            self.seconds[head] = value
         return value
 
 
-def _value(text: bytes, key: bytes, last: bool = False) -> bytes | None:
-    """The value of `key` (` name=`) in a router message, quotes taken off; the first
+def _value_at(body: bytes, key: bytes, start: int, end: int, last: bool = False) -> bytes | None:
+    """The value of `key` (` name=`) in body[start:end], quotes taken off: the first
     occurrence, or the `last`.
 
     Finding the key is enough: unquoted values hold no spaces, so ` name=` starts a field
-    or lies in a quoted value. Heroku's fields come in a fixed order, and the one quoted value a
-    client writes (fwd: X-Forwarded-For) comes after path and host and before connect,
+    or lies in a quoted value. Heroku's fields come in a fixed order, and the quoted value a
+    client writes (fwd: its X-Forwarded-For) comes after path and host and before connect,
     service and status: those are taken from their last occurrence, so that a client cannot
     forge them through its own header.
     """
-    i = text.rfind(key) if last else text.find(key)
+    i = body.rfind(key, start, end) if last else body.find(key, start, end)
     if i < 0:
         return None
     i += len(key)
-    if text[i : i + 1] == b'"':
-        j = text.find(b'"', i + 1)
-        return text[i + 1 : j] if j >= 0 else None
-    j = text.find(b" ", i)
-    return text[i:j] if j >= 0 else text[i:]
+    if body.startswith(b'"', i, end):
+        j = body.find(b'"', i + 1, end)
+        return body[i + 1 : j] if j >= 0 else None
+    j = body.find(b" ", i, end)
+    return body[i : j if j >= 0 else end]
+
+
+def _router_message(body: bytes, s2: int, end: int) -> int:
+    """Where the message of a line starts when its HOSTNAME APP-NAME PROCID MSGID (from `s2`,
+    the space after the timestamp) are the router's but not as Logplex writes them (another
+    hostname or MSGID); 0 for a line of anyone else, -1 for the router's without a message."""
+    s3 = body.find(b" ", s2 + 1, end)
+    if s3 < 0 or not body.startswith(b"heroku router", s3 + 1, end):
+        return 0
+    if s3 + 14 == end:
+        return -1
+    if body[s3 + 14] != 32:
+        return 0  # heroku routerX: someone else
+    m = body.find(b" ", s3 + 15, end)  # past the MSGID
+    return m + 1 if m >= 0 else -1
+
+
+def _millis(value: bytes | None) -> int | None:
+    """`45ms` -> 45, `` -> -1 (the router did not get that far); None for anything else."""
+    if not value:
+        return -1
+    digits = value[:-2] if value.endswith(b"ms") else value
+    return int(digits) if digits.isdigit() and len(digits) <= 9 else None
+
+
+def _slow_fields(body: bytes, start: int, end: int, failed: bool) -> tuple[int, int] | None:
+    """(status, latency ms or -1) of a router message whose end is not the usual
+    `connect=Nms service=Nms status=N`; None when it cannot be read."""
+    raw = _value_at(body, b" status=", start, end, last=True)
+    status = 0
+    if raw:
+        if not raw.isdigit() or len(raw) > 3:
+            return None
+        status = int(raw)
+        if not 100 <= status <= 599:
+            return None
+    elif not failed:
+        return None  # a request the router passed on has a status
+    connect = _millis(_value_at(body, b" connect=", start, end, last=True))
+    service = _millis(_value_at(body, b" service=", start, end, last=True))
+    if connect is None or service is None:
+        return None
+    # empty in H10, H13 and H99 lines: the router never reached a dyno; no latency, no fault
+    return status, connect + service if connect >= 0 and service >= 0 else -1
 
 
 class _Sum:
@@ -264,7 +309,7 @@ class _Sum:
 
 
 class Batch:
-    """One POST's body being read: where the framing is, the lines by kind, the sums so far.
+    """One POST's body being read: where the framing is, the lines by kind, the counts so far.
 
     `find_frame` looks for a readable frame without reading lines (the handler's check),
     `step` reads frames until a deadline or the end. Both resume where they stopped.
@@ -273,6 +318,7 @@ class Batch:
     __slots__ = (
         "_bad",
         "_hi",
+        "_lines",
         "_lo",
         "_pending",
         "_reader",
@@ -281,7 +327,6 @@ class Batch:
         "frames",
         "kinds",
         "pos",
-        "sums",
     )
 
     def __init__(self, body: bytes, arrival: float, reader: LineReader) -> None:
@@ -295,7 +340,9 @@ class Batch:
         self._pending: tuple[int, int] | None = None  # a frame find_frame found, not yet read
         self.frames = 0  # readable frames read
         self.kinds = dict.fromkeys(LINE_KINDS, 0)
-        self.sums: dict[tuple[str, int], _Sum] = {}
+        # (route group, second, status class index or -1, latency bucket or -1, router error)
+        # -> requests: one dict update per line; `reports` adds them up per group and second
+        self._lines: dict[tuple[str, int, int, int, bool], int] = {}
 
     @property
     def done(self) -> bool:
@@ -374,117 +421,186 @@ class Batch:
                 return None
 
     def step(self, deadline: float, clock: Callable[[], float] = time.perf_counter) -> bool:
-        """Read frames until the end of the body (True) or the deadline (False)."""
+        """Read frames until the end of the body (True) or the deadline (False).
+
+        One loop, the usual case inline (a frame ending in its newline; a router line ending
+        `connect=Nms service=Nms status=N ...`), with `bytes` methods bounded to the line, so
+        that nothing is copied but the values kept: the rest goes through helpers.
+        """
         body = self.body
-        kinds = self.kinds
+        size = len(body)
         reader = self._reader
         hosts = reader.hosts
-        sums = self.sums
+        grouped = bool(reader.routes)
+        groups = reader.groups
+        group_of = reader.routes.group
+        seconds = reader.seconds
+        lines = self._lines
         lo, hi = self._lo, self._hi
-        count = 0
+        router = failures = ignored = unreadable = frames = 0
+        pos = self.pos
+        turn = 0
+        done = False
         while True:
-            frame = self._pending
-            if frame is None:
-                frame = self._frame()
-                if frame is None:
-                    return True
-                if frame is _AGAIN:
-                    if clock() >= deadline:
-                        return False
-                    continue
-            else:
+            turn += 1
+            if not turn & 31 and clock() >= deadline:
+                break
+            # -- a frame: `<length> <line>`, the usual one inline ---------------------------
+            pending = self._pending
+            if pending is not None:
                 self._pending = None
-            self.frames += 1
-            start, end = frame
-            parts = body[start:end].split(b" ", 6)
-            if len(parts) < 7 or parts[3] != _HEROKU or parts[4] != _ROUTER:
-                router = len(parts) >= 5 and parts[3] == _HEROKU and parts[4] == _ROUTER
-                kinds["unreadable" if router else "ignored"] += 1
+                start, end = pending
             else:
-                kinds[self._router_line(parts, hosts, reader, sums, lo, hi)] += 1
-            count += 1
-            if count % _CHECK_EVERY == 0 and clock() >= deadline:
-                return self.done
-
-    @staticmethod
-    def _router_line(
-        parts: list[bytes],
-        hosts: frozenset[bytes] | None,
-        reader: LineReader,
-        sums: dict[tuple[str, int], _Sum],
-        lo: int,
-        hi: int,
-    ) -> str:
-        """Add one router line to `sums`; its kind."""
-        message = parts[6]
-        if message[:2] == b"- ":
-            message = message[2:]  # the nil structured data, when a sender writes it
-        if message.count(b'"') & 1:
-            return "unreadable"  # a quote left open: where the values end is anyone's guess
-        text = b" " + message
-        if hosts is not None and (_value(text, b" host=") or b"").lower() not in hosts:
-            return "ignored"
-        # `at` is the first field and `code` the second: nothing a client sends comes first
-        failed = message.startswith(b"at=error code=H")
-        # connect, service and status follow each other near the end: one look for the three
-        connect = service = raw = None
-        i = text.rfind(b" connect=")
-        if i >= 0:
-            tail = text[i + 1 :].split(b" ", 3)
-            if len(tail) >= 3 and tail[1][:8] == b"service=" and tail[2][:7] == b"status=":
-                connect, service, raw = tail[0][8:], tail[1][8:], tail[2][7:]
-        if raw is None:
-            connect = _value(text, b" connect=", last=True)
-            service = _value(text, b" service=", last=True)
-            raw = _value(text, b" status=", last=True)
-        status = 0
-        if raw:
-            if not raw.isdigit() or len(raw) > 3:
-                return "unreadable"
-            status = int(raw)
-            if not 100 <= status <= 599:
-                return "unreadable"
-        elif not failed:
-            return "unreadable"  # a request the router passed on has a status
-        latency = -1
-        if connect or service:  # empty in H10, H13, H99 lines: no latency, no fault
-            c = connect[:-2] if connect and connect[-2:] == b"ms" else connect
-            v = service[:-2] if service and service[-2:] == b"ms" else service
-            if c and not (c.isdigit() and len(c) <= 9):
-                return "unreadable"
-            if v and not (v.isdigit() and len(v) <= 9):
-                return "unreadable"
-            if c and v:
-                latency = int(c) + int(v)
-        i = text.find(b' path="')  # quoted, as the router writes it: odd characters and all
-        if i >= 0:
-            j = text.find(b'"', i + 7)
-            path = text[i + 7 : j] if j >= 0 else None
-        else:
-            path = _value(text, b" path=")  # unquoted, as older router lines have it
-        if path is None:
-            return "unreadable"
-        second = reader.second(parts[1])
-        if second is None or second > hi:
-            second = hi
-        elif second < lo:
-            second = lo
-        key = (reader.route(path), second)
-        into = sums.get(key)
-        if into is None:
-            into = sums[key] = _Sum()
-        into.requests += 1
-        if failed:
-            into.classes[3] += 1  # whatever status it says, users got a failure
-            into.router_errors += 1
-        elif status >= 200:
-            into.classes[status // 100 - 2] += 1
-        if latency >= 0:
-            into.latency[bisect_left(_LATENCY_MS, latency)] += 1
-        return "router_error" if failed else "router"
+                space = body.find(b" ", pos, pos + _MAX_FRAME_DIGITS + 1)
+                start = space + 1
+                try:  # where the line's counted newline is
+                    end = space + int(body[pos:space]) if space > pos else -1
+                except ValueError:
+                    end = -1
+                if (
+                    start < end < size
+                    and body[end] == 10
+                    and body[start] == 60  # "<": the line's PRI
+                    and body.find(b"\n", start, end) < 0
+                ):
+                    pos = end + 1
+                    if self._bad:
+                        self._bad = False
+                    if body[end - 1] == 13:
+                        end -= 1
+                else:  # anything else: a frame without its newline, or a bad stretch
+                    self.pos = pos
+                    frame = self._frame()
+                    pos = self.pos
+                    if frame is None:
+                        done = True
+                        break
+                    if frame is _AGAIN:
+                        continue
+                    start, end = frame
+            frames += 1
+            # -- the header: <PRI>VERSION TIMESTAMP HOSTNAME APP-NAME PROCID MSGID ----------
+            s1 = body.find(b" ", start, end)
+            s2 = body.find(b" ", s1 + 1, end) if s1 > 0 else -1
+            if s2 < 0:
+                ignored += 1
+                continue
+            if body.startswith(b" host heroku router - ", s2, end):
+                m = s2 + 22  # Logplex's own header: the message follows
+            else:
+                m = _router_message(body, s2, end)
+                if m <= 0:
+                    if m < 0:
+                        unreadable += 1  # the router's, but no message
+                    else:
+                        ignored += 1  # app output, runtime metrics, other heroku lines
+                    continue
+            if body.startswith(b"- ", m, end):
+                m += 2  # the nil structured data, when a sender writes it
+            # -- the message: at=info method=GET path="/x" host=... status=200 ... -----------
+            if body.count(b'"', m, end) & 1:
+                unreadable += 1  # a quote left open: where the values end is anyone's guess
+                continue
+            if hosts is not None:
+                host = _value_at(body, b" host=", m, end)
+                if host is None or host.lower() not in hosts:
+                    ignored += 1
+                    continue
+            # `at` is the first field and `code` the second: nothing a client sends comes first
+            failed = body.startswith(b"at=error code=H", m, end)
+            latency = status = -1
+            i = body.rfind(b" connect=", m, end)
+            if i >= 0:
+                c, sep, rest = body[i + 9 : end].partition(b"ms service=")
+                if sep:
+                    v, sep, rest = rest.partition(b"ms status=")
+                    st = rest[:3]
+                    if (
+                        sep
+                        and st.isdigit()
+                        and rest[3:4] in (b" ", b"")
+                        and c.isdigit()
+                        and v.isdigit()
+                        and len(c) <= 9
+                        and len(v) <= 9
+                    ):
+                        status = int(st)
+                        latency = int(c) + int(v)
+            if status < 0:
+                read = _slow_fields(body, m - 1, end, failed)
+                if read is None:
+                    unreadable += 1
+                    continue
+                status, latency = read
+            elif not 100 <= status <= 599:
+                unreadable += 1
+                continue
+            i = body.find(b' path="', m - 1, end)  # quoted, as the router writes it
+            if i >= 0:
+                j = body.find(b'"', i + 7, end)
+                path = body[i + 7 : j] if j >= 0 else None
+            else:
+                path = _value_at(body, b" path=", m - 1, end)  # unquoted, as it once was
+            if path is None:
+                unreadable += 1
+                continue
+            # -- when: the line's own second, within [arrival - MAX_SKEW, arrival] -----------
+            second = None
+            if s2 - s1 == 33 and body.startswith(b"+00:00", s2 - 6, s2):
+                second = seconds.get(body[s1 + 1 : s1 + 20])  # as Logplex writes it
+            if second is None:
+                second = reader.second(body[s1 + 1 : s2])
+            if second is None or second > hi:
+                second = hi
+            elif second < lo:
+                second = lo
+            # -- counted: one dict update per line ------------------------------------------
+            if failed:
+                failures += 1
+                cls = 3  # whatever status it says, users got a failure
+            else:
+                router += 1
+                cls = status // 100 - 2 if status >= 200 else -1
+            if grouped:
+                bare = path.partition(b"?")[0][:MAX_PATH]
+                route = groups.get(bare)
+                if route is None:
+                    if len(groups) >= _CACHE:
+                        groups.clear()  # ids in paths: a cache, not a catalogue
+                    route = groups[bare] = group_of(bare)
+            else:
+                route = ALL
+            key = (
+                route,
+                second,
+                cls,
+                bisect_left(_LATENCY_MS, latency) if latency >= 0 else -1,
+                failed,
+            )
+            lines[key] = lines.get(key, 0) + 1
+        self.pos = pos
+        kinds = self.kinds
+        kinds["router"] += router
+        kinds["router_error"] += failures
+        kinds["ignored"] += ignored
+        kinds["unreadable"] += unreadable
+        self.frames += frames
+        return done
 
     def reports(self, source: str, platform: str) -> Iterator[Report]:
-        for (route, second), into in self.sums.items():
+        sums: dict[tuple[str, int], _Sum] = {}
+        for (route, second, cls, bucket, failed), n in self._lines.items():
+            into = sums.get((route, second))
+            if into is None:
+                into = sums[(route, second)] = _Sum()
+            into.requests += n
+            if cls >= 0:
+                into.classes[cls] += n
+            if failed:
+                into.router_errors += n
+            if bucket >= 0:
+                into.latency[bucket] += n
+        for (route, second), into in sums.items():
             yield Report(source, platform, route, float(second), float(second + 1), into.tally())
 
 
