@@ -22,6 +22,7 @@ from exporter.traffic.drain import (
     Drains,
     DrainSpec,
     LineReader,
+    RouteGroups,
     Verdict,
     read_body,
 )
@@ -36,7 +37,7 @@ TOKEN = "drain-token-6f1e0c9a7b2d4e58"
 OTHER_TOKEN = "other-drain-3c2b1a09f8e7d6c5"
 PATH = "/api/v1/drains/heroku"
 T0 = datetime(2026, 12, 1, 19, 0, 0, tzinfo=UTC).timestamp()  # the second of lp's lines
-GROUPS = Routes([("redemptions", "^/v1/redemptions"), ("orders", "^/v1/orders")])
+GROUPS = RouteGroups([("redemptions", "^/v1/redemptions"), ("orders", "^/v1/orders")])
 
 
 def traffic_yaml(hosts: str = "", routes: bool = True, token: str = "${DRAIN_TOKEN}") -> str:
@@ -86,7 +87,7 @@ async def raw_post(port: int, head: bytes, chunks: list[bytes]) -> int:
         writer.close()
 
 
-def reader(hosts: list[str] | None = None, routes: Routes = GROUPS) -> LineReader:
+def reader(hosts: list[str] | None = None, routes: RouteGroups = GROUPS) -> LineReader:
     return LineReader(routes, hosts)
 
 
@@ -104,7 +105,7 @@ def test_a_real_router_line_an_h12_and_what_is_not_a_request() -> None:
             lp.STATE_LINE,
         ]
     )
-    batch = read_body(body, T0 + 5, reader(routes=Routes()))
+    batch = read_body(body, T0 + 5, reader(routes=RouteGroups()))
     assert batch.kinds == {
         "router": 1,
         "router_error": 2,
@@ -132,7 +133,7 @@ def test_the_route_group_of_a_path_is_the_group_never_the_path() -> None:
     assert r.route(b"/v1/redemptions/123?code=x") == "redemptions"
     assert r.route(b"/v1/orders?id=9") == "orders"
     assert r.route(b"/v1/users/42?token=abc") == "other"
-    assert reader(routes=Routes()).route(b"/v1/redemptions/123?code=x") == "all"
+    assert reader(routes=RouteGroups()).route(b"/v1/redemptions/123?code=x") == "all"
     # query strings and ids reach no report either
     body = lp.body(
         [
@@ -144,6 +145,39 @@ def test_the_route_group_of_a_path_is_the_group_never_the_path() -> None:
     )
     routes = {r.route: r.tally.requests for r in read_body(body, T0, r).reports("d", "heroku")}
     assert routes == {"redemptions": 2, "other": 2}
+
+
+def test_route_groups_answer_as_routes_does() -> None:
+    """The drain's one-search route groups tell every path the group `Routes.group` tells."""
+    groups = [
+        ("redemptions", "^/v1/redemptions"),
+        ("orders_item", r"^/v1/orders/\d+/items$"),
+        ("orders", "^/v1/orders"),
+        ("anywhere", "health"),
+        ("utf8", "^/caf\u00e9"),
+    ]
+    paths = [
+        b"/v1/redemptions/123?code=x",
+        b"/v1/orders/12/items",
+        b"/v1/orders/12/items?x=1",
+        b"/v1/orders/12/items/",
+        b"/v1/orders",
+        b"/v1/ordersx",
+        b"/-/health",
+        b"/health?/v1/orders",
+        b"/?/v1/orders",
+        b"/caf\xc3\xa9/x",
+        b"/caf\xe9",
+        b"/v1/redemptions" + b"x" * 2000,
+        b"/" + b"y" * 1100 + b"/v1/orders",
+        b"",
+        b"?",
+        bytes(range(1, 256)),
+    ]
+    for chosen in (groups, groups[::-1], groups[:1], []):
+        ours, theirs = RouteGroups(chosen), Routes(chosen)
+        for path in paths:
+            assert ours.group(path) == theirs.group(path), (chosen, path)
 
 
 def test_frames_with_or_without_newlines_crlf_and_back_to_back() -> None:
@@ -247,7 +281,7 @@ def test_timestamps_place_lines_in_their_second_clamped_to_the_arrival() -> None
             lp.ROUTER_LINE.replace(b"2026-12-01T19:00:00.466153+00:00", b"2026-13-45T99:00:00Z"),
         ]
     )
-    batch = read_body(body, arrival, reader(routes=Routes()))
+    batch = read_body(body, arrival, reader(routes=RouteGroups()))
     seconds = {r.start: r.tally.requests for r in batch.reports("d", "heroku")}
     assert seconds == {
         T0 + 90: 1,
@@ -344,7 +378,7 @@ async def test_duplicates_queue_bound_and_staleness() -> None:
 
 async def test_the_token_picks_the_drain_and_nothing_else_does() -> None:
     drains = Drains(Timeline())
-    drains.configure([spec(), spec("second", OTHER_TOKEN)], Routes())
+    drains.configure([spec(), spec("second", OTHER_TOKEN)], RouteGroups())
     assert drains.authenticate(lp.auth(TOKEN)) == spec()
     assert drains.authenticate(lp.auth(OTHER_TOKEN, user="")) == spec("second", OTHER_TOKEN)
     for header in (
