@@ -393,6 +393,13 @@ async def test_the_token_picks_the_drain_and_nothing_else_does() -> None:
         lp.auth(TOKEN).replace("Basic ", "Basic  x"),
     ):
         assert drains.authenticate(header) is None, header
+    # a reload that takes a token away while a body arrives: the POST is not taken
+    body = lp.body([lp.router_line()])
+    drains.configure([spec(token="rotated-token-0123456789ab")], RouteGroups())
+    assert await drains.accept(spec(), body, "r-1") is Verdict.GONE
+    assert await drains.accept(spec(token="rotated-token-0123456789ab"), body, "r-1") is (
+        Verdict.ACCEPTED
+    )
 
 
 def test_drain_tokens_are_secrets_the_log_masks() -> None:

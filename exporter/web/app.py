@@ -766,6 +766,10 @@ async def heroku_drain(request: web.Request) -> web.Response:
         frame_id=request.headers.get("Logplex-Frame-Id"),
         msg_count=request.headers.get("Logplex-Msg-Count"),
     )
+    if verdict is Verdict.GONE:
+        return _drain_answer(
+            request, drains, 401, "unauthorized", "the drain's token is no longer configured"
+        )
     if verdict is Verdict.NO_FRAME:
         return _drain_answer(
             request,
