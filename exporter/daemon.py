@@ -46,6 +46,7 @@ from exporter.route53.runner import ShiftRunner
 from exporter.store.local import StateDir
 from exporter.tasks import Supervisor
 from exporter.traffic.counts import ALL, OTHER, Tally
+from exporter.traffic.drain import Drains, drain_specs, routes_of
 from exporter.traffic.feeds import TrafficFeeds
 from exporter.traffic.routes import Routes
 from exporter.traffic.split import SplitStatus, SplitWatch, shares_of
@@ -238,6 +239,10 @@ class Daemon:
             buckets=LOOP_LAG_BUCKETS,
             registry=self.registry,
         )
+        # Heroku drains are fed by POSTs: one ingester for the daemon's life, reconfigured on
+        # reload, so that a POST in flight and the recent frame ids survive it
+        self.drains = Drains(self.timeline, registry=self.registry)
+        self.drains.configure(drain_specs(config), routes_of(config))
         self.registry.register(StateCollector(self.view))
         self.registry.register(BuildInfoCollector(__version__))
         ProcessCollector(registry=self.registry)
@@ -296,6 +301,7 @@ class Daemon:
         self._apply_shift(self.config)
         self._apply_traffic(self.config, previous=None)
         self.tasks.spawn(self._watch_loop_lag(), "loop-lag", WATCH)
+        self.tasks.spawn(self.drains.run(), "traffic-drains", TRAFFIC)
         # what a crash left owed is handed to the outbox before anything new happens
         self._settle_alerts(doubtful=True)
         if self.shift is not None:
@@ -347,6 +353,7 @@ class Daemon:
         self._apply(new, previous=self._running)
         self._apply_route53(new, previous=self.config)
         self._apply_traffic(new, previous=self.config)
+        self.drains.configure(drain_specs(new), routes_of(new))
         self.judge_settings = judge_settings(new)
         self.alerts.settings = alert_settings(new)
         for incident in self._forget_removed_checks(new):

@@ -14,7 +14,9 @@ from html import escape
 from pathlib import Path
 from typing import Any, Protocol
 
+import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from pydantic import ConfigDict, TypeAdapter, ValidationError
@@ -24,6 +26,9 @@ from exporter.alerting.alerts import Incident, Phase
 from exporter.alerting.messages import TRAFFIC_PREFIX
 from exporter.errors import Refused
 from exporter.probing.state import CheckState, ratio
+from exporter.traffic.drain import CONTENT_TYPE as LOGPLEX
+from exporter.traffic.drain import MAX_BODY as DRAIN_MAX_BODY
+from exporter.traffic.drain import Drains, Verdict
 from exporter.web.collector import View, expected_error_ratio
 from exporter.web.exposition import Scrape, render_checks
 from exporter.web.guard import (
@@ -75,6 +80,11 @@ class Backend(Protocol):
 
     def shift_control(self, action: str, who: str, reason: str | None) -> str:
         """A person's word on the shift plan; raises Refused when it does not apply."""
+        ...
+
+    @property
+    def drains(self) -> Drains:
+        """The Heroku log drains: who a POST is from, and where its lines go."""
         ...
 
 
@@ -683,6 +693,108 @@ async def shift_control(request: web.Request) -> web.Response:
     return web.json_response({"result": f"{action}: {result}", "shift": data})
 
 
+# -- Heroku log drains ------------------------------------------------------------------------
+
+_UNAUTHORIZED = {"WWW-Authenticate": 'Basic realm="cutover"'}
+
+
+def _drain_answer(
+    request: web.Request,
+    drains: Drains,
+    status: int,
+    result: str,
+    text: str,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """A refusal: counted, said in the log at most once a minute, and the connection closed
+    when the body was not read (aiohttp would otherwise read up to 10 MB only to drop it)."""
+    drains.refused(result)
+    resp = web.Response(status=status, text=text + "\n", headers=headers)
+    if request.can_read_body:
+        resp.force_close()
+    return resp
+
+
+async def _drain_body(request: web.Request) -> bytes | tuple[int, str, str]:
+    """The body, read in chunks and never past DRAIN_MAX_BODY; or (status, result, why)."""
+    too_large = (413, "too_large", f"the body is over {DRAIN_MAX_BODY >> 20} MiB")
+    length = request.content_length
+    if length is not None and length > DRAIN_MAX_BODY:
+        return too_large
+    deadline = request.app[BODY_TIMEOUT]
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(deadline):
+            while chunk := await request.content.readany():
+                size += len(chunk)
+                if size > DRAIN_MAX_BODY:
+                    return too_large
+                chunks.append(chunk)
+    except TimeoutError:
+        return 408, "late", f"the request body did not arrive within {deadline:g}s"
+    except (ValueError, aiohttp.ClientPayloadError, HttpProcessingError) as exc:
+        return 400, "bad_body", f"the body cannot be read ({type(exc).__name__})"
+    return b"".join(chunks)
+
+
+async def heroku_drain(request: web.Request) -> web.Response:
+    """POST /api/v1/drains/heroku: one batch of a Heroku HTTPS log drain (traffic/drain.py).
+
+    Answers at once: the lines are read off the request path. 204 for a body taken (or a
+    retry of one, by its Logplex-Frame-Id), 401 without the right token, 415 for anything but
+    logplex-1, 413 over 8 MiB, 400 for a body without one readable frame.
+    """
+    drains = request.app[BACKEND].drains
+    if not drains.configured:
+        return _drain_answer(
+            request, drains, 404, "no_drain", "no heroku_drain source is configured"
+        )
+    spec = drains.authenticate(request.headers.get("Authorization"))
+    if spec is None:
+        return _drain_answer(
+            request,
+            drains,
+            401,
+            "unauthorized",
+            "a drain token is required as the basic-auth password: "
+            "heroku drains:add https://user:TOKEN@HOST/api/v1/drains/heroku",
+            headers=_UNAUTHORIZED,
+        )
+    if request.content_type != LOGPLEX:
+        return _drain_answer(
+            request,
+            drains,
+            415,
+            "content_type",
+            f"Content-Type must be {LOGPLEX}: the batches of a Heroku HTTPS log drain",
+        )
+    body = await _drain_body(request)
+    if isinstance(body, tuple):
+        status, result, text = body
+        return _drain_answer(request, drains, status, result, text)
+    verdict = await drains.accept(
+        spec,
+        body,
+        frame_id=request.headers.get("Logplex-Frame-Id"),
+        msg_count=request.headers.get("Logplex-Msg-Count"),
+    )
+    if verdict is Verdict.GONE:
+        return _drain_answer(
+            request, drains, 401, "unauthorized", "the drain's token is no longer configured"
+        )
+    if verdict is Verdict.NO_FRAME:
+        return _drain_answer(
+            request,
+            drains,
+            400,
+            "no_frame",
+            "not one readable frame: a logplex-1 body is octet-counted RFC 5424 lines, "
+            "`<length> <line>`",
+        )
+    return web.Response(status=204)
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -727,6 +839,7 @@ def build_app(
     app.router.add_post("/-/reload", reload)
     app.router.add_get("/api/v1/shift", api_shift)
     app.router.add_post("/api/v1/shift/{action:pause|resume|approve|rollback}", shift_control)
+    app.router.add_post("/api/v1/drains/heroku", heroku_drain)
     return app
 
 
