@@ -163,8 +163,10 @@ class _Running:
 
 
 # The daemon's task groups, in the order `stop` ends them.
-PROBES, ROUTE53, WATCH, TRAFFIC, SHIFT, SLACK = (
-    "probe", "route53", "watch", "traffic", "shift", "slack"
+# TRAFFIC (the pollers and the judge) is replaced on a reload that changes traffic; DRAINS (the
+# ingester of POSTed bodies) lives as long as the daemon, whatever the reloads.
+PROBES, ROUTE53, WATCH, TRAFFIC, DRAINS, SHIFT, SLACK = (
+    "probe", "route53", "watch", "traffic", "drains", "shift", "slack"
 )  # fmt: skip
 # Real traffic is judged as often as the timeline fills a bucket.
 TRAFFIC_TICK = 5.0
@@ -301,7 +303,7 @@ class Daemon:
         self._apply_shift(self.config)
         self._apply_traffic(self.config, previous=None)
         self.tasks.spawn(self._watch_loop_lag(), "loop-lag", WATCH)
-        self.tasks.spawn(self.drains.run(), "traffic-drains", TRAFFIC)
+        self.tasks.spawn(self.drains.run(), "traffic-drains", DRAINS)
         # what a crash left owed is handed to the outbox before anything new happens
         self._settle_alerts(doubtful=True)
         if self.shift is not None:
@@ -313,6 +315,7 @@ class Daemon:
         await self.tasks.stop_group(ROUTE53)
         await self.tasks.stop_group(WATCH)
         await self.tasks.stop_group(TRAFFIC)
+        await self.tasks.stop_group(DRAINS)
         if self.traffic is not None:
             await self.traffic.aclose()
         if self.route53 is not None:

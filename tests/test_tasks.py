@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import pytest
@@ -59,3 +60,43 @@ async def test_a_task_that_dies_is_logged_with_its_traceback(
     assert record.getMessage() == "task route53 ended with an unexpected error"
     assert record.exc_info is not None and "a bug of ours" in str(record.exc_info[1])
     assert len(tasks) == 0
+
+
+async def test_a_task_that_swallows_its_cancellation_cannot_hold_a_stop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    swallowed: list[int] = []
+
+    async def stubborn() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise  # the second cancel is obeyed
+                swallowed.append(1)
+
+    tasks = Supervisor(grace=0.05)
+    task = tasks.spawn(stubborn(), "stubborn", "traffic")
+    await asyncio.sleep(0)
+    await tasks.stop_group("traffic")
+    assert task.cancelled() and swallowed == [1] and len(tasks) == 0
+    assert "stubborn did not end within 0.05s of being cancelled" in caplog.text
+
+
+async def test_a_task_that_never_ends_is_left_behind_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def deaf() -> None:
+        while True:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(3600)
+
+    tasks = Supervisor(grace=0.05)
+    task = tasks.spawn(deaf(), "deaf", "traffic")
+    await asyncio.sleep(0)
+    await tasks.stop_group("traffic")  # returns: a shutdown is never held forever
+    assert not task.done()
+    assert "deaf still runs after a second cancel: left behind" in caplog.text
+    task.get_coro().close()  # type: ignore[union-attr]
+

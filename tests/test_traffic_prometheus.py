@@ -24,6 +24,7 @@ from aiohttp import web
 
 from exporter.config import PrometheusTraffic, parse_config
 from exporter.errors import ConfigError
+from exporter.tasks import Supervisor
 from exporter.traffic.counts import ALL, Histogram, Report
 from exporter.traffic.prometheus import (
     MAX_SERIES,
@@ -898,3 +899,21 @@ def test_build_and_the_queries_with_a_route_label() -> None:
         'sum by (le, route) (increase(http_request_duration_seconds_bucket{job="api"}[$interval]))'
     )
     assert math.isclose(source.range, 60.0)
+
+
+async def test_a_poller_whose_queries_fail_as_it_is_cancelled_still_stops(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Both queries fail at once (nothing listens) while the poller is being stopped: Python
+    3.11's TaskGroup swallowed that cancellation and the daemon's shutdown hung on it."""
+    url = f"http://127.0.0.1:{free_port()}"
+    tasks = Supervisor(grace=2.0)
+    for turn in range(60):
+        source = source_for(url)
+        source.interval = 0.0001
+        task = tasks.spawn(source.run(), f"traffic:prom-{turn}", "traffic")
+        for _ in range(turn % 12):
+            await asyncio.sleep(0)
+        await tasks.stop_group("traffic")
+        assert task.done()
+    assert "did not end" not in caplog.text

@@ -34,7 +34,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -134,6 +134,27 @@ def queries(cfg: PrometheusTraffic, route_label: str | None) -> tuple[str, str]:
         )
     assert cfg.requests_query is not None and cfg.latency_buckets_query is not None
     return cfg.requests_query, cfg.latency_buckets_query
+
+
+async def _both(first: Awaitable[str], second: Awaitable[str]) -> tuple[str, str]:
+    """Two queries at once; the first failure (both may fail alike: Prometheus down) is raised.
+
+    Not a TaskGroup: in Python 3.11 a TaskGroup whose child fails just as its parent task is
+    cancelled swallows that cancellation, and the poller would never stop.
+    """
+    tasks = (asyncio.ensure_future(first), asyncio.ensure_future(second))
+    try:
+        await asyncio.wait(tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        # retrieve every outcome (no "exception was never retrieved"), cancellation included
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        error = task.exception()
+        if error is not None:
+            raise error
+    return tasks[0].result(), tasks[1].result()
 
 
 def _with_range(query: str, window: str) -> str:
@@ -372,21 +393,14 @@ class PrometheusSource(PollingSource):
         seconds = max(1, round(max(self.range, span) * 1000)) / 1000
         counts = _Counts(self._grouper())
         try:
-            try:
-                async with asyncio.TaskGroup() as tasks:
-                    requests = tasks.create_task(
-                        self._fetch(_with_range(self.requests_query, window), now)
-                    )
-                    latency = tasks.create_task(
-                        self._fetch(_with_range(self.latency_query, window), now)
-                    )
-            except BaseExceptionGroup as group:
-                # both queries may fail alike (Prometheus down): report the first
-                raise group.exceptions[0] from None
+            requests, latency = await _both(
+                self._fetch(_with_range(self.requests_query, window), now),
+                self._fetch(_with_range(self.latency_query, window), now),
+            )
             # one after the other: two decodes at once would both run in each turn of the loop
             found = (
-                await decode_vector(requests.result(), counts.add_requests),
-                await decode_vector(latency.result(), counts.add_bucket),
+                await decode_vector(requests, counts.add_requests),
+                await decode_vector(latency, counts.add_bucket),
             )
         except SourceError as exc:
             # an error text may quote what a proxy saw, headers included
