@@ -257,7 +257,42 @@ def summary(cfg: Config, source: str) -> str:
             f"  shift: {'enabled' if cfg.shift.enabled else 'disabled'}, steps "
             f"{', '.join(f'{s:g}%' for s in cfg.shift.steps)} on {cfg.shift.record}"
         )
+    lines.extend(_traffic_summary(cfg))
     return "\n".join(lines)
+
+
+def _traffic_summary(cfg: Config) -> list[str]:
+    t = cfg.traffic
+    if t is None:
+        return ["  traffic: not configured (probes only)"]
+    groups = ", ".join(g.name for g in t.routes) or "none"
+    record = cfg.traffic_record()
+    lines = [
+        f"  traffic: window {format_duration(t.window or cfg.judge.window)}, min "
+        f"{t.min_requests} requests per side, route groups: {groups}"
+        + (f", split by {record.name}" if record else "")
+    ]
+    for name, source in t.named_sources():
+        if source.heroku_drain is not None:
+            hosts = source.heroku_drain.hosts
+            what = "Heroku log drain POSTs to /api/v1/drains/heroku (token set)" + (
+                f", hosts {', '.join(hosts)}" if hosts else ""
+            )
+        elif source.prometheus is not None:
+            prom = source.prometheus
+            what = (
+                f"Prometheus {prom.url} every {format_duration(prom.interval)}, "
+                f"preset {prom.preset}"
+                + (f", routes by {prom.route_label}" if prom.route_label else "")
+                + (f", headers: {', '.join(prom.headers)}" if prom.headers else "")
+            )
+        elif source.cloudwatch_alb is not None:
+            cw = source.cloudwatch_alb
+            what = f"CloudWatch {cw.load_balancer} every {format_duration(cw.interval)}"
+        else:  # pragma: no cover - the config admits exactly one kind
+            what = source.kind
+        lines.append(f"    {source.platform}/{name}: {what}")
+    return lines
 
 
 def _duration_flag(given: str | None, flag: str, env: str, default: float) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -478,6 +479,7 @@ def test_check_command_good_and_bad(tmp_path: Path) -> None:
     ok = run_cli("check", "--config", str(good))
     assert ok.returncode == 0, ok.stderr
     assert f"{good}: OK" in ok.stdout and "health: GET /health every 15s" in ok.stdout
+    assert "traffic: not configured (probes only)" in ok.stdout
 
     bad = tmp_path / "bad.yml"
     bad.write_text(GOOD + "    timeout: 20s\n    bogus: 1\n")
@@ -489,6 +491,38 @@ def test_check_command_good_and_bad(tmp_path: Path) -> None:
         "  checks[0].bogus: unknown key",
     ]
     assert "Traceback" not in res.stderr
+
+
+
+def test_check_command_summarises_traffic_sources_without_their_secrets(tmp_path: Path) -> None:
+    good = tmp_path / "traffic.yml"
+    good.write_text(
+        GOOD
+        + """\
+traffic:
+  min_requests: 150
+  routes: [{name: redemptions, path_regex: '^/v1/redemptions'}]
+  sources:
+    - platform: heroku
+      heroku_drain: {token: "${DRAIN_TOKEN}", hosts: [api.example.com]}
+    - platform: aws
+      prometheus:
+        url: http://127.0.0.1:9090
+        preset: ingress-nginx
+        route_label: path
+        headers: {Authorization: "Bearer ${PROM_TOKEN}"}
+"""
+    )
+    env = {**os.environ, "DRAIN_TOKEN": "drain-token-0123456789", "PROM_TOKEN": "prom-secret-42"}
+    ok = run_cli("check", "--config", str(good), env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert "traffic: window 5m, min 150 requests per side, route groups: redemptions" in ok.stdout
+    assert "heroku/heroku_drain: Heroku log drain POSTs to /api/v1/drains/heroku" in ok.stdout
+    assert (
+        "aws/prometheus: Prometheus http://127.0.0.1:9090 every 15s, preset ingress-nginx, "
+        "routes by path, headers: Authorization" in ok.stdout
+    )
+    assert "drain-token-0123456789" not in ok.stdout and "prom-secret-42" not in ok.stdout
 
 
 def test_check_command_prints_every_problem_of_one_run(tmp_path: Path) -> None:

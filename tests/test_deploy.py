@@ -342,24 +342,32 @@ def test_systemd_state_dir_matches_the_documented_configuration() -> None:
 
 def test_iam_policies_in_the_readme_match_the_files() -> None:
     import json as _json
+    import textwrap
     from pathlib import Path as _Path
 
     root = _Path(__file__).resolve().parent.parent
     readme = (root / "README.md").read_text()
-    for name in ("route53-read-policy.json", "route53-shift-policy.json"):
+    blocks = [
+        _json.loads(textwrap.dedent(b.split("```")[0]))
+        for b in re.split(r"```json\n", readme)[1:]
+    ]
+    allowed = {
+        "route53-read-policy.json": {"route53:ListResourceRecordSets"},
+        "route53-shift-policy.json": {
+            "route53:ListResourceRecordSets",
+            "route53:ChangeResourceRecordSets",
+            "route53:GetChange",
+        },
+        "cloudwatch-read-policy.json": {"cloudwatch:GetMetricData"},
+    }
+    assert {p.name for p in (root / "deploy" / "iam").glob("*.json")} == set(allowed)
+    for name, most in allowed.items():
         policy = _json.loads((root / "deploy" / "iam" / name).read_text())
-        blocks = [
-            _json.loads(b) for b in readme.split("```json\n")[1:] for b in [b.split("```")[0]]
-        ]
         assert policy in blocks, name
         actions = {
             a
             for st in policy["Statement"]
             for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])
         }
-        assert "route53:ListResourceRecordSets" in actions
-        assert actions <= {
-            "route53:ListResourceRecordSets",
-            "route53:ChangeResourceRecordSets",
-            "route53:GetChange",
-        }
+        assert actions <= most, name
+        assert name in (root / "deploy" / "README.md").read_text()
