@@ -4,6 +4,7 @@ Prometheus that scrapes a running daemon with rules/ loaded."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import ssl
@@ -20,6 +21,7 @@ import yaml
 from aiohttp import web
 from moto.server import ThreadedMotoServer
 
+from tests import logplex as lp
 from tests.conftest import (
     FAKE_AWS,
     ROOT,
@@ -30,6 +32,7 @@ from tests.conftest import (
     need_tool,
 )
 from tests.prometheus_live import Prometheus
+from tests.test_route53_daemon import set_weights
 
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 OVERVIEW = ROOT / "grafana" / "dashboards" / "cutover-overview.json"
@@ -264,6 +267,34 @@ def moto_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
     server.stop()
 
 
+# both platforms' users, as Heroku log drains carry them (the candidate's through a drain too:
+# the panels only need each platform's requests, whatever the source)
+DRAINS = {"heroku": "grafana-drain-heroku-0123", "aws": "grafana-drain-aws-456789"}
+
+
+async def feed_traffic(url: str, stop: asyncio.Event) -> None:
+    """40 requests a second per platform over two route groups, 1 in 20 of the candidate's a 503."""
+    n = 0
+    async with aiohttp.ClientSession() as s:
+        while not stop.is_set():
+            now = time.time()
+            for platform, token in DRAINS.items():
+                lines = []
+                for i in range(20):
+                    n += 1
+                    path = "/v1/orders/7?x=1" if i % 2 else "/health"
+                    bad = platform == "aws" and n % 20 == 0
+                    lines.append(lp.router_line(now, path=path, status=503 if bad else 200))
+                async with s.post(
+                    url + "/api/v1/drains/heroku",
+                    data=lp.body(lines),
+                    headers=lp.headers(token, frame_id=f"{platform}-{n}", count=len(lines)),
+                ) as r:
+                    assert r.status == 204, await r.text()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+
+
 @pytest.fixture
 async def live_stack(
     tmp_path: Path, moto_zone: tuple[str, str]
@@ -333,6 +364,15 @@ alerting:
     token: xoxb-not-a-real-token
     channel: "#migration"
     api_url: http://127.0.0.1:{slack_port}/api/
+traffic:
+  min_requests: 20
+  routes: [{{name: orders, path_regex: '^/v1/orders'}}]
+  sources:
+    - platform: heroku
+      heroku_drain: {{token: {DRAINS["heroku"]}}}
+    - platform: aws
+      name: aws_drain
+      heroku_drain: {{token: {DRAINS["aws"]}}}
 """)
     daemon = DaemonProcess(
         config, free_port(), tmp_path / "daemon.log", daemon_env(SSL_CERT_FILE=str(ca_file))
@@ -344,7 +384,13 @@ alerting:
             prometheus_bin, tmp_path / "prometheus", f"127.0.0.1:{daemon.port}", [RULES]
         )
         await prometheus.wait_ready()
-        yield prometheus, daemon
+        stop = asyncio.Event()
+        feeder = asyncio.create_task(feed_traffic(daemon.url, stop))
+        try:
+            yield prometheus, daemon
+        finally:
+            stop.set()
+            await feeder
     finally:
         if prometheus is not None:
             prometheus.stop()
@@ -354,9 +400,10 @@ alerting:
 
 
 async def test_every_panel_query_returns_data_and_every_rule_evaluates(
-    live_stack: tuple[Prometheus, DaemonProcess],
+    live_stack: tuple[Prometheus, DaemonProcess], moto_zone: tuple[str, str]
 ) -> None:
     prometheus, daemon = live_stack
+    moto_endpoint, zid = moto_zone
     d = load(OVERVIEW)
     values = {
         "instance": f"127.0.0.1:{daemon.port}",
@@ -369,9 +416,20 @@ async def test_every_panel_query_returns_data_and_every_rule_evaluates(
     values.update(
         {v["name"]: v["query"] for v in d["templating"]["list"] if v["type"] == "textbox"}
     )
+    values["route"] = ".+"
     panel_queries = [(w, substitute(e, values)) for w, e in queries(d)]
     expected = [(w, e) for w, e in panel_queries if not not_yet(e)]
     assert len(expected) >= 20, "most panels must show data today"
+    # a weight change once the split has seen the first weights, so that its lag has a value
+    deadline = time.monotonic() + 30
+    while True:
+        _, text = await daemon.get("/api/v1/status")
+        split = json.loads(text)["traffic"]["split"]
+        if split is not None and split["weights"] == {"heroku": 0.75, "aws": 0.25}:
+            break
+        assert time.monotonic() < deadline, f"the split never saw the weights: {split}"
+        await asyncio.sleep(0.5)
+    set_weights(boto3.client("route53", endpoint_url=moto_endpoint), zid, {"heroku": 50, "aws": 50})
 
     # wait until every panel that can show data does (scrapes and rules run every second)
     deadline = time.monotonic() + 40
@@ -412,7 +470,11 @@ async def test_every_panel_query_returns_data_and_every_rule_evaluates(
             ) as r,
         ):
             got = (await r.json())["data"]
-        want = {"instance": [values["instance"]], "check": ["health", "orders"]}[v["name"]]
+        want = {
+            "instance": [values["instance"]],
+            "check": ["health", "orders"],
+            "route": ["all", "orders", "other"],
+        }[v["name"]]
         assert got == want, f"variable {v['name']}: {v['query']['query']}"
 
     # every rule evaluates without error (alerting and recording), all of rules/ loaded

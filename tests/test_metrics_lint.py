@@ -12,12 +12,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from aiohttp import web
 from prometheus_client.openmetrics import parser as om_parser
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests import logplex as lp
 from tests.conftest import ROOT, DaemonProcess, FakePlatform, daemon_env, free_port, need_tool
 from tests.slack_standin import SlackStandIn
 
@@ -44,7 +46,21 @@ MUST_HAVE = (
     "cutover_shift_target_share",
     "cutover_event_loop_lag_seconds_bucket",
     "cutover_build_info",
+    "cutover_traffic_requests_total",
+    "cutover_traffic_responses_total",
+    "cutover_traffic_router_errors_total",
+    "cutover_traffic_window_requests",
+    "cutover_traffic_window_error_ratio",
+    "cutover_traffic_window_latency_seconds",
+    "cutover_traffic_source_up",
+    "cutover_traffic_source_last_success_timestamp_seconds",
+    "cutover_traffic_measured_share",
+    "cutover_traffic_split_diverged",
+    "cutover_traffic_drain_lines_total",
+    "cutover_traffic_drain_posts_total",
 )
+# real traffic through two drains, one per platform (tokens are secrets: never in a scrape)
+DRAINS = {"heroku": "lint-drain-heroku-token-01", "aws": "lint-drain-aws-token-0234"}
 
 
 class FailingPaths(FakePlatform):
@@ -147,7 +163,34 @@ alerting:
     token: {TOKEN}
     channel: "#migration"
     api_url: {slack.url}
+traffic:
+  min_requests: 10
+  routes: [{{name: orders, path_regex: '^/orders'}}]
+  sources:
+    - platform: heroku
+      heroku_drain: {{token: {DRAINS["heroku"]}}}
+    - platform: aws
+      name: aws_drain
+      heroku_drain: {{token: {DRAINS["aws"]}}}
 """
+
+
+async def post_traffic(daemon: DaemonProcess) -> None:
+    """A second of each platform's users 20 s ago (a drain counts its lines as delivered 10 s
+    after they arrive): 30 requests over two route groups and an H12."""
+    now = time.time()
+    async with aiohttp.ClientSession() as s:
+        for platform, token in DRAINS.items():
+            lines = [
+                lp.router_line(now - 20, path="/orders/1?q=x" if i % 2 else "/health")
+                for i in range(30)
+            ] + [lp.error_line(now - 20, path="/orders/9")]
+            async with s.post(
+                daemon.url + "/api/v1/drains/heroku",
+                data=lp.body(lines),
+                headers=lp.headers(token, frame_id=f"lint-{platform}-{now}", count=len(lines)),
+            ) as r:
+                assert r.status == 204, await r.text()
 
 
 @pytest.fixture
@@ -169,6 +212,7 @@ async def full_daemon(
     daemon = DaemonProcess(config, free_port(), tmp_path / "daemon.log", daemon_env())
     try:
         await daemon.wait_ready()
+        await post_traffic(daemon)
         yield daemon, slack
     finally:
         daemon.stop()
@@ -240,6 +284,8 @@ async def test_a_live_scrape_with_every_feature_passes_promtool(
     in_text = {f.name for f in text_string_to_metric_families(text)}
     assert {f.name for f in families} == {n for n in in_text if not n.endswith("_created")}
     assert TOKEN not in text + om
+    for token in DRAINS.values():
+        assert token not in text + om
 
 
 # -- what the rules and the dashboard select exists ---------------------------------------------
