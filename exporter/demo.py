@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import math
 import os
 import random
+import secrets
 import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 
 from exporter.config import load_config
@@ -63,7 +69,35 @@ alerting:
     token: xoxb-demo-not-a-real-token
     channel: "#migration"
     api_url: http://127.0.0.1:{slack_port}/api/
+traffic:                # the simulated users' requests, judged like the probes
+  window: 1m
+  min_requests: 100
+  routes:
+    - {{name: orders, path_regex: '^/api/orders'}}
+  sources:
+    - platform: heroku  # the demo POSTs Heroku router lines to its own drain endpoint
+      heroku_drain:
+        token: {drain_token}
+    - platform: aws     # and answers Prometheus queries for the candidate's ingress
+      prometheus:
+        url: http://127.0.0.1:{prometheus_port}
+        interval: 5s
+        range: 15s
+        timeout: 4s
+        preset: custom
+        route_label: path
+        requests_query: 'sum by (code_class, path) (increase(demo_requests_total[$interval]))'
+        latency_buckets_query: 'sum by (le, path) (increase(demo_request_seconds_bucket[$interval]))'
 """
+
+
+SIGMA = 0.25  # the log-normal spread of every simulated latency
+BACKGROUND_ERRORS = 0.002  # what users see fail on a good day, on both platforms
+# the demo's users: requests a second in all, split as the Route53 stand-in's weights say,
+# over these paths (each path's share)
+USERS_PER_SECOND = 60.0
+PATHS = (("/api/orders", 0.5), ("/api/users", 0.3), ("/health", 0.2))
+LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class SimulatedPlatform:
@@ -82,9 +116,14 @@ class SimulatedPlatform:
     def degraded(self) -> bool:
         return self.degrade and DEGRADED[0] <= self.phase() < DEGRADED[1]
 
+    def now_median(self) -> float:
+        return self.median * (4.0 if self.degraded() else 1.0)
+
+    def error_ratio(self) -> float:
+        return 0.08 if self.degraded() else BACKGROUND_ERRORS
+
     async def handle(self, request: web.Request) -> web.Response:
-        median = self.median * (4.0 if self.degraded() else 1.0)
-        await asyncio.sleep(median * self.rng.lognormvariate(0.0, 0.25))
+        await asyncio.sleep(self.now_median() * self.rng.lognormvariate(0.0, SIGMA))
         if self.degraded() and self.rng.random() < 0.08:
             return web.json_response({"status": "error"}, status=503)
         if request.path == "/health":
@@ -111,6 +150,102 @@ ROUTE53_XML = """<?xml version="1.0" encoding="UTF-8"?>
 </ResourceRecordSet>
 </ResourceRecordSets><IsTruncated>false</IsTruncated><MaxItems>300</MaxItems>
 </ListResourceRecordSetsResponse>"""
+
+
+class DemoUsers:
+    """The users of both platforms, as the platforms' own telemetry reports them.
+
+    The baseline's requests become Heroku router lines POSTed to the daemon's drain endpoint
+    once a second, as Logplex does; the candidate's are counts an embedded stand-in for the
+    candidate's Prometheus answers (the `custom` preset's two queries). Both follow the
+    simulated platforms: when the candidate degrades, so do its users' requests.
+    """
+
+    def __init__(
+        self, baseline: SimulatedPlatform, candidate: SimulatedPlatform, share: float
+    ) -> None:
+        self.baseline, self.candidate, self.share = baseline, candidate, share
+        self.rng = random.Random(3)
+
+    # -- the baseline: Heroku router lines to the drain ----------------------------------------
+
+    def router_lines(self, now: float, n: int) -> list[bytes]:
+        when = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+        lines = []
+        for i in range(n):
+            path = self.rng.choices([p for p, _ in PATHS], [w for _, w in PATHS])[0]
+            failed = self.rng.random() < self.baseline.error_ratio()
+            ms = round(1000 * self.baseline.now_median() * self.rng.lognormvariate(0.0, SIGMA))
+            lines.append(
+                f'<158>1 {when} host heroku router - at=info method=GET path="{path}/{i}?demo=1" '
+                f'host=api.example.com request_id=demo-{i} fwd="203.0.113.9" dyno=web.1 '
+                f"connect=1ms service={ms}ms status={503 if failed else 200} bytes=512 "
+                "protocol=https".encode()
+            )
+        return lines
+
+    async def drain(self, url: str, token: str) -> None:
+        """POST a second of the baseline's requests to the drain, every second, until cancelled."""
+        auth = "Basic " + base64.b64encode(f"heroku:{token}".encode()).decode()
+        frame = 0
+        rate = USERS_PER_SECOND * (1.0 - self.share)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            while True:
+                frame += 1
+                lines = self.router_lines(time.time(), round(rate))
+                data = b"".join(b"%d %s\n" % (len(line) + 1, line) for line in lines)
+                headers = {
+                    "Authorization": auth,
+                    "Content-Type": "application/logplex-1",
+                    "Logplex-Msg-Count": str(len(lines)),
+                    "Logplex-Frame-Id": f"demo-{frame}",
+                }
+                # until the daemon listens, and whenever it does not answer, the second is lost
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with session.post(url, data=data, headers=headers) as resp:
+                        await resp.read()
+                await asyncio.sleep(1.0)
+
+    # -- the candidate: its Prometheus' answers -------------------------------------------------
+
+    async def query(self, request: web.Request) -> web.Response:
+        """Counts over the query's range ([15s]): by status class, or latency buckets, per path."""
+        q = request.query.get("query", "")
+        try:
+            seconds = float(q.rsplit("[", 1)[1].split("s]", 1)[0])
+        except (IndexError, ValueError):
+            return web.json_response({"status": "error", "error": "not a demo query"}, status=400)
+        now = time.time()
+        errors, median = self.candidate.error_ratio(), self.candidate.now_median()
+        result = []
+        for path, weight in PATHS:
+            total = USERS_PER_SECOND * self.share * weight * seconds
+            if "bucket" in q:
+                bounds = [*(f"{b:g}" for b in LATENCY_BUCKETS), "+Inf"]
+                below = [*(_lognormal_cdf(b, median) for b in LATENCY_BUCKETS), 1.0]
+                result += [
+                    {"metric": {"le": le, "path": path}, "value": [now, f"{total * f:.3f}"]}
+                    for le, f in zip(bounds, below, strict=True)
+                ]
+            else:
+                result += [
+                    {"metric": {"code_class": "2xx", "path": path},
+                     "value": [now, f"{total * (1 - errors):.3f}"]},
+                    {"metric": {"code_class": "5xx", "path": path},
+                     "value": [now, f"{total * errors:.3f}"]},
+                ]  # fmt: skip
+        data = {"status": "success", "data": {"resultType": "vector", "result": result}}
+        return web.json_response(data)
+
+    def prometheus_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/api/v1/query", self.query)
+        return app
+
+
+def _lognormal_cdf(x: float, median: float) -> float:
+    """The share of log-normal latencies (around `median`, spread SIGMA) at most x."""
+    return 0.5 * (1.0 + math.erf(math.log(x / median) / (SIGMA * math.sqrt(2.0))))
 
 
 def route53_app() -> web.Application:
@@ -184,6 +319,10 @@ async def run_demo(
         runners.append(r_runner)
         s_runner, s_port = await _start(ConsoleSlack().app())
         runners.append(s_runner)
+        users = DemoUsers(baseline, candidate, share=0.1)
+        p_runner, p_port = await _start(users.prometheus_app())
+        runners.append(p_runner)
+        drain_token = secrets.token_hex(16)
         # the embedded Route53 checks no signature: demo credentials, never the user's own
         os.environ.update(
             AWS_ACCESS_KEY_ID="demo",
@@ -202,6 +341,8 @@ async def run_demo(
                 route53_port=r_port,
                 slack_port=s_port,
                 listen_port=port,
+                prometheus_port=p_port,
+                drain_token=drain_token,
             )
         )
         daemon = Daemon(load_config(path), config_path=path)
@@ -214,6 +355,8 @@ cutover demo: two simulated platforms on this machine and cutover watching them.
                     and fails 8% of requests for {DEGRADED[1] - DEGRADED[0]:g} s, from {DEGRADED[0]:g} s on)
 
   Route53   api.example.com: heroku 90, aws 10 (a local stand-in: no AWS account needed)
+  Users     {USERS_PER_SECOND:g} requests/s split 90/10: heroku's through its log drain,
+            aws's through its (simulated) Prometheus; judged like the probes
   Slack     alerts are printed below as they would be posted to #migration
 
 Open:
@@ -225,7 +368,15 @@ Stop with Ctrl-C (the configuration's directory is removed then).
 """,
             flush=True,
         )
-        return await serve(daemon, host, port)
+        target = f"[{shown}]" if ":" in shown else shown
+        drain_url = f"http://{target}:{port}/api/v1/drains/heroku"
+        feeding = asyncio.create_task(users.drain(drain_url, drain_token), name="demo-users")
+        try:
+            return await serve(daemon, host, port)
+        finally:
+            feeding.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feeding
     finally:
         for runner in runners:
             await runner.cleanup()

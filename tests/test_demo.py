@@ -17,6 +17,17 @@ import pytest
 from exporter.demo import CYCLE, DEGRADED
 from tests.conftest import ROOT, daemon_env, free_port, parse_metrics
 
+SHARE = 'cutover_route53_traffic_share{hosted_zone="ZDEMO",platform="aws",record="api.example.com"}'
+USERS = [
+    f'cutover_traffic_window_requests{{platform="{p}",role="{r}",route="{route}"}}'
+    for p, r in (("heroku", "baseline"), ("aws", "candidate"))
+    for route in ("all", "orders")
+]
+SOURCES = [
+    'cutover_traffic_source_up{platform="heroku",source="heroku_drain"}',
+    'cutover_traffic_source_up{platform="aws",source="prometheus"}',
+]
+
 
 def demo_env(tmp: Path) -> dict[str, str]:
     env = daemon_env(TMPDIR=str(tmp))  # where tempfile makes the demo's directory
@@ -45,7 +56,7 @@ async def test_demo_serves_both_platforms_shares_and_the_status_page(
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # a drain's lines count 10 s after they arrive
         metrics: dict[str, float] = {}
         ready = 0
         async with aiohttp.ClientSession() as s:
@@ -55,8 +66,8 @@ async def test_demo_serves_both_platforms_shares_and_the_status_page(
                         ready = r.status
                     async with s.get(url + "/metrics") as r:
                         metrics = parse_metrics(await r.text())
-                    if ready == 200 and any(
-                        k.startswith("cutover_route53_traffic_share") for k in metrics
+                    if ready == 200 and all(
+                        metrics.get(k, 0) > 0 for k in (SHARE, *USERS, *SOURCES)
                     ):
                         break
                 except aiohttp.ClientError:
@@ -72,9 +83,14 @@ async def test_demo_serves_both_platforms_shares_and_the_status_page(
                 ]
                 == 1
             )
-        share = 'cutover_route53_traffic_share{hosted_zone="ZDEMO",platform="aws",record="api.example.com"}'
-        assert metrics[share] == 0.1
+        assert metrics[SHARE] == 0.1
+        # the simulated users' requests reach the judge: the baseline's through the drain, the
+        # candidate's through its Prometheus stand-in, both per route group
+        for key in (*USERS, *SOURCES):
+            assert metrics.get(key, 0) > 0, key
+        assert metrics['cutover_traffic_drain_posts_total{result="accepted"}'] > 0
         assert "heroku" in page and "aws" in page and "Traffic (Route53 weights)" in page
+        assert "Real traffic" in page
         # the configuration it runs with is where it says, while it runs
         assert config_dir(log_text(tmp_path)).parent == tmp
         assert (config_dir(log_text(tmp_path)) / "cutover.yml").is_file()
