@@ -999,13 +999,17 @@ def parse_config(
         raise ConfigError(source, [f"(top level): expected a mapping, got {type(raw).__name__}"])
     problems: list[_Problem] = []
     raw = _substitute(raw, (), os.environ if env is None else env, problems)
+    # a value whose variable is unset is said once: not also "is empty" or "too short"
+    unset = {loc for loc, _ in problems}
+    found: list[_Problem] = []
     cfg: Config | None
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as exc:
         cfg = None
-        problems += _pydantic_problems(exc, raw)
-    problems += _cross_check(_Pieces.of_config(cfg) if cfg is not None else _Pieces.of_raw(raw))
+        found += _pydantic_problems(exc, raw)
+    found += _cross_check(_Pieces.of_config(cfg) if cfg is not None else _Pieces.of_raw(raw))
+    problems += [p for p in found if p[0] not in unset]
     if problems or cfg is None:
         problems.sort(key=lambda p: _document_order(raw, p[0]))
         raise ConfigError(source, [f"{_location(loc)}: {msg}" for loc, msg in problems])

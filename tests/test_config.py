@@ -85,6 +85,30 @@ def test_env_substitution_anywhere_in_a_string() -> None:
     assert cfg.checks[0].headers == {"Authorization": "Bearer abc", "X-Env": "prod-1"}
 
 
+def test_an_unset_variable_is_said_once_not_also_as_a_bad_value() -> None:
+    """A token from an unset variable is not also "empty" or "too short": one cause, one line;
+    the other problems of the file are still all there."""
+    text = (
+        GOOD
+        + """\
+    timeout: 20s
+alerting:
+  slack: {token: "${SLACK_TOKEN}", channel: "#m"}
+traffic:
+  sources:
+    - {platform: heroku, heroku_drain: {token: "${DRAIN}"}}
+    - {platform: aws, heroku_drain: {token: short}}
+"""
+    )
+    assert problems(text) == [
+        "checks[0].timeout: 20s must not exceed the interval (15s)",
+        "alerting.slack.token: environment variable 'SLACK_TOKEN' is not set",
+        "traffic.sources[0].heroku_drain.token: environment variable 'DRAIN' is not set",
+        "traffic.sources[1].heroku_drain.token: must be at least 16 characters without ':', "
+        "'@', '/' or spaces (it goes into the drain's URL), e.g. from `openssl rand -hex 16`",
+    ]
+
+
 def test_unset_variable_names_variable_and_location() -> None:
     text = GOOD + '    headers: {Authorization: "Bearer ${HEALTH_TOKEN}"}\n'
     assert problems(text) == [
