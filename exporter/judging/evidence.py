@@ -1,0 +1,308 @@
+"""A step's evidence: what each side did over a whole Route53 step, per check or route group.
+
+Unlike the judge's sliding windows, evidence only grows while a step lasts, so it is kept in
+constant memory per side: counts, a latency histogram and the lag-1 autocorrelation of the
+probes (consecutive probes of one platform are not independent: load drifts, outages come in
+bursts, and a bound that ignored it would claim more certainty than the probes hold).
+Real requests are many and come from many users: they are taken as independent.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from exporter.traffic.counts import Histogram
+
+__all__ = [
+    "Distribution",
+    "Evidence",
+    "Lag1",
+    "LatencyHistogram",
+    "Side",
+]
+
+# Probe latencies in log-spaced buckets 5% wide from 0.1 ms to 120 s: a quantile read from them
+# (interpolated within its bucket) is within 2.5% of the exact one, well inside any tolerated ratio.
+_LOW = 1e-4
+_FACTOR = 1.05
+_LOG_FACTOR = math.log(_FACTOR)
+_BUCKETS = math.ceil(math.log(120.0 / _LOW) / _LOG_FACTOR)  # 288 finite buckets
+
+
+class Distribution(Protocol):
+    """What readiness reads of a latency distribution (this module's or a traffic Histogram)."""
+
+    @property
+    def total(self) -> float: ...
+
+    def quantile(self, q: float) -> float: ...
+
+
+class LatencyHistogram:
+    """Counts of latencies per log bucket: [0, LOW), then [LOW*F^(i-1), LOW*F^i), then beyond."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self, counts: array[int] | None = None) -> None:
+        self.counts = counts if counts is not None else array("I", bytes(4 * (_BUCKETS + 2)))
+
+    @staticmethod
+    def upper(i: int) -> float:
+        """The upper edge of bucket i (math.inf for the last)."""
+        return math.inf if i > _BUCKETS else _LOW * _FACTOR**i
+
+    @staticmethod
+    def lower(i: int) -> float:
+        return 0.0 if i == 0 else _LOW * _FACTOR ** (i - 1)
+
+    @staticmethod
+    def index(seconds: float) -> int:
+        if not seconds >= _LOW:  # NaN too
+            return 0
+        return min(_BUCKETS + 1, int(math.log(seconds / _LOW) / _LOG_FACTOR) + 1)
+
+    def add(self, seconds: float) -> None:
+        self.counts[self.index(seconds)] += 1
+
+    def merge(self, other: LatencyHistogram) -> None:
+        for i, n in enumerate(other.counts):
+            if n:
+                self.counts[i] += n
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.counts))
+
+    def quantile(self, q: float) -> float:
+        """The q-quantile, geometric within its bucket; NaN when empty.
+
+        Below the first bucket it is linear from 0; beyond the last, the last finite edge.
+        """
+        total = sum(self.counts)
+        if total <= 0 or not 0.0 <= q <= 1.0:
+            return math.nan
+        rank = q * total
+        seen = 0
+        for i, n in enumerate(self.counts):
+            if n and seen + n >= rank:
+                frac = (rank - seen) / n
+                if i == 0:
+                    return _LOW * frac
+                if i > _BUCKETS:
+                    return self.lower(i)
+                return float(self.lower(i) * _FACTOR**frac)
+            seen += n
+        return self.lower(_BUCKETS + 1)
+
+    def to_dict(self) -> dict[str, int]:
+        """Sparse: bucket index -> count."""
+        return {str(i): n for i, n in enumerate(self.counts) if n}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, int]) -> LatencyHistogram:
+        h = cls()
+        for key, n in data.items():
+            i = int(key)
+            if 0 <= i < len(h.counts) and n > 0:
+                h.counts[i] = min(int(n), 2**32 - 1)
+        return h
+
+
+@dataclass(slots=True)
+class Lag1:
+    """Streaming lag-1 autocorrelation of a series (constant memory)."""
+
+    n: int = 0
+    total: float = 0.0
+    squares: float = 0.0
+    cross: float = 0.0  # sum of x[t] * x[t-1]
+    first: float = 0.0
+    last: float = 0.0
+
+    def add(self, x: float) -> None:
+        if self.n == 0:
+            self.first = x
+        else:
+            self.cross += x * self.last
+        self.n += 1
+        self.total += x
+        self.squares += x * x
+        self.last = x
+
+    @property
+    def rho(self) -> float:
+        """The lag-1 autocorrelation, 0 for too short or constant series."""
+        if self.n < 10:
+            return 0.0
+        mean = self.total / self.n
+        var = self.squares / self.n - mean * mean
+        if var <= 1e-12 * max(1.0, mean * mean):
+            return 0.0
+        # sum over t of (x[t]-m)(x[t-1]-m), from the running sums
+        pairs = self.n - 1
+        cov = (
+            self.cross
+            - mean * (self.total - self.first)
+            - mean * (self.total - self.last)
+            + pairs * mean * mean
+        ) / pairs
+        return max(-1.0, min(1.0, cov / var))
+
+    def effective(self, n: float) -> float:
+        """n samples' worth of independent ones: n (1 - rho) / (1 + rho), rho in [0, 0.9]."""
+        rho = min(0.9, max(0.0, self.rho))
+        return n * (1.0 - rho) / (1.0 + rho)
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "n": self.n,
+            "total": self.total,
+            "squares": self.squares,
+            "cross": self.cross,
+            "first": self.first,
+            "last": self.last,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Lag1:
+        return cls(
+            n=int(data["n"]),
+            total=float(data["total"]),
+            squares=float(data["squares"]),
+            cross=float(data["cross"]),
+            first=float(data["first"]),
+            last=float(data["last"]),
+        )
+
+
+@dataclass(slots=True)
+class Side:
+    """One platform's evidence for one subject over a step.
+
+    For probes: `record` each result; `latency` holds successes only (a failure has no latency
+    worth comparing), and the two Lag1 track the failures (as 0/1) and ln(latency).
+    For requests: `count`/`failures` and a traffic `Histogram` merged from the timeline's
+    tallies; no Lag1 (taken as independent).
+    """
+
+    count: float = 0.0
+    failures: float = 0.0
+    latency: LatencyHistogram | Histogram | None = field(default_factory=LatencyHistogram)
+    failure_lag: Lag1 | None = field(default_factory=Lag1)
+    latency_lag: Lag1 | None = field(default_factory=Lag1)
+
+    @classmethod
+    def requests(cls) -> Side:
+        return cls(latency=None, failure_lag=None, latency_lag=None)
+
+    def record(self, ok: bool, seconds: float) -> None:
+        """One probe: the hot path, O(1)."""
+        self.count += 1
+        if self.failure_lag is not None:
+            self.failure_lag.add(0.0 if ok else 1.0)
+        if not ok:
+            self.failures += 1
+            return
+        if isinstance(self.latency, LatencyHistogram):
+            self.latency.add(seconds)
+        if self.latency_lag is not None and seconds > 0:
+            self.latency_lag.add(math.log(seconds))
+
+    @property
+    def error_ratio(self) -> float:
+        return self.failures / self.count if self.count > 0 else math.nan
+
+    def n_eff_errors(self) -> float:
+        """The count, discounted for bursts of failures."""
+        lag = self.failure_lag
+        return lag.effective(self.count) if lag is not None else self.count
+
+    def n_eff_latency(self) -> float:
+        """The successes with a latency, discounted for drifting latency."""
+        n = self.latency.total if self.latency is not None else 0.0
+        lag = self.latency_lag
+        return lag.effective(n) if lag is not None else n
+
+    def to_dict(self) -> dict[str, Any]:
+        latency: dict[str, Any] | None
+        if isinstance(self.latency, LatencyHistogram):
+            latency = {"log": self.latency.to_dict()}
+        elif isinstance(self.latency, Histogram):
+            latency = {"bounds": list(self.latency.bounds), "counts": list(self.latency.counts)}
+        else:
+            latency = None
+        return {
+            "count": self.count,
+            "failures": self.failures,
+            "latency": latency,
+            "failure_lag": None if self.failure_lag is None else self.failure_lag.to_dict(),
+            "latency_lag": None if self.latency_lag is None else self.latency_lag.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Side:
+        """Raises KeyError, TypeError or ValueError on a malformed dict."""
+        raw = data["latency"]
+        latency: LatencyHistogram | Histogram | None
+        if raw is None:
+            latency = None
+        elif "log" in raw:
+            latency = LatencyHistogram.from_dict(raw["log"])
+        else:
+            latency = Histogram(
+                tuple(float(b) for b in raw["bounds"]), [float(n) for n in raw["counts"]]
+            )
+        fl, ll = data.get("failure_lag"), data.get("latency_lag")
+        return cls(
+            count=float(data["count"]),
+            failures=float(data["failures"]),
+            latency=latency,
+            failure_lag=None if fl is None else Lag1.from_dict(fl),
+            latency_lag=None if ll is None else Lag1.from_dict(ll),
+        )
+
+
+@dataclass(slots=True)
+class Evidence:
+    """Both sides' evidence for one subject (a check, or `traffic:<group>`) over a step."""
+
+    subject: str
+    kind: Literal["probes", "requests"]
+    baseline: Side
+    candidate: Side
+    # seconds of the step this subject spent with an incident pending or firing
+    pending_seconds: float = 0.0
+    firing_seconds: float = 0.0
+
+    @classmethod
+    def empty(cls, subject: str, kind: Literal["probes", "requests"]) -> Evidence:
+        make = Side if kind == "probes" else Side.requests
+        return cls(subject, kind, make(), make())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "subject": self.subject,
+            "kind": self.kind,
+            "baseline": self.baseline.to_dict(),
+            "candidate": self.candidate.to_dict(),
+            "pending_seconds": self.pending_seconds,
+            "firing_seconds": self.firing_seconds,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Evidence:
+        kind = data["kind"]
+        if kind not in ("probes", "requests"):
+            raise ValueError(f"unknown evidence kind {kind!r}")
+        return cls(
+            subject=str(data["subject"]),
+            kind=kind,
+            baseline=Side.from_dict(data["baseline"]),
+            candidate=Side.from_dict(data["candidate"]),
+            pending_seconds=float(data.get("pending_seconds", 0.0)),
+            firing_seconds=float(data.get("firing_seconds", 0.0)),
+        )
