@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 from exporter.alerting.alerts import Incident
 from exporter.config import Config
 from exporter.judging.judge import Evaluation, Verdict
+from exporter.judging.readiness import Readiness
 from exporter.probing.state import CheckState
 from exporter.route53.plan import Phase as ShiftPhase
 from exporter.route53.plan import ShiftStatus
@@ -58,6 +59,17 @@ class TrafficView:
 
 
 @dataclass(frozen=True, slots=True)
+class StepMark:
+    """A weight change to mark on a chart's time axis."""
+
+    record: str
+    at: float  # unix seconds
+    shares: Mapping[str, float]  # platform -> share in [0, 1] from then on
+    changed_by: str  # "shift", "person" or "unknown"
+    dry_run: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class View:
     """What one scrape renders: the config in force and the live check states."""
 
@@ -70,6 +82,9 @@ class View:
     shift: ShiftView | None = None
     evaluations: Mapping[str, Evaluation] = field(default_factory=dict)  # check -> the judge's last
     traffic: TrafficView | None = None
+    # the go/no-go verdict per migrated record, and the weight changes to mark on charts
+    readiness: tuple[Readiness, ...] = ()
+    step_marks: tuple[StepMark, ...] = ()
 
     def shares_for(self, check: str) -> dict[str, float] | None:
         """Traffic share per platform of the record a check represents, once read."""
