@@ -503,3 +503,24 @@ async def test_send_test_posts_once_or_says_what_to_fix(standin: SlackStandIn) -
     assert "invalid_auth" in str(raised.value) and "alerting.slack.token" in str(raised.value)
     assert WRONG not in str(raised.value)
     assert len(standin.top_level()) == 1
+
+
+async def test_a_migration_thread_is_opened_by_its_first_reply(
+    standin: SlackStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Steps and readiness summaries are replies in one thread a record; the first opens it."""
+    n = notifier(token_settings(standin))
+    thread = "migration:api.example.com"
+    for i, text in enumerate(("weights changed", "hold complete: GO", "weights changed again")):
+        assert n.enqueue(Notification(f"{thread}:{i}", thread, "reply", text))
+    with caplog.at_level(logging.WARNING):
+        async with running(n):
+            assert await n.flush(5)
+    [top] = standin.top_level()
+    assert top.text == "weights changed"
+    assert n.thread_of(thread) == ("C0123", top.ts)
+    assert [r.text for r in standin.replies(top.ts)] == [
+        "hold complete: GO",
+        "weights changed again",
+    ]
+    assert not [r for r in caplog.records if "no Slack message is known" in r.getMessage()]

@@ -15,6 +15,8 @@ from pydantic import ConfigDict
 Action = Literal["post", "edit", "reply"]
 ACTIONS: tuple[Action, ...] = ("post", "edit", "reply")
 OUTBOX_VERSION: Final = 1
+# the thread of a migration's steps (alerting/migration.py): its first reply opens it
+MIGRATION_PREFIX: Final = "migration:"
 
 # strict types (no "1" for 1), no NaN or infinity: the state files' schemas refuse what the
 # code would never have written

@@ -24,6 +24,7 @@ from slack_sdk.webhook.webhook_response import WebhookResponse
 
 from exporter.alerting.outbox import (
     ACTIONS,
+    MIGRATION_PREFIX,
     OUTBOX_VERSION,
     Notification,
     OutboxRecord,
@@ -596,10 +597,12 @@ class Notifier:
                 client.chat_update(channel=thread[0], ts=thread[1], text=text, blocks=blocks or [])
             )
             return
+        # a migration's thread is opened by its first message, whatever that is
+        opens = n.action == "reply" and n.incident.startswith(MIGRATION_PREFIX)
         if n.action == "reply" and thread is not None:
             target, thread_ts = thread
         else:
-            if n.action != "post" and not entry.repost and not entry.warned:
+            if n.action != "post" and not opens and not entry.repost and not entry.warned:
                 self.log.warning(
                     "no Slack message is known for incident %s: posting notification %s (%s) as a new message",
                     n.incident,
@@ -626,7 +629,7 @@ class Notifier:
         if record and thread_ts is None:
             if target == self._settings.channel:
                 self._channel_ids[target] = found[0]
-            if n.action != "reply":
+            if n.action != "reply" or opens:
                 self._threads.pop(n.incident, None)
                 self._threads[n.incident] = found
                 while len(self._threads) > KEEP_THREADS:
