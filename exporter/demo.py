@@ -61,6 +61,14 @@ route53:
       name: api.example.com
       type: CNAME
       set_identifiers: {{heroku: heroku, aws: aws}}
+shift:                  # a dry run (enabled: false): nothing is written to Route53, and every
+  enabled: false        # message, page line and `cutover shift status` says what would be
+  record: api.example.com
+  steps: [10, 25, 50, 100]
+  mode: manual          # each step waits for `cutover shift approve`
+  hold: 2m
+  ttl_margin: 0s
+  min_samples: 30
 alerting:
   for: 10s
   resolve_after: 20s
@@ -323,6 +331,16 @@ async def run_demo(
         p_runner, p_port = await _start(users.prometheus_app())
         runners.append(p_runner)
         drain_token = secrets.token_hex(16)
+        # shift control (approve, pause, rollback) needs a token: the user's own, else a new one
+        own_token = bool(os.environ.get("CUTOVER_CONTROL_TOKEN"))
+        if not own_token:
+            os.environ["CUTOVER_CONTROL_TOKEN"] = secrets.token_urlsafe(18)
+        # the demo's own token is shown so that a newcomer can use it; a user's own never is
+        token_line = (
+            "(CUTOVER_CONTROL_TOKEN: the one you set)"
+            if own_token
+            else f"CUTOVER_CONTROL_TOKEN={os.environ['CUTOVER_CONTROL_TOKEN']}"
+        )
         # the embedded Route53 checks no signature: demo credentials, never the user's own
         os.environ.update(
             AWS_ACCESS_KEY_ID="demo",
@@ -358,6 +376,14 @@ cutover demo: two simulated platforms on this machine and cutover watching them.
   Users     {USERS_PER_SECOND:g} requests/s split 90/10: heroku's through its log drain,
             aws's through its (simulated) Prometheus; judged like the probes
   Slack     alerts are printed below as they would be posted to #migration
+  Shift     a DRY RUN of 10% -> 25% -> 50% -> 100% on api.example.com, each step held 2 min
+            and then approved by you: nothing is written, every message says what would be
+
+Take the next step once the page says GO (or see why it says WAIT):
+  export CUTOVER_URL=http://{shown}:{port} {token_line}
+  cutover shift status
+  cutover shift approve --reason "looked good"
+  cutover report
 
 Open:
   status page  http://{shown}:{port}/
