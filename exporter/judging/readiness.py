@@ -12,10 +12,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import lru_cache
 from statistics import NormalDist
 from typing import Any, Literal
 
-from exporter.judging.evidence import Evidence, Side
+from exporter.judging.evidence import Distribution, Evidence, Side
 
 __all__ = [
     "Bound",
@@ -247,12 +248,89 @@ def newcombe_difference(
     return (delta, lower, upper)
 
 
-def quantile_probabilities(q: float, n: float, z: float) -> tuple[float, float]:
-    """The probabilities whose sample quantiles bound the true q-quantile (distribution-free).
+# Above this many (effective) samples the order statistics' ranks come from Wilson's interval,
+# within a few thousandths of the exact level there; below, from the binomial itself.
+EXACT_RANKS_UP_TO = 50_000
 
-    The share of samples below the true q-quantile is binomial(n, q)/n: its Wilson interval.
+
+def quantile_probabilities(q: float, n: float, level: float) -> tuple[float, float]:
+    """The probabilities whose sample quantiles bound the true q-quantile, each one-sided at
+    `level`, from n independent samples of any distribution (0 and inf: no such sample).
+
+    The count of samples below the true q-quantile is binomial(n, q): the bounds are the order
+    statistics at its quantiles (exact ranks up to EXACT_RANKS_UP_TO samples, Wilson's interval
+    beyond). Wilson alone would claim too much in the tail: for p95 from 100 samples its upper
+    probability holds 88% of the time instead of 97.5%, and from 50 samples even the largest
+    is too small to bound p95 at 97.5%.
     """
-    return wilson(q * n, n, z)
+    if not n >= 1:
+        return (0.0, math.inf)
+    if n > EXACT_RANKS_UP_TO:
+        return wilson(q * n, n, z_value(level))
+    whole = math.floor(n)  # fewer samples: a wider, safe interval
+    low, high = order_ranks(q, whole, level)
+    return (low / whole, math.inf if high > whole else high / whole)
+
+
+@lru_cache(maxsize=4096)
+def order_ranks(q: float, n: int, level: float) -> tuple[int, int]:
+    """1-based ranks (low, high) of the order statistics of n samples that bound the true
+    q-quantile from below and above, each with probability at least `level`.
+
+    low = 0: no sample is low enough (the bound is 0); high = n + 1: none is high enough.
+    With B ~ binomial(n, q) the samples below the quantile, X_(j) >= it when B <= j - 1:
+    high is the smallest j with P(B <= j - 1) >= level, low the largest with P(B <= j - 1)
+    <= 1 - level.
+    """
+    if not (0.0 < q < 1.0 and n >= 1):
+        raise ValueError(f"order ranks need 0 < q < 1 and n >= 1, not q={q}, n={n}")
+    odds = q / (1.0 - q)
+    mode = min(n, math.floor((n + 1) * q))
+    peak = math.exp(
+        math.lgamma(n + 1)
+        - math.lgamma(mode + 1)
+        - math.lgamma(n - mode + 1)
+        + mode * math.log(q)
+        + (n - mode) * math.log1p(-q)
+    )
+    # the pmf from the mode outwards, until it is negligible beside the peak
+    below: list[float] = []
+    term, k = peak, mode
+    while k > 0:
+        term *= k / (n - k + 1) / odds
+        k -= 1
+        if term < peak * 1e-18:
+            break
+        below.append(term)
+    first = mode - len(below)
+    pmf = [*reversed(below), peak]
+    term, k = peak, mode
+    while k < n:
+        term *= (n - k) / (k + 1) * odds
+        k += 1
+        if term < peak * 1e-18:
+            break
+        pmf.append(term)
+    total = math.fsum(pmf)
+    low, high = 0, n + 1
+    cdf = 0.0
+    for i, mass in enumerate(pmf):
+        cdf += mass / total
+        k = first + i
+        if cdf <= 1.0 - level:
+            low = k + 1
+        if cdf >= level:
+            high = k + 1
+            break
+    return (low, high)
+
+
+def _quantile(distribution: Distribution, p: float) -> float:
+    if p <= 0.0:
+        return 0.0
+    if math.isinf(p):
+        return math.inf
+    return distribution.quantile(p)
 
 
 def error_increase(baseline: Side, candidate: Side, settings: ReadinessSettings) -> Bound | None:
@@ -286,15 +364,15 @@ def latency_ratios(
     if b is None or c is None or not (b.total > 0 and c.total > 0):
         return {}
     nb, nc = baseline.n_eff_latency(), candidate.n_eff_latency()
-    z = z_value(1.0 - (1.0 - settings.confidence) / 2.0)
+    level = 1.0 - (1.0 - settings.confidence) / 2.0
     tolerated = settings.latency_max_ratio
     out: dict[str, Bound] = {}
     for name, q in QUANTILES.items():
-        b_lo, b_hi = quantile_probabilities(q, nb, z)
-        c_lo, c_hi = quantile_probabilities(q, nc, z)
+        b_lo, b_hi = quantile_probabilities(q, nb, level)
+        c_lo, c_hi = quantile_probabilities(q, nc, level)
         estimate = _ratio(c.quantile(q), b.quantile(q))
-        upper = _ratio(c.quantile(c_hi), b.quantile(b_lo))
-        lower = _ratio(c.quantile(c_lo), b.quantile(b_hi))
+        upper = _ratio(_quantile(c, c_hi), _quantile(b, b_lo))
+        lower = _ratio(_quantile(c, c_lo), _quantile(b, b_hi))
         ok: bool | None = upper < tolerated
         if name not in DECIDING and min(nb, nc) * (1.0 - q) < P99_MIN_TAIL:
             ok = None
@@ -303,10 +381,11 @@ def latency_ratios(
 
 
 def _ratio(numerator: float, denominator: float) -> float:
-    if math.isnan(numerator) or math.isnan(denominator):
-        return math.nan
+    """numerator / denominator, inf over 0 (an upper bound with nothing under it)."""
+    if math.isnan(numerator) or math.isnan(denominator) or math.isinf(denominator):
+        return 0.0 if math.isinf(denominator) and math.isfinite(numerator) else math.nan
     if denominator <= 0:
-        return math.inf if numerator > 0 else math.nan
+        return math.inf
     return numerator / denominator
 
 
@@ -546,6 +625,12 @@ def _judge_subject(
                 f"(at least {_distinct(bound.lower, bound.tolerated, _times)}), "
                 f"tolerated {tolerated_x}"
             )
+        elif bound.ok is False and math.isinf(bound.upper):
+            add(
+                reasons.inconclusive,
+                f"evidence inconclusive on {ev.subject}: too few latencies to bound the "
+                f"{name} ratio, tolerated {tolerated_x}",
+            )
         elif bound.ok is False:
             add(
                 reasons.inconclusive,
@@ -607,7 +692,7 @@ def readiness(facts: StepFacts, now: float, settings: ReadinessSettings) -> Read
 
     if held_for < settings.hold:
         reasons.hold.append(_more(settings.hold - held_for))
-    if not facts.subjects:
+    if not any(ev.kind == "probes" or facts.traffic for ev in facts.subjects):
         reasons.nothing.append("nothing judged yet: no check guards this record")
     elif facts.traffic and not any(ev.kind == "requests" for ev in facts.subjects):
         reasons.nothing.append("no real requests recorded yet for this record")
