@@ -26,7 +26,15 @@ __all__ = [
     "StepFacts",
     "SubjectReadiness",
     "Verdict",
+    "error_increase",
+    "latency_ratios",
+    "newcombe_difference",
+    "order_ranks",
+    "pts",
+    "quantile_probabilities",
     "readiness",
+    "wilson",
+    "z_value",
 ]
 
 ChangedBy = Literal["shift", "person", "unknown"]
