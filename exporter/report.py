@@ -101,10 +101,12 @@ def _evidence(subjects: Sequence[Mapping[str, Any]], md: bool) -> list[str]:
     rows: list[list[str]] = []
     for s in subjects:
         name, kind = str(s.get("subject")), str(s.get("kind"))
-        counts = s.get("counts") or [None, None]
-        failures = s.get("failures") or [None, None]
+        if s.get("counted") is False:
+            kind += ", shown, not judged"
+        counts = _pair(s.get("counts"))
+        failures = _pair(s.get("failures"))
         rows.append([f"{name}: {kind}", _count(counts[0]), _count(counts[1]), "", "", "", ""])
-        ratios = s.get("error_ratios") or [None, None]
+        ratios = _pair(s.get("error_ratios"))
         errors = s.get("errors")
         rows.append(
             [
@@ -117,11 +119,20 @@ def _evidence(subjects: Sequence[Mapping[str, Any]], md: bool) -> list[str]:
         latency = s.get("latency") or {}
         bounds = s.get("latency_ratio") or {}
         for q in ("p50", "p95", "p99"):
-            pair = latency.get(q)
-            if pair is None:
+            if latency.get(q) is None:
                 continue
+            pair = _pair(latency.get(q))
             rows.append([f"  {q}", _ms(pair[0]), _ms(pair[1]), *_bound(bounds.get(q), _x)])
     return _table(head, rows, md)
+
+
+def _pair(value: Any) -> tuple[Any, Any]:
+    """(baseline, candidate) from the API's {"baseline": .., "candidate": ..} (or a list)."""
+    if isinstance(value, Mapping):
+        return value.get("baseline"), value.get("candidate")
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return value[0], value[1]
+    return None, None
 
 
 def _bound(bound: Mapping[str, Any] | None, fmt: Callable[[Any], str]) -> list[str]:

@@ -96,6 +96,25 @@ def test_json_is_the_api_answer() -> None:
     assert json.loads(render(data, "json", NOW)) == data
 
 
+def test_a_real_verdict_renders_in_every_format() -> None:
+    """The renderer reads what readiness() writes, not only a hand-made answer."""
+    from exporter.judging.readiness import ReadinessSettings, readiness
+    from tests.test_readiness import START, clean, clean_traffic, facts
+
+    verdict = readiness(
+        facts(clean(), clean_traffic(), traffic=True), START + 3600, ReadinessSettings()
+    )
+    data = {"records": [verdict.to_dict()], "steps": {}}
+    text = render(data, "text", START + 3600)
+    assert f"api.example.com: {verdict.verdict.value}" in text
+    assert "health: probes" in text and "traffic:all: requests" in text
+    assert " ms " in text and " pts" in text and "x " in text
+    assert "'baseline'" not in text
+    md = render(data, "markdown", START + 3600)
+    assert "| health: probes |" in md
+    assert json.loads(render(data, "json", START + 3600)) == data
+
+
 def test_a_dry_run_step_says_so() -> None:
     text = render(answer(dry_run=True), "text", NOW)
     assert "DRY RUN" in text
