@@ -491,8 +491,8 @@ def _shift_text(data: dict[str, object]) -> str:
         lines.append(f"last: {history[-1].get('reason')}")
     if data.get("result"):
         lines.append(str(data["result"]))
-    if dry_run:
-        lines = [line if DRY_RUN in line else f"{DRY_RUN}: {line}" for line in lines]
+    if dry_run:  # said once, first, on every line
+        lines = [f"{DRY_RUN}: {line.replace(f'{DRY_RUN}: ', '')}" for line in lines]
     return "\n".join(lines[:1] + [f"  {line}" for line in lines[1:]])
 
 

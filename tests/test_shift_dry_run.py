@@ -113,7 +113,9 @@ async def test_dry_run_approve_and_rollback_say_dry_run_everywhere(
             "nothing is written to Route53"
         )
         assert "  DRY RUN: plan 10% → 50% → 100%" in lines
-        assert all("DRY RUN" in line for line in lines), lines
+        assert all(line.lstrip().startswith("DRY RUN: ") for line in lines), lines
+        assert all(line.count("DRY RUN") == 1 for line in lines), lines
+        assert "  DRY RUN: waiting: stopped: would roll aws back to 0%" in cli.stdout
         assert any(f"Route53 still {HOLDS}" in line for line in lines), lines
         assert d.stop() == 0
     finally:
