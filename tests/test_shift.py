@@ -472,7 +472,7 @@ def test_control_calls_refuse_clearly_when_they_do_not_apply() -> None:
     done = at_share(100)
     done.evaluate(60)
     assert done.plan.state is Phase.DONE
-    with pytest.raises(Refused, match=r"^nothing to pause: the shift is done$"):
+    with pytest.raises(Refused, match=r"^nothing to pause: the shift is done at 100%$"):
         done.plan.pause(done.t)
     with pytest.raises(Refused, match=r"^not paused: the shift is done at 100%$"):
         done.plan.resume(done.t)
@@ -865,3 +865,24 @@ def test_a_plan_that_writes_never_says_dry_run_and_shows_what_route53_holds() ->
 def test_plan_text() -> None:
     assert plan_text((10, 25, 50, 100)) == "10% → 25% → 50% → 100%"
     assert plan_text((10, 12.5, 100), 1) == "10% → [12.5%] → 100%"
+
+
+def test_dry_run_refusals_never_say_a_rollback_happened() -> None:
+    w = dry_world(mode="manual")
+    w.evaluate()
+    w.evaluate(61)
+    w.run(w.plan.approve(w.t))
+    w.run(w.plan.rollback(w.t, "asked by bob"))
+    stopped = "would roll aws back to 0% (nothing written)"
+    with pytest.raises(Refused, match=rf"^already stopped: {re.escape(stopped)}$"):
+        w.plan.rollback(w.t)
+    with pytest.raises(Refused, match=rf"^already stopped: {re.escape(stopped)}; resume to"):
+        w.plan.pause(w.t)
+    with pytest.raises(Refused, match=rf"^nothing to approve: stopped: {re.escape(stopped)}$"):
+        w.plan.approve(w.t)
+    w.run(w.plan.resume(w.t))
+    w.evaluate(1)
+    w.run(w.plan.approve(w.t))
+    with pytest.raises(Refused, match=r"^not paused: holding at 10% \(nothing written\) \(1m"):
+        w.plan.resume(w.t)
+    assert_all_dry(w)

@@ -62,6 +62,11 @@ async def test_dry_run_approve_and_rollback_say_dry_run_everywhere(
         status, body = await d.control("rollback")
         assert status == 200 and "DRY RUN: " in body["result"], body
         data = await d.wait_shift(lambda s: s["share"] == 0 and s["in_flight"] is None)
+        status, body = await d.control("rollback")
+        assert status == 409, body
+        assert (
+            body["error"] == "DRY RUN: already stopped: would roll aws back to 0% (nothing written)"
+        )
 
         assert weights_in(moto, zid) == REAL
         assert (data["state"], data["dry_run"]) == ("rolled_back", True)

@@ -618,14 +618,11 @@ class ShiftPlan:
 
     def pause(self, now: float, reason: str = "paused by a person") -> list[Action]:
         if self.phase is Phase.DONE:
-            raise Refused("nothing to pause: the shift is done")
+            raise Refused(f"nothing to pause: {self._where(now)}")
         if self.phase is Phase.PAUSED:
             raise Refused(f"already paused ({self.pause_reason})")
         if self.phase is Phase.ROLLED_BACK:
-            raise Refused(
-                f"already stopped: rolled back to {_pct(self.settings.rollback_to)}; "
-                "resume to continue"
-            )
+            raise Refused(f"already stopped: {self._stopped()}; resume to continue")
         self.paused_by, self.pause_reason = "person", reason
         self._move(now, Phase.PAUSED, reason)
         return [self._tell("paused", f"{self.settings.record}: shift paused ({reason})")]
@@ -682,7 +679,11 @@ class ShiftPlan:
 
     def rollback(self, now: float, reason: str = "rollback asked by a person") -> list[Action]:
         if self.phase is Phase.ROLLED_BACK:
-            raise Refused(f"already rolled back to {_pct(self.settings.rollback_to)}")
+            raise Refused(
+                f"already stopped: {self._stopped()}"
+                if self.settings.dry_run
+                else f"already rolled back to {_pct(self.settings.rollback_to)}"
+            )
         if not self._exposed():
             raise Refused(
                 f"nothing to roll back: the candidate is at {_pct(self.share)} "
@@ -897,15 +898,28 @@ class ShiftPlan:
             return [f"waiting for approval to go to {goal}", *blockers]
         return blockers
 
+    def _stopped(self) -> str:
+        """Where a rollback left the plan: rolled back, or in a dry run, would have."""
+        s = self.settings
+        if s.dry_run:
+            return f"would roll {s.candidate} back to {_pct(s.rollback_to)} (nothing written)"
+        return f"rolled back to {_pct(s.rollback_to)}"
+
     def _where(self, now: float) -> str:
+        dry_run = self.settings.dry_run
         if self.phase is Phase.HOLDING:
             left = self.hold_left(now)
-            at = f"holding at {_pct(self.share)}"
+            at = f"holding at {_pct(self.share)}" + (" (nothing written)" if dry_run else "")
             return at + (f" ({format_left(left)} left)" if left else "")
         if self.phase is Phase.RUNNING and self.in_flight is not None:
+            if dry_run:
+                return self._would_set(self.in_flight)
             return f"applying {_pct(self.in_flight.share)}"
         if self.phase is Phase.DONE:
-            return f"the shift is done at {_pct(self.share)}"
+            would = "would be" if dry_run else "is"
+            return f"the shift {would} done at {_pct(self.share)}"
+        if self.phase is Phase.ROLLED_BACK:
+            return f"stopped: {self._stopped()}"
         return self.phase.value.replace("_", " ")
 
     def _held_text(self) -> str:
