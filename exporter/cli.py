@@ -27,6 +27,7 @@ from exporter.daemon import Daemon, slack_settings
 from exporter.demo import run_demo
 from exporter.errors import ConfigError, StateDirError, UsageError
 from exporter.logs import setup_logging
+from exporter.route53.plan import DRY_RUN, plan_text
 from exporter.web.app import start_server
 from exporter.web.guard import (
     DEFAULT_HEADER_TIMEOUT,
@@ -254,8 +255,8 @@ def summary(cfg: Config, source: str) -> str:
         lines.append("  alerting: no Slack (metrics and rules only)")
     if cfg.shift:
         lines.append(
-            f"  shift: {'enabled' if cfg.shift.enabled else 'disabled'}, steps "
-            f"{', '.join(f'{s:g}%' for s in cfg.shift.steps)} on {cfg.shift.record}"
+            f"  shift: {'enabled' if cfg.shift.enabled else 'disabled'}, plan "
+            f"{plan_text([float(s) for s in cfg.shift.steps])} on {cfg.shift.record}"
         )
     lines.extend(_traffic_summary(cfg))
     return "\n".join(lines)
@@ -461,20 +462,38 @@ def cmd_shift(args: argparse.Namespace) -> int:
 
 
 def _shift_text(data: dict[str, object]) -> str:
+    """The shift's status for a person; in a dry run every line starts with DRY RUN."""
     status = data.get("shift", data)
     if not isinstance(status, dict):
         return json.dumps(data, indent=1)
+    dry_run = bool(status.get("dry_run"))
+    steps = status.get("steps")
+    current = status.get("current_step")
+    plan = (
+        plan_text(
+            [float(s) for s in steps if isinstance(s, int | float)],
+            current if isinstance(current, int) else None,
+        )
+        if isinstance(steps, list)
+        else "?"
+    )
     lines = [
-        f"shift of {status.get('record')}: {status.get('state')}"
-        + (" (dry run)" if status.get("dry_run") else ""),
-        f"  steps {status.get('steps')}, candidate at {status.get('share')}%"
-        + (f", moving to {status.get('target_share')}%" if status.get("in_flight") else ""),
+        f"shift of {status.get('record')}: {status.get('state')} ({status.get('mode')} mode)"
+        + ("; nothing is written to Route53" if dry_run else ""),
+        f"plan {plan}",
     ]
+    if status.get("position"):
+        lines.append(str(status["position"]))
     if status.get("why"):
-        lines.append(f"  waiting: {status.get('why')}")
+        lines.append(f"waiting: {status.get('why')}")
+    history = status.get("history")
+    if isinstance(history, list) and history and isinstance(history[-1], dict):
+        lines.append(f"last: {history[-1].get('reason')}")
     if data.get("result"):
-        lines.append(f"  {data.get('result')}")
-    return "\n".join(lines)
+        lines.append(str(data["result"]))
+    if dry_run:  # said once, first, on every line
+        lines = [f"{DRY_RUN}: {line.replace(f'{DRY_RUN}: ', '')}" for line in lines]
+    return "\n".join(lines[:1] + [f"  {line}" for line in lines[1:]])
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -896,7 +896,9 @@ class Daemon:
         """What Slack hears of a shift action; nothing without Slack."""
         if self.notifier is None:
             return []
-        return shift_notifications(action.kind, action.text, action.about, time.time())
+        return shift_notifications(
+            action.kind, action.text, action.about, time.time(), dry_run=action.dry_run
+        )
 
     # -- loops ------------------------------------------------------------------------------
 

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from exporter.alerting.alerts import Fired, Incident, Phase, Reminder, Resolved
-from exporter.alerting.messages import Context, duration_text, notifications, severity
+from exporter.alerting.messages import (
+    Context,
+    duration_text,
+    notifications,
+    severity,
+    shift_notifications,
+)
+from exporter.route53.plan import Notify, Observation, SetWeights, ShiftPlan, ShiftSettings
 
 FIGURES = {
     "candidate_p50": 0.120, "candidate_p95": 0.240, "candidate_error_ratio": 0.052,
@@ -99,3 +108,40 @@ def test_real_traffic_names_its_route_group_and_the_evidence() -> None:
     )  # fmt: skip
     (n,) = notifications(Fired(whole), ctx())
     assert n.text.startswith("[WARNING] real traffic, all routes: aws is slower than heroku")
+
+
+def test_dry_run_shift_messages_say_so_and_show_route53s_weights() -> None:
+    plan = ShiftPlan(
+        ShiftSettings(
+            record="api.example.com", baseline="heroku", candidate="aws", hold=60.0, dry_run=True
+        )
+    )
+    real = {"heroku": 90, "aws": 10}
+    seen = Observation(weights=real, baseline_samples=50, candidate_samples=50, ttl=30.0)
+    plan.step(1000.0, seen)
+    (write,) = plan.step(1061.0, seen)
+    assert isinstance(write, SetWeights) and write.share == 25
+    (step,) = plan.change_applied(1061.0, write.seq)
+    assert isinstance(step, Notify) and step.dry_run
+    (post,) = shift_notifications(step.kind, step.text, step.about, 1061.0, dry_run=step.dry_run)
+    assert post.action == "post"
+    assert post.text == (
+        "[SHIFT] DRY RUN: api.example.com: would set aws to 25% (heroku 75, aws 25), was 10%; "
+        "nothing written; Route53 holds aws 10% (heroku 90, aws 10); holding 1m as if it were "
+        "set; plan 10% → [25%] → 50% → 100%"
+    )
+    firing = dataclasses.replace(seen, firing=["health.down.1000"])
+    rollback = [a for a in plan.step(1062.0, firing) if isinstance(a, Notify)]
+    (reply,) = shift_notifications("rollback", rollback[0].text, rollback[0].about, 1062.0)
+    assert (reply.action, reply.incident) == ("reply", "health.down.1000")
+    assert reply.text.startswith("DRY RUN: api.example.com: would roll aws back from 25% to 0%")
+    assert reply.text.endswith("Route53 still holds aws 10% (heroku 90, aws 10)")
+
+
+def test_dry_run_shift_messages_are_marked_whatever_the_text() -> None:
+    (post,) = shift_notifications("paused", "api.example.com: shift paused", (), 5.0, dry_run=True)
+    assert post.text == "[SHIFT] DRY RUN: api.example.com: shift paused"
+    (reply,) = shift_notifications("rollback", "DRY RUN: x", ("i.1",), 5.0, dry_run=True)
+    assert reply.text == "DRY RUN: x"  # said once
+    (real,) = shift_notifications("paused", "api.example.com: shift paused", (), 5.0)
+    assert real.text == "[SHIFT] api.example.com: shift paused"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from exporter.route53.plan import (
     ShiftSettings,
     candidate_percent,
     format_left,
+    plan_text,
     weights_for,
 )
 
@@ -188,7 +190,8 @@ def test_full_plan_walks_the_steps_with_holds() -> None:
     assert w.t - start == 4 * 60
     assert w.kinds() == ["step", "step", "step", "step", "done"]
     assert w.notes[1].text == (
-        "api.example.com: aws now gets 25% of the traffic (was 10%); holding 1m"
+        "api.example.com: aws now gets 25% of the traffic (was 10%); holding 1m; "
+        "plan 10% → [25%] → 50% → 100%"
     )
     assert w.evaluate(3600) == [] and w.plan.state is Phase.DONE
     states = [t.state for t in w.plan.history]
@@ -469,7 +472,7 @@ def test_control_calls_refuse_clearly_when_they_do_not_apply() -> None:
     done = at_share(100)
     done.evaluate(60)
     assert done.plan.state is Phase.DONE
-    with pytest.raises(Refused, match=r"^nothing to pause: the shift is done$"):
+    with pytest.raises(Refused, match=r"^nothing to pause: the shift is done at 100%$"):
         done.plan.pause(done.t)
     with pytest.raises(Refused, match=r"^not paused: the shift is done at 100%$"):
         done.plan.resume(done.t)
@@ -726,3 +729,160 @@ def test_a_step_waits_for_real_candidate_requests() -> None:
     assert at.plan.status(at.t).why.endswith("the candidate served 0/500 real requests")
     assert sets(at.evaluate(1, candidate_requests=499)) == []
     assert [a.share for a in sets(at.evaluate(1, candidate_requests=500))] == [25]
+
+
+# --- dry run: every text says so, beside the weights Route53 really holds ----------------------
+
+REAL = {"heroku": 90, "aws": 10}
+HOLDS = "Route53 holds aws 10% (heroku 90, aws 10)"
+# words that would tell a reader a change happened
+AS_IF_DONE = re.compile(r"INSYNC|confirmed|rolled back|now gets|carries|\bsetting\b|\bheld\b")
+
+
+class DryWorld(World):
+    """The daemon in a dry run: the writer writes nothing, so Route53 keeps its weights."""
+
+    def apply(self, action: SetWeights) -> None:
+        self.written.append(action.share)
+        self.run(self.plan.change_applied(self.t, action.seq))
+
+
+def dry_world(**settings: Any) -> DryWorld:
+    return DryWorld(ShiftPlan(dataclasses.replace(SETTINGS, dry_run=True, **settings)), REAL)
+
+
+def assert_all_dry(w: World) -> None:
+    texts = [n.text for n in w.notes] + [t.reason for t in w.plan.history]
+    status = w.plan.status(w.t)
+    texts += [*status.waiting, status.position]
+    assert w.notes and all(n.dry_run for n in w.notes)
+    for text in texts:
+        assert text.startswith("DRY RUN: "), text
+        assert not AS_IF_DONE.search(text), text
+    assert status.why == "" or status.why.startswith("DRY RUN: ")
+
+
+def test_dry_run_says_what_it_would_set_beside_what_route53_holds() -> None:
+    w = dry_world()
+    w.evaluate()  # adopts 10%, the weights found
+    found = w.plan.history[-1].reason
+    assert found == "DRY RUN: found heroku 90, aws 10 in Route53 (aws at 10%)"
+    w.evaluate(61)
+    assert w.written == [25] and w.weights == REAL
+    assert w.notes[-1].text == (
+        "DRY RUN: api.example.com: would set aws to 25% (heroku 75, aws 25), was 10%; "
+        f"nothing written; {HOLDS}; holding 1m as if it were set; plan 10% → [25%] → 50% → 100%"
+    )
+    assert [t.reason for t in w.plan.history[-2:]] == [
+        f"DRY RUN: the hold at 10% (1m) is over: would set aws to 25% (heroku 75, aws 25); {HOLDS}",
+        f"DRY RUN: acting as if aws were at 25% (heroku 75, aws 25): nothing written; {HOLDS}",
+    ]
+    status = w.plan.status(w.t)
+    assert (status.share, status.real_share, status.real_weights) == (25, 10, REAL)
+    assert status.why == "DRY RUN: holding: 1m left"
+    assert status.position == (
+        f"DRY RUN: acting as if aws were at 25% (heroku 75, aws 25); nothing written; {HOLDS}"
+    )
+    data = json.loads(json.dumps(status.to_dict()))
+    assert (data["share"], data["real_share"], data["real_weights"]) == (25, 10, REAL)
+    assert data["target_weights"] == {"heroku": 75, "aws": 25} and data["dry_run"] is True
+
+    w.evaluate(1, firing=["health.down.1"])
+    told = {n.kind: n for n in w.notes[-2:]}  # the world applies the write before it tells
+    assert told["rollback"].text == (
+        "DRY RUN: api.example.com: would roll aws back from 25% to 0% (heroku 100, aws 0): "
+        "regression firing: health.down.1; nothing written; "
+        "Route53 still holds aws 10% (heroku 90, aws 10)"
+    )
+    assert told["rolled_back"].text == (
+        "DRY RUN: api.example.com: would roll aws back to 0% (Route53 still holds 10%: "
+        "heroku 90, aws 10); the shift is paused until a person resumes"
+    )
+    assert told["rolled_back"].about == told["rollback"].about == ("health.down.1",)
+    status = w.plan.status(w.t)
+    assert status.state is Phase.ROLLED_BACK and status.real_share == 10
+    assert status.why == (
+        "DRY RUN: stopped: would roll aws back to 0% (regression firing: health.down.1); "
+        "Route53 still holds aws 10% (heroku 90, aws 10); resume to continue"
+    )
+    w.evaluate(1)
+    w.run(w.plan.resume(w.t))
+    w.evaluate(1)  # back to 10% once both sides have samples
+    w.run(w.plan.rollback(w.t))
+    w.run(w.plan.resume(w.t))
+    for _ in range(6):
+        w.evaluate(61)
+    assert w.plan.state is Phase.DONE and w.weights == REAL
+    assert w.notes[-1].text == (
+        "DRY RUN: api.example.com: the shift would be done: aws would carry 100% of the "
+        f"traffic; nothing written; {HOLDS}"
+    )
+    assert_all_dry(w)
+
+
+def test_dry_run_in_manual_mode_says_so_when_waiting_and_approved() -> None:
+    w = dry_world(mode="manual")
+    w.evaluate()
+    w.evaluate(61)
+    assert w.plan.state is Phase.WAITING_APPROVAL
+    assert w.notes[-1].text == (
+        "DRY RUN: api.example.com: the hold at 10% is over; approve to go to 25% "
+        f"(nothing is written: {HOLDS})"
+    )
+    assert w.plan.status(w.t).why == "DRY RUN: waiting for approval to go to 25%"
+    w.auto_apply = False
+    w.run(w.plan.approve(w.t))
+    assert w.notes[-1].text == (
+        "DRY RUN: api.example.com: step to 25% approved; would set aws to 25% "
+        f"(heroku 75, aws 25); {HOLDS}"
+    )
+    status = w.plan.status(w.t)
+    assert status.why == f"DRY RUN: would set aws to 25% (heroku 75, aws 25); {HOLDS}"
+    assert status.position == status.why
+    w.run(w.plan.pause(w.t, "waiting for the DBA"))
+    assert w.notes[-1].text == "DRY RUN: api.example.com: shift paused (waiting for the DBA)"
+    assert_all_dry(w)
+
+
+def test_dry_run_before_any_read_says_the_weights_are_unknown() -> None:
+    w = dry_world()
+    status = w.plan.status(w.t)
+    assert (status.real_weights, status.real_share) == (None, None)
+    assert status.position == "DRY RUN: nothing written; Route53's weights not read yet"
+    assert status.why == "DRY RUN: waiting for the Route53 weights"
+
+
+def test_a_plan_that_writes_never_says_dry_run_and_shows_what_route53_holds() -> None:
+    w = at_share(10)
+    status = w.plan.status(w.t)
+    assert (status.real_weights, status.real_share) == ({"heroku": 90, "aws": 10}, 10)
+    assert status.position == "aws at 10% (heroku 90, aws 10)"
+    w.evaluate(1, firing=["health.down.1"])
+    texts = [n.text for n in w.notes] + [t.reason for t in w.plan.history]
+    assert not any("DRY RUN" in t for t in texts) and not any(n.dry_run for n in w.notes)
+
+
+def test_plan_text() -> None:
+    assert plan_text((10, 25, 50, 100)) == "10% → 25% → 50% → 100%"
+    assert plan_text((10, 12.5, 100), 1) == "10% → [12.5%] → 100%"
+
+
+def test_dry_run_refusals_never_say_a_rollback_happened() -> None:
+    w = dry_world(mode="manual")
+    w.evaluate()
+    w.evaluate(61)
+    w.run(w.plan.approve(w.t))
+    w.run(w.plan.rollback(w.t, "asked by bob"))
+    stopped = "would roll aws back to 0% (nothing written)"
+    with pytest.raises(Refused, match=rf"^already stopped: {re.escape(stopped)}$"):
+        w.plan.rollback(w.t)
+    with pytest.raises(Refused, match=rf"^already stopped: {re.escape(stopped)}; resume to"):
+        w.plan.pause(w.t)
+    with pytest.raises(Refused, match=rf"^nothing to approve: stopped: {re.escape(stopped)}$"):
+        w.plan.approve(w.t)
+    w.run(w.plan.resume(w.t))
+    w.evaluate(1)
+    w.run(w.plan.approve(w.t))
+    with pytest.raises(Refused, match=r"^not paused: holding at 10% \(nothing written\) \(1m"):
+        w.plan.resume(w.t)
+    assert_all_dry(w)

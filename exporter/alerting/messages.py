@@ -251,11 +251,20 @@ def _plain(event: Event, ctx: Context, action: Action) -> str:
     )
 
 
+DRY_RUN = "DRY RUN"
+
+
 def shift_notifications(
-    kind: str, text: str, about: Sequence[str], now: float
+    kind: str, text: str, about: Sequence[str], now: float, *, dry_run: bool = False
 ) -> list[Notification]:
-    """What Slack hears of the guarded shift: a post, or replies in the threads of `about`."""
+    """What Slack hears of the guarded shift: a post, or replies in the threads of `about`.
+
+    A dry run's messages say so first, whatever the plan's text says: a reader of the channel
+    must never take a change that was not written for one that was.
+    """
     base = f"shift:{kind}:{round(now * 1000)}"
+    if dry_run and DRY_RUN not in text:
+        text = f"{DRY_RUN}: {text}"
     if about:
         # a rollback answers the incidents that caused it, in their threads: `about` holds the
         # firing incidents' ids, whose posts are ahead in the outbox

@@ -15,6 +15,10 @@ reports each write's outcome with `change_applied` or `change_failed`.
 Below the first step (at the start, or at `rollback_to` after a rollback) nothing is held: the
 gates are samples on both sides and a quiet judge. A control call that does not apply raises
 `Refused`, whose text is meant for the person who made it.
+
+A dry run walks the same states but writes nothing: it trusts its own (unwritten) weights, and
+every text it produces (notifications, history, why it waits) starts with "DRY RUN:", says what
+it *would* set and what Route53 really holds, as last read.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from exporter.store.local import StateFile
 
 __all__ = [
     "ALIAS_TTL",
+    "DRY_RUN",
     "HISTORY_LIMIT",
     "Action",
     "Change",
@@ -50,7 +55,9 @@ __all__ = [
     "ShiftStatus",
     "Transition",
     "candidate_percent",
+    "dry",
     "format_left",
+    "plan_text",
     "weights_for",
 ]
 
@@ -123,6 +130,24 @@ def format_left(seconds: float) -> str:
 
 def _pct(share: float | None) -> str:
     return "?" if share is None else f"{share:g}%"
+
+
+DRY_RUN: Final = "DRY RUN"
+
+
+def dry(text: str) -> str:
+    """`text` marked as a dry run's, once: "DRY RUN: ..." unless it says so already."""
+    return text if DRY_RUN in text else f"{DRY_RUN}: {text}"
+
+
+def plan_text(steps: Sequence[float], current: int | None = None) -> str:
+    """10% → [25%] → 50% → 100%: the steps as a person reads them, the current one bracketed."""
+    return " → ".join(f"[{_pct(s)}]" if i == current else _pct(s) for i, s in enumerate(steps))
+
+
+def _weights_text(weights: Mapping[str, int | None], order: Sequence[str]) -> str:
+    """heroku 90, aws 10 (a missing record set shows as -)."""
+    return ", ".join(f"{p} {'-' if weights.get(p) is None else weights.get(p)}" for p in order)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,24 +239,28 @@ class SetWeights:
     reason: str
 
 
+NotifyKind = Literal[
+    "step",
+    "rollback",
+    "rolled_back",
+    "paused",
+    "resumed",
+    "hand_change",
+    "waiting_approval",
+    "approved",
+    "change_failed",
+    "done",
+]
+
+
 @dataclass(frozen=True, slots=True)
 class Notify:
     """Something a person should hear about (Slack); `about` holds the firing alerts' labels."""
 
-    kind: Literal[
-        "step",
-        "rollback",
-        "rolled_back",
-        "paused",
-        "resumed",
-        "hand_change",
-        "waiting_approval",
-        "approved",
-        "change_failed",
-        "done",
-    ]
+    kind: NotifyKind
     text: str
     about: tuple[str, ...] = ()
+    dry_run: bool = False  # news of a plan that writes nothing
 
 
 Action = SetWeights | Notify
@@ -309,10 +338,18 @@ class ShiftStatus:
     in_flight: Mapping[str, Any] | None
     failed_share: float | None
     history: tuple[Transition, ...]
+    # what Route53 holds, as last read (in a dry run, not what the plan pretends it wrote): the
+    # two platforms' weights (a missing record set left out) and the candidate's percent
+    real_weights: Mapping[str, int] | None = None
+    real_share: float | None = None
+    # one line: where the plan stands beside what Route53 holds ("DRY RUN: would ..." when dry)
+    position: str = ""
 
     @property
     def why(self) -> str:
-        return "; ".join(self.waiting)
+        if not self.dry_run or not self.waiting:
+            return "; ".join(self.waiting)
+        return dry("; ".join(w.removeprefix(f"{DRY_RUN}: ") for w in self.waiting))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -335,6 +372,9 @@ class ShiftStatus:
             "in_flight": None if self.in_flight is None else dict(self.in_flight),
             "failed_share": self.failed_share,
             "history": [t.to_dict() for t in self.history],
+            "real_weights": None if self.real_weights is None else dict(self.real_weights),
+            "real_share": self.real_share,
+            "position": self.position,
         }
 
 
@@ -392,6 +432,8 @@ class ShiftPlan:
     # the last observation and its time: status() explains waiting with it; not persisted
     _last: Observation | None = None
     _seen: tuple[str, ...] = ()
+    # the two platforms' weights Route53 holds, as last read (or confirmed INSYNC); not persisted
+    _real: dict[str, int | None] | None = None
 
     # --- what the daemon reads ------------------------------------------------------------
 
@@ -439,11 +481,16 @@ class ShiftPlan:
             hold=self.hold,
             hold_left=self.hold_left(now),
             since=self.since,
-            waiting=tuple(self._waiting(now)),
+            waiting=tuple(dry(w) if self.settings.dry_run else w for w in self._waiting(now)),
             paused_by=self.paused_by,
             in_flight=None if target is None else target.to_dict(),
             failed_share=self.failed_share,
             history=tuple(self.history),
+            real_weights=None
+            if self._real is None
+            else {p: w for p, w in self._real.items() if w is not None},
+            real_share=self._real_share(),
+            position=self._position(),
         )
 
     # --- one evaluation -------------------------------------------------------------------
@@ -459,6 +506,10 @@ class ShiftPlan:
         ):
             obs = dataclasses.replace(obs, weights=None)
         self._last = obs
+        if observation.weights is not None and (self.settings.dry_run or obs.weights is not None):
+            # a dry run never moves them: every read is what Route53 holds; otherwise a read
+            # older than the last confirmed change is older than what INSYNC already told
+            self._real = self._two(observation.weights)
         if obs.weights is not None:
             # None is an alias record's answer, not "unknown": only a fresh read says
             self.ttl = None if obs.ttl is None else float(obs.ttl)
@@ -507,27 +558,35 @@ class ShiftPlan:
         self._seen = tuple(obs.firing)
 
         if self.phase in (Phase.HOLDING, Phase.WAITING_APPROVAL) and not self._blockers(now):
+            s = self.settings
             if self.next_index is None:
-                self._move(now, Phase.DONE, f"{self._held_text()}: the shift is done")
-                actions.append(
-                    Notify(
-                        "done",
-                        f"{self.settings.record}: {self.settings.candidate} carries "
-                        f"{_pct(self.share)} of the traffic: the shift is done",
+                if s.dry_run:
+                    done = f"the shift would be done; {self._real_text()}"
+                    told = (
+                        f"{s.record}: the shift would be done: {s.candidate} would carry "
+                        f"{_pct(self.share)} of the traffic; nothing written; {self._real_text()}"
                     )
-                )
-            elif self.settings.mode == "auto":
+                else:
+                    done = "the shift is done"
+                    told = (
+                        f"{s.record}: {s.candidate} carries {_pct(self.share)} of the traffic: "
+                        "the shift is done"
+                    )
+                self._move(now, Phase.DONE, f"{self._held_text()}: {done}")
+                actions.append(self._tell("done", told))
+            elif s.mode == "auto":
                 actions += self._issue_step(now, self.next_index, self._held_text())
             elif self.phase is Phase.HOLDING:
-                goal = _pct(self.settings.steps[self.next_index])
+                goal = _pct(s.steps[self.next_index])
                 self._move(now, Phase.WAITING_APPROVAL, f"{self._held_text()}: approve {goal}")
-                actions.append(
-                    Notify(
-                        "waiting_approval",
-                        f"{self.settings.record}: {self.settings.candidate} held "
-                        f"{_pct(self.share)}; approve to go to {goal}",
-                    )
+                told = (
+                    f"{s.record}: the hold at {_pct(self.share)} is over; approve to go to {goal} "
+                    f"(nothing is written: {self._real_text()})"
+                    if s.dry_run
+                    else f"{s.record}: {s.candidate} held {_pct(self.share)}; "
+                    f"approve to go to {goal}"
                 )
+                actions.append(self._tell("waiting_approval", told))
         return actions
 
     def change_applied(self, now: float, seq: int) -> list[Action]:
@@ -548,7 +607,7 @@ class ShiftPlan:
         what = "rollback" if change.kind == "rollback" else "step"
         self._note(now, f"{what} to {_pct(change.share)} failed: {error}")
         return [
-            Notify(
+            self._tell(
                 "change_failed",
                 f"{self.settings.record}: setting {self.settings.candidate} to "
                 f"{_pct(change.share)} failed: {error}; checking Route53 before trying again",
@@ -559,17 +618,14 @@ class ShiftPlan:
 
     def pause(self, now: float, reason: str = "paused by a person") -> list[Action]:
         if self.phase is Phase.DONE:
-            raise Refused("nothing to pause: the shift is done")
+            raise Refused(f"nothing to pause: {self._where(now)}")
         if self.phase is Phase.PAUSED:
             raise Refused(f"already paused ({self.pause_reason})")
         if self.phase is Phase.ROLLED_BACK:
-            raise Refused(
-                f"already stopped: rolled back to {_pct(self.settings.rollback_to)}; "
-                "resume to continue"
-            )
+            raise Refused(f"already stopped: {self._stopped()}; resume to continue")
         self.paused_by, self.pause_reason = "person", reason
         self._move(now, Phase.PAUSED, reason)
-        return [Notify("paused", f"{self.settings.record}: shift paused ({reason})")]
+        return [self._tell("paused", f"{self.settings.record}: shift paused ({reason})")]
 
     def resume(self, now: float, reason: str = "resumed by a person") -> list[Action]:
         if self.phase not in (Phase.PAUSED, Phase.ROLLED_BACK):
@@ -603,7 +659,7 @@ class ShiftPlan:
         else:
             self._move(now, Phase.HOLDING, text)
         self.paused_by = self.pause_reason = None
-        return [Notify("resumed", f"{self.settings.record}: shift {text}")]
+        return [self._tell("resumed", f"{self.settings.record}: shift {text}")]
 
     def approve(self, now: float) -> list[Action]:
         if self.settings.mode != "manual":
@@ -615,14 +671,19 @@ class ShiftPlan:
             raise Refused(f"cannot approve now: {'; '.join(blockers)}")
         assert self.next_index is not None
         goal = _pct(self.settings.steps[self.next_index])
-        actions: list[Action] = [
-            Notify("approved", f"{self.settings.record}: step to {goal} approved")
-        ]
-        return actions + self._issue_step(now, self.next_index, f"approved: {goal}")
+        actions = self._issue_step(now, self.next_index, f"approved: {goal}")
+        told = f"{self.settings.record}: step to {goal} approved"
+        if self.settings.dry_run and self.in_flight is not None:
+            told += f"; {self._would_set(self.in_flight)}"
+        return [self._tell("approved", told), *actions]
 
-    def rollback(self, now: float, reason: str = "rolled back by a person") -> list[Action]:
+    def rollback(self, now: float, reason: str = "rollback asked by a person") -> list[Action]:
         if self.phase is Phase.ROLLED_BACK:
-            raise Refused(f"already rolled back to {_pct(self.settings.rollback_to)}")
+            raise Refused(
+                f"already stopped: {self._stopped()}"
+                if self.settings.dry_run
+                else f"already rolled back to {_pct(self.settings.rollback_to)}"
+            )
         if not self._exposed():
             raise Refused(
                 f"nothing to roll back: the candidate is at {_pct(self.share)} "
@@ -803,6 +864,8 @@ class ShiftPlan:
                     f"checking whether the change to {_pct(change.share)} landed ({cause}): "
                     "waiting for the Route53 weights"
                 )
+            elif self.settings.dry_run:
+                flight.append(self._would_set(change))
             else:
                 flight.append(f"applying {_pct(change.share)}: waiting for Route53 (INSYNC)")
         if self.phase is Phase.RUNNING:
@@ -812,6 +875,11 @@ class ShiftPlan:
         if self.phase is Phase.PAUSED:
             return [f"{self.pause_reason}; resume to continue", *flight]
         if self.phase is Phase.ROLLED_BACK:
+            s = self.settings
+            if s.dry_run:
+                text = f"stopped: would roll {s.candidate} back to {_pct(s.rollback_to)}"
+                text += f" ({self.pause_reason})" if self.pause_reason else ""
+                return [f"{text}; {self._real_text(still=True)}; resume to continue", *flight]
             text = f"rolled back to {_pct(self.settings.rollback_to)}"
             if self.pause_reason:
                 text += f" ({self.pause_reason})"
@@ -830,25 +898,103 @@ class ShiftPlan:
             return [f"waiting for approval to go to {goal}", *blockers]
         return blockers
 
+    def _stopped(self) -> str:
+        """Where a rollback left the plan: rolled back, or in a dry run, would have."""
+        s = self.settings
+        if s.dry_run:
+            return f"would roll {s.candidate} back to {_pct(s.rollback_to)} (nothing written)"
+        return f"rolled back to {_pct(s.rollback_to)}"
+
     def _where(self, now: float) -> str:
+        dry_run = self.settings.dry_run
         if self.phase is Phase.HOLDING:
             left = self.hold_left(now)
-            at = f"holding at {_pct(self.share)}"
+            at = f"holding at {_pct(self.share)}" + (" (nothing written)" if dry_run else "")
             return at + (f" ({format_left(left)} left)" if left else "")
         if self.phase is Phase.RUNNING and self.in_flight is not None:
+            if dry_run:
+                return self._would_set(self.in_flight)
             return f"applying {_pct(self.in_flight.share)}"
         if self.phase is Phase.DONE:
-            return f"the shift is done at {_pct(self.share)}"
+            would = "would be" if dry_run else "is"
+            return f"the shift {would} done at {_pct(self.share)}"
+        if self.phase is Phase.ROLLED_BACK:
+            return f"stopped: {self._stopped()}"
         return self.phase.value.replace("_", " ")
 
     def _held_text(self) -> str:
+        if self._needs_hold() and self.settings.dry_run:
+            return f"the hold at {_pct(self.share)} ({format_left(self.hold)}) is over"
         if self._needs_hold():
             return f"held {_pct(self.share)} for {format_left(self.hold)}"
-        return f"{self.settings.candidate} at {_pct(self.share)}, both sides have samples"
+        at = "acting as if {} were at {}" if self.settings.dry_run else "{} at {}"
+        return f"{at.format(self.settings.candidate, _pct(self.share))}, both sides have samples"
 
     def _note(self, now: float, reason: str) -> None:
-        self.history.append(Transition(now, self.phase, reason))
+        text = dry(reason) if self.settings.dry_run else reason
+        self.history.append(Transition(now, self.phase, text))
         del self.history[:-HISTORY_LIMIT]
+
+    def _tell(self, kind: NotifyKind, text: str, about: tuple[str, ...] = ()) -> Notify:
+        if self.settings.dry_run:
+            return Notify(kind, dry(text), about, dry_run=True)
+        return Notify(kind, text, about)
+
+    def _order(self) -> tuple[str, str]:
+        return self.settings.baseline, self.settings.candidate
+
+    def _real_share(self) -> float | None:
+        if self._real is None:
+            return None
+        return candidate_percent(self._real, *self._order())
+
+    def _real_text(self, still: bool = False) -> str:
+        """Route53 holds aws 10% (heroku 90, aws 10): the weights as last read."""
+        if self._real is None:
+            return "Route53's weights not read yet"
+        holds = "still holds" if still else "holds"
+        return (
+            f"Route53 {holds} {self.settings.candidate} {_pct(self._real_share())} "
+            f"({_weights_text(self._real, self._order())})"
+        )
+
+    def _would_set(self, change: Change) -> str:
+        """A dry run's change: what it would write, beside what Route53 holds."""
+        wrote = _weights_text(change.weights, self._order())
+        cand = self.settings.candidate
+        if change.kind == "rollback":
+            return (
+                f"would roll {cand} back to {_pct(change.share)} ({wrote}); "
+                f"{self._real_text(still=True)}"
+            )
+        return f"would set {cand} to {_pct(change.share)} ({wrote}); {self._real_text()}"
+
+    def _position(self) -> str:
+        """Where the plan stands beside what Route53 holds, in one line."""
+        cand, change, written = self.settings.candidate, self.in_flight, self.written
+        if self.settings.dry_run:
+            if change is not None:
+                return dry(self._would_set(change))
+            if written is None:
+                return dry(f"nothing written; {self._real_text()}")
+            return dry(
+                f"acting as if {cand} were at {_pct(self.share)} "
+                f"({_weights_text(written, self._order())}); nothing written; "
+                f"{self._real_text()}"
+            )
+        if change is not None:
+            return (
+                f"{cand} at {_pct(self.share)}, moving to {_pct(change.share)} "
+                f"({_weights_text(change.weights, self._order())}); {self._real_text()}"
+            )
+        if written is None:
+            return self._real_text()
+        if self._real is not None and self._real == self._two(written):
+            return f"{cand} at {_pct(self.share)} ({_weights_text(written, self._order())})"
+        return (
+            f"{cand} at {_pct(self.share)} as written "
+            f"({_weights_text(written, self._order())}); {self._real_text()}"
+        )
 
     def _move(self, now: float, phase: Phase, reason: str) -> None:
         self.phase = phase
@@ -881,7 +1027,8 @@ class ShiftPlan:
             index=index,
         )
         self.in_flight = change
-        self._move(now, Phase.RUNNING, f"{reason}: setting {s.candidate} to {_pct(share)}")
+        doing = self._would_set(change) if s.dry_run else f"setting {s.candidate} to {_pct(share)}"
+        self._move(now, Phase.RUNNING, f"{reason}: {doing}")
         return [self._set_weights(change, reason)]
 
     def _set_weights(self, change: Change, reason: str) -> SetWeights:
@@ -911,16 +1058,22 @@ class ShiftPlan:
         )
         self.in_flight = change
         self.paused_by, self.pause_reason = "rollback", reason
-        self._move(now, Phase.ROLLED_BACK, f"rolling back from {_pct(failed)}: {reason}")
-        return [
-            self._set_weights(change, reason),
-            Notify(
-                "rollback",
+        if s.dry_run:
+            wrote = _weights_text(change.weights, self._order())
+            real = self._real_text(still=True)
+            noted = f"would roll back from {_pct(failed)}: {reason}; {real}"
+            told = (
+                f"{s.record}: would roll {s.candidate} back from {_pct(failed)} to "
+                f"{_pct(s.rollback_to)} ({wrote}): {reason}; nothing written; {real}"
+            )
+        else:
+            noted = f"rolling back from {_pct(failed)}: {reason}"
+            told = (
                 f"{s.record}: rolling {s.candidate} back from {_pct(failed)} to "
-                f"{_pct(s.rollback_to)}: {reason}",
-                about,
-            ),
-        ]
+                f"{_pct(s.rollback_to)}: {reason}"
+            )
+        self._move(now, Phase.ROLLED_BACK, noted)
+        return [self._set_weights(change, reason), self._tell("rollback", told, about)]
 
     def _confirm(self, now: float, change: Change, how: str) -> list[Action]:
         s = self.settings
@@ -930,30 +1083,54 @@ class ShiftPlan:
         self.written = dict(change.weights)
         self.since = now
         self.fresh_after = now
-        if change.kind == "rollback":
-            self._note(now, f"{s.candidate} at {_pct(change.share)} ({how})")
-            return [
-                Notify(
-                    "rolled_back",
-                    f"{s.record}: {s.candidate} rolled back to {_pct(change.share)} "
-                    f"(was {_pct(was)}); paused until a person resumes",
-                    self.firing,
+        rollback = change.kind == "rollback"
+        if s.dry_run:
+            wrote = _weights_text(change.weights, self._order())
+            real = self._real_text(still=rollback)
+            text = f"acting as if {s.candidate} were at {_pct(change.share)} ({wrote}): "
+            text += f"nothing written; {real}"
+        else:
+            self._real = self._two(change.weights)  # INSYNC: Route53 holds them now
+            text = f"{s.candidate} at {_pct(change.share)} ({how})"
+        if rollback:
+            self._note(now, text)
+            if s.dry_run:
+                holds = (
+                    "Route53's weights not read yet"
+                    if self._real is None
+                    else f"Route53 still holds {_pct(self._real_share())}: "
+                    f"{_weights_text(self._real, self._order())}"
                 )
-            ]
+                told = (
+                    f"{s.record}: would roll {s.candidate} back to {_pct(change.share)} "
+                    f"({holds}); the shift is paused until a person resumes"
+                )
+            else:
+                told = (
+                    f"{s.record}: {s.candidate} rolled back to {_pct(change.share)} "
+                    f"(was {_pct(was)}); paused until a person resumes"
+                )
+            return [self._tell("rolled_back", told, self.firing)]
         assert change.index is not None
         self.next_index = change.index + 1 if change.index + 1 < len(s.steps) else None
-        text = f"{s.candidate} at {_pct(change.share)} ({how})"
         if self.phase is Phase.RUNNING:
             self._move(now, Phase.HOLDING, text)
         else:
             self._note(now, text)
-        return [
-            Notify(
-                "step",
-                f"{s.record}: {s.candidate} now gets {_pct(change.share)} of the traffic "
-                f"(was {_pct(was)}); holding {format_left(self.hold)}",
+        plan = plan_text(s.steps, change.index)
+        if s.dry_run:
+            told = (
+                f"{s.record}: would set {s.candidate} to {_pct(change.share)} "
+                f"({_weights_text(change.weights, self._order())}), was {_pct(was)}; "
+                f"nothing written; {self._real_text()}; holding {format_left(self.hold)} "
+                f"as if it were set; plan {plan}"
             )
-        ]
+        else:
+            told = (
+                f"{s.record}: {s.candidate} now gets {_pct(change.share)} of the traffic "
+                f"(was {_pct(was)}); holding {format_left(self.hold)}; plan {plan}"
+            )
+        return [self._tell("step", told)]
 
     def _reconcile(
         self, now: float, change: Change, weights: Mapping[str, int | None], out: list[Action]
@@ -983,7 +1160,7 @@ class ShiftPlan:
             )
             self.paused_by, self.pause_reason = "failure", reason
             self._move(now, Phase.PAUSED, reason)
-            return [Notify("paused", f"{self.settings.record}: shift paused: {reason}")]
+            return [self._tell("paused", f"{self.settings.record}: shift paused: {reason}")]
         change.attempts += 1
         change.unknown = False
         change.error = None
@@ -1012,7 +1189,7 @@ class ShiftPlan:
         else:
             self._move(now, Phase.PAUSED, reason)
         return [
-            Notify(
+            self._tell(
                 "hand_change",
                 f"{self.settings.record}: {reason}. The shift is paused and will not overwrite "
                 "them; resume to continue from the weights as they are",
@@ -1035,4 +1212,4 @@ class ShiftPlan:
                 self.in_flight.index = (above[0] - 1) if above else len(steps) - 1
         if self.phase is Phase.DONE and self.next_index is not None:
             self.phase = Phase.HOLDING
-        self._note(now, f"steps are now {', '.join(_pct(s) for s in steps)}")
+        self._note(now, f"steps are now {plan_text(steps)}")

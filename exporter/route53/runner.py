@@ -18,6 +18,7 @@ from exporter.route53.plan import (
     SetWeights,
     ShiftPlan,
     ShiftSettings,
+    dry,
 )
 from exporter.route53.read import RecordSpec, Route53Error
 from exporter.route53.write import Route53Writer
@@ -92,22 +93,32 @@ class ShiftRunner:
         self.perform(self.plan.step(now, observation))
 
     def control(self, action: str, who: str, reason: str | None = None) -> str:
-        """A person's word (pause, resume, approve, rollback); raises Refused when it does not apply."""
+        """A person's word (pause, resume, approve, rollback); raises Refused when it does not apply.
+
+        In a dry run the answer, and a refusal's text, start with "DRY RUN:".
+        """
         now = time.time()
         text = reason or f"{action} by {who}"
-        if action == "pause":
-            actions = self.plan.pause(now, text)
-        elif action == "resume":
-            actions = self.plan.resume(now, text)
-        elif action == "approve":
-            actions = self.plan.approve(now)
-        elif action == "rollback":
-            actions = self.plan.rollback(now, text)
-        else:
-            raise Refused(f"unknown action {action!r}: use one of {', '.join(CONTROLS)}")
+        try:
+            if action == "pause":
+                actions = self.plan.pause(now, text)
+            elif action == "resume":
+                actions = self.plan.resume(now, text)
+            elif action == "approve":
+                actions = self.plan.approve(now)
+            elif action == "rollback":
+                actions = self.plan.rollback(now, text)
+            else:
+                raise Refused(f"unknown action {action!r}: use one of {', '.join(CONTROLS)}")
+        except Refused as exc:
+            if self.settings.dry_run:
+                raise Refused(dry(str(exc))) from None
+            raise
         log.info("shift: %s by %s", action, who)
         self.perform(actions)
-        return self.plan.status(now).why or self.plan.status(now).state.value
+        status = self.plan.status(now)
+        answer = status.why or status.state.value
+        return dry(answer) if self.settings.dry_run else answer
 
     def perform(self, actions: list[Action]) -> None:
         if not actions:
