@@ -55,12 +55,10 @@ async def test_dry_run_approve_and_rollback_say_dry_run_everywhere(
         await d.wait_shift(lambda s: s["state"] == "waiting_approval", timeout=30)
         status, body = await d.control("approve")
         assert status == 200, body
-        assert body["result"].startswith(
-            "approve: DRY RUN: would set aws to 50% (heroku 50, aws 50)"
-        )
+        assert body["result"].startswith("DRY RUN: would set aws to 50% (heroku 50, aws 50)")
         await d.wait_shift(lambda s: s["share"] == 50 and s["in_flight"] is None, timeout=15)
         status, body = await d.control("rollback")
-        assert status == 200 and "DRY RUN: " in body["result"], body
+        assert status == 200 and body["result"].startswith("DRY RUN: "), body
         data = await d.wait_shift(lambda s: s["share"] == 0 and s["in_flight"] is None)
         status, body = await d.control("rollback")
         assert status == 409, body

@@ -690,7 +690,9 @@ async def shift_control(request: web.Request) -> web.Response:
         data = shift_data(backend, backend.view())
         return web.json_response({"error": str(exc), "shift": data}, status=409)
     data = shift_data(backend, backend.view())
-    return web.json_response({"result": f"{action}: {result}", "shift": data})
+    # a dry run's answer starts with DRY RUN, as every other line of a dry run does
+    said = result if result.startswith("DRY RUN") else f"{action}: {result}"
+    return web.json_response({"result": said, "shift": data})
 
 
 # -- Heroku log drains ------------------------------------------------------------------------
