@@ -157,6 +157,12 @@ def test_a_person_changes_the_weights_a_new_step_and_the_old_one_summarised() ->
     assert (past.started_at, past.ended_at, past.changed_by) == (T0, T0 + 60, "unknown")
     assert past.shares == {"heroku": 0.9, "aws": 0.1}
     assert past.to_dict()["duration_seconds"] == 60
+    # the verdict at its end is kept: 20 probes a side in 60 s of a 10 m hold is no GO
+    assert past.verdict == "WAIT" and past.readiness is not None
+    assert past.readiness["step"]["changed_by"] == "unknown"
+    assert json.loads(json.dumps(past.to_dict(), allow_nan=False))["verdict"] == "WAIT"
+    (now,) = w.verdicts()
+    assert now.step.changed_by == "person" and now.step.next_share == 0.5
     assert [m.changed_by for m in w.step_marks()] == ["unknown", "person"]
     # the same weights again: the same step
     clock.t += 5
