@@ -301,6 +301,15 @@ class Shift(_Model):
         return value
 
 
+class ReadinessConfig(_Model):
+    """When a Route53 step has shown enough to take the next one (GO): all optional."""
+
+    hold: Duration | None = None  # how long each step must last; default: shift.hold, else 30m
+    min_probes: Annotated[int, Field(ge=1)] = 50  # per side and check over the step
+    min_requests: Annotated[int, Field(ge=1)] = 500  # per side and route group, with traffic
+    confidence: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.95  # of the non-inferiority bounds
+
+
 RESERVED_ROUTES = ("all", "other")  # a platform as a whole; paths no group matches
 # a drain token is a password in a URL Heroku stores: long and random, never a word
 MIN_TOKEN_LENGTH = 16
@@ -516,6 +525,7 @@ class Config(_Model):
     alerting: Alerting | None = None
     shift: Shift | None = None
     traffic: Traffic | None = None
+    readiness: ReadinessConfig = Field(default_factory=ReadinessConfig)
 
     @field_validator("checks")
     @classmethod
@@ -545,6 +555,13 @@ class Config(_Model):
         if self.traffic is None or self.route53 is None:
             return None
         return _record_of(self.traffic.record, self.route53.records)
+
+    @property
+    def readiness_hold(self) -> float:
+        """Seconds a step must last before GO: readiness.hold, else shift.hold, else 30m."""
+        if self.readiness.hold is not None:
+            return self.readiness.hold
+        return self.shift.hold if self.shift is not None else 1800.0
 
     def record_for(self, check: Check) -> Route53Record | None:
         """The Route53 record whose traffic this check represents, if any."""

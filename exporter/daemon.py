@@ -40,6 +40,7 @@ from exporter.logs import REDACTOR
 from exporter.probing.probe import Prober
 from exporter.probing.state import CheckState, Series
 from exporter.probing.window import Window
+from exporter.readiness.watch import Observed, ReadinessWatch, WatchSettings
 from exporter.route53.plan import Notify, Observation, ShiftSettings
 from exporter.route53.read import RecordSpec, Route53Reader, Route53State, normalize_name
 from exporter.route53.runner import ShiftRunner
@@ -165,8 +166,8 @@ class _Running:
 # The daemon's task groups, in the order `stop` ends them.
 # TRAFFIC (the pollers and the judge) is replaced on a reload that changes traffic; DRAINS (the
 # ingester of POSTed bodies) lives as long as the daemon, whatever the reloads.
-PROBES, ROUTE53, WATCH, TRAFFIC, DRAINS, SHIFT, SLACK = (
-    "probe", "route53", "watch", "traffic", "drains", "shift", "slack"
+PROBES, ROUTE53, WATCH, READINESS, TRAFFIC, DRAINS, SHIFT, SLACK = (
+    "probe", "route53", "watch", "readiness", "traffic", "drains", "shift", "slack"
 )  # fmt: skip
 # Real traffic is judged as often as the timeline fills a bucket.
 TRAFFIC_TICK = 5.0
@@ -224,6 +225,12 @@ class Daemon:
         self._split_status: SplitStatus | None = None
         self._shift_requests: tuple[float | None, float] = (None, 0.0)
         self._shift_base: tuple[float | None, dict[tuple[str, str], int]] = (None, {})
+        # the step ledger and the go/no-go verdict per migrated record (state_dir/readiness.json)
+        self.readiness = ReadinessWatch(
+            WatchSettings.of(config),
+            path=self.state_dir / "readiness.json" if self.state_dir is not None else None,
+            started=self.started,
+        )
 
         self.reload_ok = Gauge(
             "cutover_config_last_reload_successful",
@@ -267,6 +274,9 @@ class Daemon:
             alerts=self.alerts.incidents,
             evaluations=self.evaluations,
             traffic=self.traffic_view(),
+            readiness=self.readiness.verdicts(),
+            step_marks=self.readiness.step_marks(),
+            step_history=self.readiness.history(),
             shift=None
             if self.shift is None
             else ShiftView(
@@ -302,7 +312,9 @@ class Daemon:
         self._apply_slack(self.config)
         self._apply_shift(self.config)
         self._apply_traffic(self.config, previous=None)
+        self.readiness.configure(self._watch_settings(self.config))
         self.tasks.spawn(self._watch_loop_lag(), "loop-lag", WATCH)
+        self.tasks.spawn(self.readiness.run(self._observed), "readiness", READINESS)
         self.tasks.spawn(self.drains.run(), "traffic-drains", DRAINS)
         # what a crash left owed is handed to the outbox before anything new happens
         self._settle_alerts(doubtful=True)
@@ -314,6 +326,8 @@ class Daemon:
         self._running.clear()
         await self.tasks.stop_group(ROUTE53)
         await self.tasks.stop_group(WATCH)
+        await self.tasks.stop_group(READINESS)
+        self.readiness.save()
         await self.tasks.stop_group(TRAFFIC)
         await self.tasks.stop_group(DRAINS)
         if self.traffic is not None:
@@ -366,6 +380,7 @@ class Daemon:
         self.config = new
         self._apply_slack(new)
         self._apply_shift(new)
+        self.readiness.configure(self._watch_settings(new))
         self.config_loaded_at = time.time()
         self.reload_ok.set(1)
         self.last_reload_ok = True
@@ -559,6 +574,7 @@ class Daemon:
         events = self.alerts.update(check, evaluation, time.time())
         for event in events:
             self._log_event(event)
+            self.readiness.incident(event.incident)
         if events and self.notifier is not None:
             cfg = self.config
             try:
@@ -752,6 +768,21 @@ class Daemon:
             window_end=self._traffic_end,
         )
 
+    # -- readiness ----------------------------------------------------------------------------
+
+    def _watch_settings(self, cfg: Config) -> WatchSettings:
+        return WatchSettings.of(cfg, self.traffic.route_groups() if self.traffic else ())
+
+    def _observed(self) -> Observed:
+        """What the step ledger reads at each tick."""
+        return Observed(
+            route53=self.route53.snapshot() if self.route53 is not None else None,
+            records=self.records,
+            incidents=self.alerts.incidents,
+            shift=self.shift.plan if self.shift is not None else None,
+            counters=self.timeline.counters,
+        )
+
     # -- guarded shifting -------------------------------------------------------------------
 
     def shift_settings(self, cfg: Config) -> ShiftSettings | None:
@@ -920,6 +951,7 @@ class Daemon:
                 results = await asyncio.gather(*(self.prober.probe(s.spec) for s in series))
                 for s, result in zip(series, results, strict=True):
                     s.record(result, t, tick)
+                    self.readiness.probed(check.name, s.platform, result.success, result.duration)
                     if not result.success:
                         log.debug(
                             "probe %s on %s failed: %s (%s)",

@@ -517,7 +517,6 @@ def test_check_command_good_and_bad(tmp_path: Path) -> None:
     assert "Traceback" not in res.stderr
 
 
-
 def test_check_command_summarises_traffic_sources_without_their_secrets(tmp_path: Path) -> None:
     good = tmp_path / "traffic.yml"
     good.write_text(
@@ -667,3 +666,63 @@ def test_check_command_refuses_a_pattern_quietly(tmp_path: Path) -> None:
         for line in lines
     ), res.stderr
     assert "re2.cc" not in res.stderr and "Error parsing" not in res.stderr
+
+
+SHIFTED = {
+    "route53": {
+        "records": [
+            {
+                "hosted_zone_id": "Z1",
+                "name": "api.example.com",
+                "set_identifiers": {"heroku": "heroku", "aws": "aws"},
+            }
+        ]
+    },
+    "checks": [{"name": "health", "path": "/health", "record": "api.example.com"}],
+}
+
+
+def test_readiness_defaults_and_the_hold_from_the_shift() -> None:
+    cfg = parse_config(GOOD, env={})
+    r = cfg.readiness
+    assert (r.hold, r.min_probes, r.min_requests, r.confidence) == (None, 50, 500, 0.95)
+    assert cfg.readiness_hold == 1800  # no shift: 30m
+    shifted = with_changes(**SHIFTED, shift={"record": "api.example.com", "hold": "10m"})
+    assert parse_config(shifted, env={}).readiness_hold == 600
+    own = with_changes(
+        **SHIFTED,
+        shift={"record": "api.example.com", "hold": "10m"},
+        readiness={"hold": "45m", "min_probes": 20, "min_requests": 100, "confidence": 0.9},
+    )
+    cfg = parse_config(own, env={})
+    assert cfg.readiness_hold == 2700
+    assert (cfg.readiness.min_probes, cfg.readiness.min_requests) == (20, 100)
+    assert cfg.readiness.confidence == 0.9
+
+
+def test_readiness_is_strict_and_says_where() -> None:
+    text = with_changes(
+        readiness={
+            "hold": "soon",
+            "min_probes": 0,
+            "min_requests": -1,
+            "confidence": 0.5,
+            "holdd": "1m",
+        }
+    )
+    assert problems(text) == [
+        "readiness.hold: invalid duration 'soon': use a number and a unit (ms, s, m, h), e.g. '10s'",
+        "readiness.min_probes: Input should be greater than or equal to 1",
+        "readiness.min_requests: Input should be greater than or equal to 1",
+        "readiness.confidence: Input should be greater than 0.5",
+        "readiness.holdd: unknown key",
+    ]
+    assert problems(with_changes(readiness={"confidence": 1})) == [
+        "readiness.confidence: Input should be less than 1"
+    ]
+    assert problems(with_changes(readiness={"hold": "0s"})) == [
+        "readiness.hold: must be greater than 0"
+    ]
+    assert problems(with_changes(readiness=[1])) == [
+        "readiness: Input should be a valid dictionary or instance of ReadinessConfig"
+    ]

@@ -58,6 +58,8 @@ MUST_HAVE = (
     "cutover_traffic_split_diverged",
     "cutover_traffic_drain_lines_total",
     "cutover_traffic_drain_posts_total",
+    "cutover_readiness",
+    "cutover_step_start_timestamp_seconds",
 )
 # real traffic through two drains, one per platform (tokens are secrets: never in a scrape)
 DRAINS = {"heroku": "lint-drain-heroku-token-01", "aws": "lint-drain-aws-token-0234"}

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from exporter.alerting.alerts import Alerts, AlertSettings
 from exporter.alerting.slack import Notifier, SlackSettings
 from exporter.errors import CorruptStateFile, StateDirError
+from exporter.readiness.ledger import Ledger
 from exporter.route53.plan import ShiftPlan, ShiftSettings
 from exporter.store.local import StateDir
 from tests.conftest import ROOT, DaemonProcess, FakePlatform, daemon_env, free_port
@@ -74,6 +75,14 @@ def test_shift_load_sets_a_recursion_bomb_aside(tmp_path: Path) -> None:
     assert (tmp_path / "shift.json.corrupt-7").exists()
 
 
+def test_ledger_load_sets_a_recursion_bomb_aside(tmp_path: Path) -> None:
+    path = tmp_path / "readiness.json"
+    path.write_text(HOSTILE)
+    with pytest.raises(CorruptStateFile, match="not JSON: recursion limit exceeded"):
+        Ledger.load(path, now=7.0)
+    assert (tmp_path / "readiness.json.corrupt-7").exists()
+
+
 def test_outbox_load_sets_a_recursion_bomb_aside(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -107,7 +116,7 @@ async def test_every_corrupt_state_file_is_set_aside_and_the_daemon_starts(
 ) -> None:
     state = tmp_path / "state"
     state.mkdir()
-    for name in ("alerts.json", "slack-outbox.json", "shift.json"):
+    for name in ("alerts.json", "slack-outbox.json", "shift.json", "readiness.json"):
         (state / name).write_text(HOSTILE)
     _, zid = zone(moto, {"heroku": 100, "aws": 0})
     config = shift_config(platforms, moto, zid, enabled=False) + (
@@ -117,9 +126,10 @@ async def test_every_corrupt_state_file_is_set_aside_and_the_daemon_starts(
     d = start_daemon(config)
     await d.wait_ready()
     log = d.log()
-    for name in ("alerts.json", "slack-outbox.json", "shift.json"):
+    for name in ("alerts.json", "slack-outbox.json", "shift.json", "readiness.json"):
         assert len(list(state.glob(f"{name}.corrupt-*"))) == 1, name
     assert "alert state unreadable" in log
+    assert "step ledger unreadable" in log
     assert "the Slack outbox is unreadable" in log
     assert "shift state unreadable" in log
     assert "RecursionError" not in log and "Traceback" not in log

@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from exporter.traffic.counts import ALL, CODE_CLASSES, Report, Tally
+from exporter.traffic.counts import ALL, CODE_CLASSES, Histogram, Report, Tally, common_bounds
 
 __all__ = ["Counters", "SourceStatus", "Timeline"]
 
@@ -24,11 +24,16 @@ BUCKET_SECONDS = 5.0
 
 @dataclass(slots=True)
 class Counters:
-    """Cumulative counts of one (platform, source, route group): /metrics' counters."""
+    """Cumulative counts of one (platform, source, route group): /metrics' counters.
+
+    `latency` is cumulative too (None until the source tells one): a step's evidence takes
+    deltas of it, since a step may last longer than the buckets are kept.
+    """
 
     requests: float = 0.0
     responses: dict[str, float] = field(default_factory=lambda: dict.fromkeys(CODE_CLASSES, 0.0))
     router_errors: float = 0.0
+    latency: Histogram | None = None
 
 
 @dataclass(slots=True)
@@ -80,6 +85,15 @@ class Timeline:
         for cls, n in tally.responses.items():
             counters.responses[cls] = counters.responses.get(cls, 0.0) + n
         counters.router_errors += tally.router_errors
+        if tally.latency is not None:
+            held_latency = counters.latency
+            if held_latency is None:
+                counters.latency = Histogram(tally.latency.bounds, list(tally.latency.counts))
+            else:
+                bounds = common_bounds(held_latency.bounds, tally.latency.bounds)
+                if bounds != held_latency.bounds:
+                    held_latency = counters.latency = held_latency.coarsen(bounds)
+                held_latency.merge(tally.latency)
 
         buckets = self._buckets[(report.platform, report.route)]
         start, end = report.start, max(report.end, report.start)

@@ -38,6 +38,7 @@ from exporter.web.guard import (
     GuardedSite,
     Limits,
 )
+from exporter.web.readiness import readiness_data
 from exporter.web.traffic import traffic_data, traffic_html
 
 log = logging.getLogger("cutover.web")
@@ -550,6 +551,10 @@ async def api_status(request: web.Request) -> web.Response:
     return web.json_response(status_data(request.app[BACKEND]))
 
 
+async def api_readiness(request: web.Request) -> web.Response:
+    return web.json_response(readiness_data(request.app[BACKEND].view()))
+
+
 async def healthy(request: web.Request) -> web.Response:
     return web.Response(text="OK\n")
 
@@ -836,6 +841,7 @@ def build_app(
     app.router.add_get("/", index)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/v1/status", api_status)
+    app.router.add_get("/api/v1/readiness", api_readiness)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
     app.router.add_post("/-/reload", reload)

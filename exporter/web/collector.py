@@ -18,7 +18,9 @@ from exporter.alerting.alerts import Incident
 from exporter.config import Config
 from exporter.judging.judge import Evaluation, Verdict
 from exporter.judging.readiness import Readiness
+from exporter.judging.readiness import Verdict as ReadinessVerdict
 from exporter.probing.state import CheckState
+from exporter.readiness.ledger import StepSummary
 from exporter.route53.plan import Phase as ShiftPhase
 from exporter.route53.plan import ShiftStatus
 from exporter.route53.read import RecordSpec, Route53Snapshot
@@ -85,6 +87,8 @@ class View:
     # the go/no-go verdict per migrated record, and the weight changes to mark on charts
     readiness: tuple[Readiness, ...] = ()
     step_marks: tuple[StepMark, ...] = ()
+    # the past steps' summaries per record, oldest first (the ledger keeps the last 20)
+    step_history: Mapping[str, tuple[StepSummary, ...]] = field(default_factory=dict)
 
     def shares_for(self, check: str) -> dict[str, float] | None:
         """Traffic share per platform of the record a check represents, once read."""
@@ -134,6 +138,34 @@ class StateCollector(Collector):
             yield from shift_families(view.shift)
         if view.traffic is not None:
             yield from traffic_families(view.traffic)
+        if view.readiness or view.step_marks:
+            yield from readiness_families(view.readiness, view.step_marks)
+
+
+def readiness_families(
+    verdicts: Iterable[Readiness], marks: Iterable[StepMark]
+) -> Iterator[Metric]:
+    """The go/no-go verdict per migrated record, and when its current step began."""
+    verdict = GaugeMetricFamily(
+        "cutover_readiness",
+        "1 for the record's current go/no-go verdict (GO, WAIT, NO-GO), 0 for the others.",
+        labels=["record", "verdict"],
+    )
+    for r in verdicts:
+        for v in ReadinessVerdict:
+            verdict.add_metric([r.record, v.value], 1.0 if r.verdict is v else 0.0)
+    yield verdict
+    started: dict[str, float] = {}
+    for mark in marks:
+        started[mark.record] = max(mark.at, started.get(mark.record, mark.at))
+    start = GaugeMetricFamily(
+        "cutover_step_start_timestamp_seconds",
+        "When the record's current Route53 step (its weights as they are) began.",
+        labels=["record"],
+    )
+    for record, at in sorted(started.items()):
+        start.add_metric([record], at)
+    yield start
 
 
 def shift_families(view: ShiftView) -> Iterator[Metric]:
