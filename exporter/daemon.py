@@ -7,7 +7,7 @@ import logging
 import math
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from exporter.alerting.messages import (
     notifications,
     shift_notifications,
 )
+from exporter.alerting.migration import readiness_notification, step_notification
 from exporter.alerting.outbox import Notification
 from exporter.alerting.slack import Notifier, SlackSettings
 from exporter.config import Check, Config, load_config, probe_spec
@@ -40,7 +41,7 @@ from exporter.logs import REDACTOR
 from exporter.probing.probe import Prober
 from exporter.probing.state import CheckState, Series
 from exporter.probing.window import Window
-from exporter.readiness.watch import Observed, ReadinessWatch, WatchSettings
+from exporter.readiness.watch import News, Observed, ReadinessWatch, StepBegan, WatchSettings
 from exporter.route53.plan import Notify, Observation, ShiftSettings
 from exporter.route53.read import RecordSpec, Route53Reader, Route53State, normalize_name
 from exporter.route53.runner import ShiftRunner
@@ -314,7 +315,7 @@ class Daemon:
         self._apply_traffic(self.config, previous=None)
         self.readiness.configure(self._watch_settings(self.config))
         self.tasks.spawn(self._watch_loop_lag(), "loop-lag", WATCH)
-        self.tasks.spawn(self.readiness.run(self._observed), "readiness", READINESS)
+        self.tasks.spawn(self.readiness.run(self._observed, self._announce), "readiness", READINESS)
         self.tasks.spawn(self.drains.run(), "traffic-drains", DRAINS)
         # what a crash left owed is handed to the outbox before anything new happens
         self._settle_alerts(doubtful=True)
@@ -782,6 +783,35 @@ class Daemon:
             shift=self.shift.plan if self.shift is not None else None,
             counters=self.timeline.counters,
         )
+
+    def _announce(self, news: Sequence[News]) -> int:
+        """Hand the ledger's news to Slack's outbox, in the migration's thread; how many it holds.
+
+        Without Slack there is nobody to tell: all of it is done with. The keys come from the
+        step's start, so news offered again after a restart is recognised, not sent twice.
+        """
+        if self.notifier is None:
+            return len(news)
+        cfg = self.config
+        held = 0
+        for item in news:
+            if isinstance(item, StepBegan):
+                step = item.step
+                n = step_notification(
+                    step.record,
+                    step.started_at,
+                    step.shares,
+                    item.previous,
+                    step.changed_by,
+                    step.dry_run,
+                    real_shares=item.real_shares,
+                )
+            else:
+                n = readiness_notification(item.readiness, cfg.baseline, cfg.candidate, time.time())
+            if not self.notifier.accept(n):
+                break  # the outbox cannot save: offered again at the next tick
+            held += 1
+        return held
 
     # -- guarded shifting -------------------------------------------------------------------
 

@@ -437,3 +437,74 @@ def test_shares_of_weights() -> None:
     assert shares_of({"a": 90, "b": 10}) == {"a": 0.9, "b": 0.1}
     assert shares_of({"a": 0, "b": 0}) == {"a": 0.5, "b": 0.5}
     assert shares_of({"a": 5, "b": None}) == {"a": 1.0, "b": 0.0}
+
+
+def test_slack_hears_of_a_weight_change_and_of_the_hold_completing_once(tmp_path: Path) -> None:
+    """News: a change seen while watching, the summary when the hold completes, then the
+    first GO or NO-GO after a summary that said WAIT; never the same twice, even after a
+    restart (what was announced is in the ledger)."""
+    from exporter.judging.readiness import Verdict
+    from exporter.readiness.watch import HoldCompleted, StepBegan
+
+    clock = Clock()
+    path = tmp_path / "readiness.json"
+    w = make(path, clock)
+    w.tick(clock.t, observed(90, 10))
+    assert w.news == [], "the weights found at start are no news"
+    clock.t += 5
+    w.tick(clock.t, observed(75, 25))
+    [began] = w.news
+    assert isinstance(began, StepBegan) and began.step.changed_by == "person"
+    assert began.previous == {"heroku": 0.9, "aws": 0.1}
+    w.news.clear()
+    clock.t += 599  # a second short of the 10 min hold
+    w.tick(clock.t, observed(75, 25))
+    assert w.news == []
+    clock.t += 1
+    w.tick(clock.t, observed(75, 25))
+    [summary] = w.news
+    assert isinstance(summary, HoldCompleted)
+    assert summary.readiness.verdict is Verdict.WAIT  # no probes at all: nothing to judge
+    w.news.clear()
+    clock.t += 5
+    w.tick(clock.t, observed(75, 25))
+    assert w.news == [], "WAIT again is no news"
+    w.save(clock.t)
+
+    # a restart: the step continues, and what was said stays said
+    again = make(path, clock, started=clock.t)
+    clock.t += 5
+    again.tick(clock.t, observed(75, 25))
+    assert again.news == []
+    probe(again, 3000)
+    clock.t += 5
+    again.tick(clock.t, observed(75, 25))
+    verdict = again.verdicts()[0].verdict
+    assert verdict is not Verdict.WAIT, again.verdicts()[0].reasons
+    [turned] = again.news
+    assert isinstance(turned, HoldCompleted) and turned.readiness.verdict is verdict
+
+
+async def test_news_not_held_by_the_outbox_is_offered_again() -> None:
+    import asyncio
+
+    clock = Clock()
+    w = make(None, clock)
+    w.interval = 0.01
+    offered: list[int] = []
+
+    def announce(news: Any) -> int:
+        offered.append(len(news))
+        return 0 if len(offered) == 1 else len(news)  # the outbox cannot save at first
+
+    weights = iter([(90, 10), (50, 50)] + [(50, 50)] * 100)
+
+    def observe() -> Observed:
+        clock.t += 1
+        return observed(*next(weights))
+
+    task = asyncio.create_task(w.run(observe, announce))
+    while len(offered) < 2:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    assert offered[:2] == [1, 1] and w.news == []

@@ -89,6 +89,8 @@ class Step:
     evidence: dict[str, Evidence] = field(default_factory=dict)  # subject -> evidence
     incidents: dict[str, IncidentNote] = field(default_factory=dict)  # incident id -> note
     seen_until: float | None = None  # the last tick that added to it
+    # the verdicts Slack was told of once the hold completed (its summary, then GO or NO-GO)
+    announced: list[str] = field(default_factory=list)
 
     @property
     def key(self) -> tuple[tuple[tuple[str, int | None], ...], ...]:
@@ -148,6 +150,7 @@ class Step:
             evidence=[finite(e.to_dict()) for e in self.evidence.values()],
             incidents=[NoteRecord.of(n) for n in self.incidents.values()],
             seen_until=self.seen_until,
+            announced=list(self.announced),
         )
 
 
@@ -312,6 +315,7 @@ class StepRecord:
     evidence: list[dict[str, Any]]
     incidents: list[NoteRecord]
     seen_until: float | None = None
+    announced: list[Text] = field(default_factory=list)
 
     def step(self) -> Step:
         evidence = [Evidence.from_dict(e) for e in self.evidence]
@@ -326,6 +330,7 @@ class StepRecord:
             evidence={e.subject: e for e in evidence},
             incidents={n.id: n.note() for n in self.incidents[-NOTES_LIMIT:]},
             seen_until=self.seen_until,
+            announced=list(self.announced),
         )
 
 

@@ -38,7 +38,7 @@ from exporter.traffic.counts import ALL, Histogram, common_bounds
 from exporter.traffic.timeline import Counters
 from exporter.web.collector import StepMark
 
-__all__ = ["Observed", "ReadinessWatch", "WatchSettings"]
+__all__ = ["HoldCompleted", "News", "Observed", "ReadinessWatch", "StepBegan", "WatchSettings"]
 
 log = logging.getLogger("cutover.readiness")
 
@@ -112,6 +112,25 @@ class Observed:
     counters: Mapping[tuple[str, str, str], Counters] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class StepBegan:
+    """The weights of a record changed while cutover watched: a new step, its hold anew."""
+
+    step: Step
+    previous: Mapping[str, float] | None  # the shares of the step it follows
+    real_shares: Mapping[str, float] | None  # what Route53 holds (differs in a dry run)
+
+
+@dataclass(frozen=True, slots=True)
+class HoldCompleted:
+    """A step's hold completed (its summary), or after it the verdict turned GO or NO-GO."""
+
+    readiness: Readiness
+
+
+News = StepBegan | HoldCompleted
+
+
 @dataclass(slots=True)
 class _Seen:
     """A traffic counter's totals at the last tick: the next tick adds what grew since."""
@@ -149,6 +168,8 @@ class ReadinessWatch:
         self._saved_at = clock()
         self._failures: dict[str, str] = {}  # record -> the verdict's last failure, logged once
         self._save_failure: str | None = None
+        # what Slack should hear, until `run`'s `announce` has handed it on
+        self.news: list[News] = []
 
     # -- what the daemon calls ------------------------------------------------------------------
 
@@ -202,11 +223,21 @@ class ReadinessWatch:
         if self._confirmed and now - self._saved_at >= SAVE_EVERY:
             self.save(now)
 
-    async def run(self, observe: Callable[[], Observed]) -> None:
-        """Tick for ever: the daemon's loop (its own task group)."""
+    async def run(
+        self,
+        observe: Callable[[], Observed],
+        announce: Callable[[Sequence[News]], int] | None = None,
+    ) -> None:
+        """Tick for ever: the daemon's loop (its own task group).
+
+        `announce` is handed the news after each tick and says how many of them (from the
+        first) it holds now; the rest are offered again at the next tick.
+        """
         while True:
             try:
                 self.tick(self._clock(), observe())
+                if announce is not None and self.news:
+                    del self.news[: announce(tuple(self.news))]
             except Exception:
                 # the ledger is ours and the verdict pure: anything here is a bug, and the
                 # daemon must go on probing, alerting and shifting
@@ -331,6 +362,9 @@ class ReadinessWatch:
         step.seen_until = now
         self._fit_subjects(step, prune=True)
         self.ledger.begin(step, ended)
+        if step.changed_by != "unknown":
+            real = shares_of(step.real_weights) if step.real_weights is not None else None
+            self.news.append(StepBegan(step, dict(old.shares) if old else None, real))
         self._verdicts.pop(step.record, None)
         self._rebuild_sides()
         log.info(
@@ -425,12 +459,23 @@ class ReadinessWatch:
             step = self.ledger.current[record]
             facts = self._facts_of(step, plan, now)
             try:
-                self._verdicts[record] = readiness(facts, now, self.settings.verdict)
+                verdict = self._verdicts[record] = readiness(facts, now, self.settings.verdict)
             except Exception as exc:
                 self._verdicts.pop(record, None)
                 self._failed(record, exc)
             else:
                 self._failures.pop(record, None)
+                self._announce(step, verdict)
+
+    def _announce(self, step: Step, verdict: Readiness) -> None:
+        """The summary once the hold completed; after it, the first GO and the first NO-GO."""
+        if verdict.held_for < verdict.hold:
+            return
+        said = verdict.verdict.value
+        if said in step.announced or (step.announced and said == "WAIT"):
+            return
+        step.announced.append(said)
+        self.news.append(HoldCompleted(verdict))
 
     def _final(self, step: Step, plan: ShiftPlan | None, at: float) -> dict[str, Any] | None:
         """The verdict at a step's end, as its summary keeps it; None when it cannot be had."""
