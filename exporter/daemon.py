@@ -37,8 +37,9 @@ from exporter.errors import ConfigError, CorruptStateFile, Refused
 from exporter.judging.judge import Evaluation, JudgeSettings, judge
 from exporter.judging.traffic import TrafficEvaluation, TrafficSettings, judge_traffic
 from exporter.logs import REDACTOR
+from exporter.probing.history import SplitHistory
 from exporter.probing.probe import Prober
-from exporter.probing.state import CheckState, Series
+from exporter.probing.state import CheckState, Series, both_failing
 from exporter.probing.window import Window
 from exporter.route53.plan import Notify, Observation, ShiftSettings
 from exporter.route53.read import RecordSpec, Route53Reader, Route53State, normalize_name
@@ -224,6 +225,8 @@ class Daemon:
         self._split_status: SplitStatus | None = None
         self._shift_requests: tuple[float | None, float] = (None, 0.0)
         self._shift_base: tuple[float | None, dict[tuple[str, str], int]] = (None, {})
+        self._split_history = SplitHistory()
+        self._outages: set[str] = set()  # checks whose two platforms both fail (logged once)
 
         self.reload_ok = Gauge(
             "cutover_config_last_reload_successful",
@@ -265,6 +268,8 @@ class Daemon:
             route53=self.route53.snapshot() if self.route53 is not None else None,
             records=self.records,
             alerts=self.alerts.incidents,
+            resolved=tuple(self.alerts.resolved),
+            links=self._links(),
             evaluations=self.evaluations,
             traffic=self.traffic_view(),
             shift=None
@@ -276,6 +281,13 @@ class Daemon:
                 last_rollback=self.shift.last_rollback,
             ),
         )
+
+    def _links(self) -> dict[str, str]:
+        """Links to the Slack messages of the open and the last resolved incidents."""
+        if self.notifier is None:
+            return {}
+        incidents = (*self.alerts.incidents, *self.alerts.resolved)
+        return {i.id: link for i in incidents if (link := self.notifier.permalink(i.id))}
 
     @property
     def ready(self) -> bool:
@@ -544,7 +556,20 @@ class Daemon:
             previous=self.evaluations.get(state.name),
         )
         self.evaluations[state.name] = evaluation
+        self._note_outage(state.name, both_failing(baseline, candidate, t))
         self._advance_incidents(state.name, evaluation, lambda: self._context(state))
+
+    def _note_outage(self, check: str, failing: bool) -> None:
+        """Say once when both platforms start failing a check, and once when that ends."""
+        if failing and check not in self._outages:
+            self._outages.add(check)
+            log.warning(
+                "both platforms failing %s (%s and %s): an outage, not a candidate regression",
+                check, self.config.baseline, self.config.candidate,
+            )  # fmt: skip
+        elif not failing and check in self._outages:
+            self._outages.discard(check)
+            log.info("%s: the platforms no longer both fail", check)
 
     def _advance_incidents(
         self, check: str, evaluation: Judged, context: Callable[[], Context]
@@ -685,8 +710,14 @@ class Daemon:
             )
         self._traffic_windows = windows
         if self._split is not None:
-            self._split_status = self._split.update(
+            self._split_status = split = self._split.update(
                 now, self._traffic_shares(), self._measured_split(end), self._traffic_ttl()
+            )
+            candidate = cfg.candidate
+            self._split_history.add(
+                now,
+                (split.measured or {}).get(candidate),
+                None if split.weights is None else split.weights.get(candidate, 0.0),
             )
 
     def _measured_split(self, end: float | None) -> dict[str, float] | None:
@@ -750,6 +781,7 @@ class Daemon:
             record=record.name if record is not None else None,
             split=self._split_status,
             window_end=self._traffic_end,
+            split_history=tuple(self._split_history.points()),
         )
 
     # -- guarded shifting -------------------------------------------------------------------
@@ -912,12 +944,14 @@ class Daemon:
             tick = state.next_tick
             state.next_tick += 1
             t = time.monotonic()
+            wall = time.time()
             series = list(state.series.values())
             # both platforms at the same moment: the judge compares them pairwise
             try:
                 results = await asyncio.gather(*(self.prober.probe(s.spec) for s in series))
                 for s, result in zip(series, results, strict=True):
                     s.record(result, t, tick)
+                    s.history.add(wall, result.success, result.duration)
                     if not result.success:
                         log.debug(
                             "probe %s on %s failed: %s (%s)",

@@ -18,6 +18,7 @@ from exporter.alerting.alerts import Incident
 from exporter.config import Config
 from exporter.judging.judge import Evaluation, Verdict
 from exporter.judging.readiness import Readiness
+from exporter.probing.history import SplitPoint
 from exporter.probing.state import CheckState
 from exporter.route53.plan import Phase as ShiftPhase
 from exporter.route53.plan import ShiftStatus
@@ -56,6 +57,8 @@ class TrafficView:
     record: str | None = None  # the record whose split is measured
     split: SplitStatus | None = None
     window_end: float | None = None  # the judged span ends here (both sides covered it)
+    # the candidate's measured share against its weight, a point a minute (the page's chart)
+    split_history: tuple[SplitPoint, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,9 @@ class View:
     # the go/no-go verdict per migrated record, and the weight changes to mark on charts
     readiness: tuple[Readiness, ...] = ()
     step_marks: tuple[StepMark, ...] = ()
+    # the last resolved incidents, oldest first, and links to incidents' Slack messages by id
+    resolved: tuple[Incident, ...] = ()
+    links: Mapping[str, str] = field(default_factory=dict)
 
     def shares_for(self, check: str) -> dict[str, float] | None:
         """Traffic share per platform of the record a check represents, once read."""
