@@ -79,15 +79,17 @@ def line_chart(
     marks: Sequence[Mark] = (),
     spans: Sequence[Span] = (),
     top: float | None = None,
+    floor: float = 0.0,
     width: int = WIDTH,
     height: int = HEIGHT,
 ) -> str:
-    """One chart as an `<svg>` element; `fmt` labels the value axis, `top` fixes its maximum."""
+    """One chart as an `<svg>` element; `fmt` labels the value axis, `top` fixes its maximum
+    (else the data's, rounded up, and at least `floor`)."""
     end = max(end, start + 60)
     plot_w = width - _LEFT - _RIGHT
     plot_h = height - _TOP - _BOTTOM
     values = [v for line in lines for t, v in line.points if start <= t <= end and v == v]
-    ymax = top if top is not None else _nice_max(max(values, default=0.0))
+    ymax = top if top is not None else _nice_max(max([floor, *values]))
 
     def x(t: float) -> float:
         return _LEFT + (min(max(t, start), end) - start) / (end - start) * plot_w

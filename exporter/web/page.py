@@ -106,7 +106,9 @@ def _share(value: float) -> str:
 
 def plan_text(steps: Iterable[float], current: int | None = None) -> str:
     """A plan as `10% → 25% → 50% → 100%`, the current step in bold."""
-    return " → ".join(f"<b>{s:g}%</b>" if i == current else f"{s:g}%" for i, s in enumerate(steps))
+    return " → ".join(
+        f"<strong>{s:g}%</strong>" if i == current else f"{s:g}%" for i, s in enumerate(steps)
+    )
 
 
 def shares_text(shares: Mapping[str, float], candidate: str) -> str:
@@ -272,7 +274,7 @@ def _banner(
     items = "".join(f"<li>{r}</li>" for r in reasons)
     return (
         f"<section class='banner {css}'><span class='verdict'>{escape(word)}</span>"
-        f"<b>{title}</b><ul>{items}</ul>{''.join(lines)}</section>"
+        f"<strong>{title}</strong><ul>{items}</ul>{''.join(lines)}</section>"
     )
 
 
@@ -610,12 +612,23 @@ def _charts(view: View, state: CheckState, now: float) -> str:
     errors: list[Line] = []
     for s, color in sides:
         points = s.history.points(start)
-        latency.append(Line(f"{s.platform} p95", color, [(p.at + 30, p.p95) for p in points]))
         latency.append(
-            Line(f"{s.platform} p50", color, [(p.at + 30, p.p50) for p in points], dashed=True)
+            Line(f"{s.platform} p95", color, [(min(p.at + 30, now), p.p95) for p in points])
+        )
+        latency.append(
+            Line(
+                f"{s.platform} p50",
+                color,
+                [(min(p.at + 30, now), p.p50) for p in points],
+                dashed=True,
+            )
         )
         errors.append(
-            Line(f"{s.platform} errors", color, [(p.at + 30, p.error_ratio) for p in points])
+            Line(
+                f"{s.platform} errors",
+                color,
+                [(min(p.at + 30, now), p.error_ratio) for p in points],
+            )
         )
     name = state.name
     return (
@@ -637,7 +650,7 @@ def _charts(view: View, state: CheckState, now: float) -> str:
             fmt=lambda v: f"{v * 100:.3g}%",
             marks=marks,
             spans=spans,
-            top=None,
+            floor=0.05,  # a few failures must not fill the chart
         )
         + "</div>"
     )
@@ -764,8 +777,17 @@ def _split_chart(view: View, now: float) -> str:
     return line_chart(
         f"{record}: {cand}'s share of real requests against its weight",
         [
-            Line(f"{cand} measured", CANDIDATE_COLOR, [(p.at + 30, p.measured) for p in points]),
-            Line(f"{cand} weight", "#1565c0", [(p.at + 30, p.weight) for p in points], dashed=True),
+            Line(
+                f"{cand} measured",
+                CANDIDATE_COLOR,
+                [(min(p.at + 30, now), p.measured) for p in points],
+            ),
+            Line(
+                f"{cand} weight",
+                "#1565c0",
+                [(min(p.at + 30, now), p.weight) for p in points],
+                dashed=True,
+            ),
         ],
         start=start,
         end=now,
