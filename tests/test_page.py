@@ -20,7 +20,13 @@ from exporter.judging.readiness import (
     SubjectReadiness,
     Verdict,
 )
-from exporter.probing.history import KEEP_MINUTES, MinuteHistory, decode_latency, encode_latency
+from exporter.probing.history import (
+    KEEP_MINUTES,
+    MinuteHistory,
+    SplitPoint,
+    decode_latency,
+    encode_latency,
+)
 from exporter.probing.probe import ProbeResult
 from exporter.probing.state import CheckState, Series
 from exporter.probing.window import Window
@@ -28,7 +34,7 @@ from exporter.route53.plan import Phase as ShiftPhase
 from exporter.route53.plan import ShiftStatus, Transition
 from exporter.route53.read import RecordSpec, RecordWeights, Route53Snapshot, WeightedEntry
 from exporter.web.charts import Line, Mark, Span, line_chart
-from exporter.web.collector import ShiftView, StepMark, View
+from exporter.web.collector import ShiftView, StepMark, TrafficView, View
 from exporter.web.page import PageInfo, render_page
 
 from .conftest import config_yaml
@@ -591,3 +597,25 @@ def test_latency_codes_are_within_six_percent() -> None:
     for v in (0.0001, 0.001, 0.0123, 0.05, 0.3, 2.0, 30.0):
         assert decode_latency(encode_latency(v)) == pytest.approx(v, rel=0.03)
     assert math.isnan(decode_latency(encode_latency(math.nan)))
+
+
+def test_the_measured_split_is_charted_against_the_weights() -> None:
+    cfg = make_config()
+    points = tuple(
+        SplitPoint(at=NOW - 60 * (40 - i), measured=0.02 + i * 0.002, weight=0.1) for i in range(40)
+    )
+    traffic = TrafficView(
+        roles={"heroku": "baseline", "aws": "candidate"},
+        counters={},
+        sources=(),
+        source_errors={},
+        windows={},
+        verdicts={},
+        record=NAME,
+        split_history=points,
+    )
+    html = page(base_view(cfg, traffic=traffic))
+    [chart] = [s for s in svgs(html) if "share of real requests" in (s.get("aria-label") or "")]
+    ns = "{http://www.w3.org/2000/svg}"
+    labels = [p.findtext(f"{ns}title") for p in chart.iter(f"{ns}path")]
+    assert labels == ["aws measured", "aws weight"]
