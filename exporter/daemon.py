@@ -38,8 +38,9 @@ from exporter.errors import ConfigError, CorruptStateFile, Refused
 from exporter.judging.judge import Evaluation, JudgeSettings, judge
 from exporter.judging.traffic import TrafficEvaluation, TrafficSettings, judge_traffic
 from exporter.logs import REDACTOR
+from exporter.probing.history import SplitHistory
 from exporter.probing.probe import Prober
-from exporter.probing.state import CheckState, Series
+from exporter.probing.state import CheckState, Series, both_failing
 from exporter.probing.window import Window
 from exporter.readiness.watch import News, Observed, ReadinessWatch, StepBegan, WatchSettings
 from exporter.route53.plan import Notify, Observation, ShiftSettings
@@ -232,6 +233,8 @@ class Daemon:
             path=self.state_dir / "readiness.json" if self.state_dir is not None else None,
             started=self.started,
         )
+        self._split_history = SplitHistory()
+        self._outages: set[str] = set()  # checks whose two platforms both fail (logged once)
 
         self.reload_ok = Gauge(
             "cutover_config_last_reload_successful",
@@ -273,6 +276,8 @@ class Daemon:
             route53=self.route53.snapshot() if self.route53 is not None else None,
             records=self.records,
             alerts=self.alerts.incidents,
+            resolved=tuple(self.alerts.resolved),
+            links=self._links(),
             evaluations=self.evaluations,
             traffic=self.traffic_view(),
             readiness=self.readiness.verdicts(),
@@ -287,6 +292,13 @@ class Daemon:
                 last_rollback=self.shift.last_rollback,
             ),
         )
+
+    def _links(self) -> dict[str, str]:
+        """Links to the Slack messages of the open and the last resolved incidents."""
+        if self.notifier is None:
+            return {}
+        incidents = (*self.alerts.incidents, *self.alerts.resolved)
+        return {i.id: link for i in incidents if (link := self.notifier.permalink(i.id))}
 
     @property
     def ready(self) -> bool:
@@ -560,7 +572,20 @@ class Daemon:
             previous=self.evaluations.get(state.name),
         )
         self.evaluations[state.name] = evaluation
+        self._note_outage(state.name, both_failing(baseline, candidate, t))
         self._advance_incidents(state.name, evaluation, lambda: self._context(state))
+
+    def _note_outage(self, check: str, failing: bool) -> None:
+        """Say once when both platforms start failing a check, and once when that ends."""
+        if failing and check not in self._outages:
+            self._outages.add(check)
+            log.warning(
+                "both platforms failing %s (%s and %s): an outage, not a candidate regression",
+                check, self.config.baseline, self.config.candidate,
+            )  # fmt: skip
+        elif not failing and check in self._outages:
+            self._outages.discard(check)
+            log.info("%s: the platforms no longer both fail", check)
 
     def _advance_incidents(
         self, check: str, evaluation: Judged, context: Callable[[], Context]
@@ -702,8 +727,14 @@ class Daemon:
             )
         self._traffic_windows = windows
         if self._split is not None:
-            self._split_status = self._split.update(
+            self._split_status = split = self._split.update(
                 now, self._traffic_shares(), self._measured_split(end), self._traffic_ttl()
+            )
+            candidate = cfg.candidate
+            self._split_history.add(
+                now,
+                (split.measured or {}).get(candidate),
+                None if split.weights is None else split.weights.get(candidate, 0.0),
             )
 
     def _measured_split(self, end: float | None) -> dict[str, float] | None:
@@ -767,6 +798,7 @@ class Daemon:
             record=record.name if record is not None else None,
             split=self._split_status,
             window_end=self._traffic_end,
+            split_history=tuple(self._split_history.points()),
         )
 
     # -- readiness ----------------------------------------------------------------------------
@@ -975,6 +1007,7 @@ class Daemon:
             tick = state.next_tick
             state.next_tick += 1
             t = time.monotonic()
+            wall = time.time()
             series = list(state.series.values())
             # both platforms at the same moment: the judge compares them pairwise
             try:
@@ -982,6 +1015,7 @@ class Daemon:
                 for s, result in zip(series, results, strict=True):
                     s.record(result, t, tick)
                     self.readiness.probed(check.name, s.platform, result.success, result.duration)
+                    s.history.add(wall, result.success, result.duration)
                     if not result.success:
                         log.debug(
                             "probe %s on %s failed: %s (%s)",

@@ -71,7 +71,9 @@ class Supervisor:
             task.cancel()
         _, lost = await asyncio.wait(late, timeout=self._grace)
         for task in lost:
-            self._log.error("task %s still runs after a second cancel: left behind", task.get_name())
+            self._log.error(
+                "task %s still runs after a second cancel: left behind", task.get_name()
+            )
 
     async def stop_group(self, group: str) -> None:
         await self.stop(self.group(group))

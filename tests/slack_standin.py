@@ -30,6 +30,8 @@ from typing import Any
 
 from aiohttp import web
 
+# what auth.test answers as the workspace's URL (links to messages start with it)
+WORKSPACE_URL = "https://standin.slack.test/"
 MESSAGE_METHODS = ("chat.postMessage", "chat.update", "webhook")
 # the webhook answers Slack documents for these codes
 WEBHOOK_STATUS = {
@@ -79,6 +81,8 @@ class SlackStandIn:
     retry_after: int = 1
     hang_seconds: float = 5.0
     history_scope: bool = True  # False: conversations.history/replies answer missing_scope
+    # auth.test's `url`, the workspace's (None: answered without one, as an odd Slack might)
+    url_for_auth_test: str | None = WORKSPACE_URL
     calls: list[Call] = field(default_factory=list)
     messages: dict[str, Message] = field(default_factory=dict)  # ts -> message, in post order
     faults: list[str] = field(default_factory=list)
@@ -241,6 +245,7 @@ class SlackStandIn:
             return web.json_response(
                 {
                     "ok": True,
+                    **({"url": self.url_for_auth_test} if self.url_for_auth_test else {}),
                     "team": "Stand-in",
                     "user": "cutover",
                     "team_id": "T0000",

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DaemonProcess, FakePlatform, config_yaml
-from tests.slack_standin import SlackStandIn
+from tests.slack_standin import WORKSPACE_URL, SlackStandIn
 
 Start = Callable[..., DaemonProcess]
 TOKEN = "xoxb-e2e-secret-token-1234"
@@ -119,6 +119,16 @@ async def test_latency_regression_one_message_then_edit_and_thread_reply(
     m = await d.wait_for(lambda m: m.get(sent) == 3)
     assert m['cutover_alert_firing{check="health",signal="latency"}'] == 0
     assert len(posts(slack)) == 1
+    # resolved, the incident stays in the history with its duration and a link to its message
+    link = f"{WORKSPACE_URL}archives/C0MIGR/p{msg.ts.replace('.', '')}"
+    _, body = await d.get("/api/v1/status")
+    [past] = json.loads(body)["resolved_alerts"]
+    assert (past["check"], past["signal"], past["phase"]) == ("health", "latency", "resolved")
+    assert past["duration_seconds"] > 0 and past["slack_link"] == link
+    _, page = await d.get("/")
+    history = page.split("<h2>Incident history</h2>", 1)[1].split("</table>", 1)[0]
+    assert "health" in history and "latency" in history and f"href='{link}'" in history
+    assert past["id"] not in page  # no internal ids on the page
     for where in (d.log(), page, body, "\n".join(f"{k} {v}" for k, v in m.items())):
         assert TOKEN not in where
     assert d.stop() == 0

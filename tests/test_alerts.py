@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from exporter.alerting.alerts import (
+    KEEP_RESOLVED,
     Alerts,
     AlertSettings,
     Fired,
@@ -370,3 +371,48 @@ def test_incident_json_has_no_nan(tmp_path: Path) -> None:
     Alerts(SETTINGS, [incident]).save(tmp_path / "alerts.json")
     assert Alerts.load(tmp_path / "alerts.json", SETTINGS).incidents == (incident,)
     assert math.isclose(incident.duration, 0.0)
+
+
+# --- incident history ------------------------------------------------------------------------
+
+
+def test_resolved_incidents_are_kept_bounded_and_survive_a_restart(tmp_path: Path) -> None:
+    clock = Clock(Alerts(SETTINGS))
+    for _ in range(KEEP_RESOLVED + 3):
+        clock.feed(REGRESSED, 5)
+        clock.feed(OK, 9)
+    assert [type(e) for e in clock.events].count(Resolved) == KEEP_RESOLVED + 3
+    resolved = clock.alerts.resolved
+    assert len(resolved) == KEEP_RESOLVED  # the oldest three are gone
+    assert all(i.phase is Phase.RESOLVED for i in resolved)
+    assert resolved[-1].resolved_at == clock.now  # newest last
+    assert resolved[0].started_at < resolved[-1].started_at
+    assert clock.alerts.incidents == ()
+
+    loaded = _restart(clock.alerts, tmp_path / "alerts.json")
+    assert [i.to_dict() for i in loaded.resolved] == [i.to_dict() for i in resolved]
+    assert loaded.incidents == ()
+
+
+def test_an_alerts_file_from_before_the_history_still_loads(tmp_path: Path) -> None:
+    clock = Clock(Alerts(SETTINGS))
+    clock.feed(REGRESSED, 5)
+    path = tmp_path / "alerts.json"
+    clock.alerts.save(path)
+    data = json.loads(path.read_text())
+    del data["resolved"]
+    path.write_text(json.dumps(data))
+    loaded = Alerts.load(path, SETTINGS)
+    assert loaded.resolved == [] and len(loaded.firing()) == 1
+
+
+def test_an_open_incident_listed_as_resolved_is_refused(tmp_path: Path) -> None:
+    clock = Clock(Alerts(SETTINGS))
+    clock.feed(REGRESSED, 5)
+    path = tmp_path / "alerts.json"
+    clock.alerts.save(path)
+    data = json.loads(path.read_text())
+    data["resolved"] = data["incidents"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="listed as resolved but is not"):
+        Alerts.load(path, SETTINGS)

@@ -131,6 +131,36 @@ async def test_failure_reasons_and_error_ratio(
     assert d.stop() == 0
 
 
+async def test_both_platforms_failing_is_an_outage_logged_once(
+    platforms: tuple[FakePlatform, FakePlatform], start_daemon: Start
+) -> None:
+    baseline, candidate = platforms
+    d = start_daemon(config_yaml(baseline.url, candidate.url))
+    await d.wait_ready()
+    baseline.status = candidate.status = 503
+    failed = lbl("cutover_probe_failures_total", platform="aws", reason="status")
+    await d.wait_for(lambda m: m.get(failed, 0) >= 10)
+    _, page = await d.get("/")
+    assert "both platforms failing: not a candidate regression (health)" in page
+    assert "class='banner b-red'" in page and "down <span class='ok'>ok" not in page
+    said = "both platforms failing health (heroku and aws): an outage, not a candidate regression"
+    lines = [line for line in d.log().splitlines() if said in line]
+    assert len(lines) == 1 and "WARNING" in lines[0], lines
+    _, body = await d.get("/api/v1/status")
+    [check] = json.loads(body)["checks"]
+    assert check["both_platforms_failing"] is True
+    assert check["platforms"]["aws"]["failures_by_reason"]["status"] >= 10
+
+    baseline.status = candidate.status = 200
+    for _ in range(300):  # the window's error ratio must also fall below one half
+        if "health: the platforms no longer both fail" in d.log():
+            break
+        await asyncio.sleep(0.1)
+    assert "health: the platforms no longer both fail" in d.log()
+    assert sum(said in line for line in d.log().splitlines()) == 1
+    assert d.stop() == 0
+
+
 async def test_a_hanging_check_does_not_delay_the_others(
     platforms: tuple[FakePlatform, FakePlatform], start_daemon: Start
 ) -> None:

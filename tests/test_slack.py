@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.alerting.slack import Notification, Notifier, SlackError, SlackSettings
-from tests.slack_standin import SlackStandIn
+from tests.slack_standin import WORKSPACE_URL, SlackStandIn
 
 TOKEN = "xoxb-1111-2222-secret-test-token"
 WRONG = "xoxb-9999-0000-revoked-test-token"
@@ -524,3 +524,33 @@ async def test_a_migration_thread_is_opened_by_its_first_reply(
         "weights changed again",
     ]
     assert not [r for r in caplog.records if "no Slack message is known" in r.getMessage()]
+
+
+async def test_permalink_to_an_incidents_message_from_the_workspace_url(
+    standin: SlackStandIn,
+) -> None:
+    n = notifier(token_settings(standin))
+    assert n.permalink("inc-1") is None  # nothing posted yet
+    async with running(n):
+        n.enqueue(fire("inc-1"))
+        await until(lambda: n.permalink("inc-1") is not None)
+        channel, ts = n.thread_of("inc-1") or ("", "")
+        assert n.permalink("inc-1") == f"{WORKSPACE_URL}archives/{channel}/p{ts.replace('.', '')}"
+        n.enqueue(fire("inc-2", "SECOND"))
+        assert await n.flush(5)
+        assert n.permalink("inc-2") is not None
+    # auth.test is asked once for the token, not once per message
+    assert [c.method for c in standin.calls].count("auth.test") == 1
+
+
+async def test_no_permalink_when_auth_test_fails(standin: SlackStandIn) -> None:
+    n = notifier(token_settings(standin))
+    async with running(n):
+        standin.url_for_auth_test = None  # the workspace answers without a url
+        n.enqueue(fire("inc-1"))
+        assert await n.flush(5)
+        await until(lambda: "auth.test" in [c.method for c in standin.calls])
+        await asyncio.sleep(0.1)
+        assert n.thread_of("inc-1") is not None
+        assert n.permalink("inc-1") is None
+    assert [m.text for m in standin.top_level()] == ["FIRING"]

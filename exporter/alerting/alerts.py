@@ -18,6 +18,8 @@ from exporter.store.local import StateFile
 STATE_VERSION: Final = 1
 # Down is not a statistical guess: the candidate failed its last probes, so it fires at once.
 IMMEDIATE_SIGNALS = frozenset({"down"})
+# resolved incidents kept for the page's incident history, newest last
+KEEP_RESOLVED: Final = 50
 
 FigureValue = float | int | str | bool | None
 # what a state file may hold in `figures`: NaN included, read back as None (`finite_figures`);
@@ -127,13 +129,15 @@ def finite_figures(figures: Mapping[str, FigureValue]) -> dict[str, FigureValue]
 
 @dataclass(slots=True)
 class AlertsRecord:
-    """alerts.json: the open incidents and the notifications their transitions still owe."""
+    """alerts.json: the open incidents, the notifications their transitions still owe, and the
+    last resolved incidents (optional: files written before it existed load without)."""
 
     __pydantic_config__: ClassVar[ConfigDict] = STRICT
 
     version: Literal[1]
     incidents: list[Incident]
     owed: list[Notification] = field(default_factory=list)
+    resolved: list[Incident] = field(default_factory=list)
 
 
 # Events carry the live incident: the notification layer writes its message ids into
@@ -185,9 +189,12 @@ class Alerts:
         self.revision = 0  # bumped by every transition worth persisting
         # notifications owed for transitions that the outbox does not hold yet (see `owe`)
         self.owed: list[Notification] = []
+        # the last KEEP_RESOLVED resolved incidents, oldest first: the page's incident history
+        self.resolved: list[Incident] = []
         self._open: dict[tuple[str, str], Incident] = {}
         for incident in incidents:
             if incident.phase is Phase.RESOLVED:
+                self.resolved.append(incident)
                 continue
             if incident.key in self._open:
                 raise ValueError(f"two open incidents for {incident.check}/{incident.signal}")
@@ -287,6 +294,7 @@ class Alerts:
                 incident.phase = Phase.RESOLVED
                 incident.resolved_at = now
                 del self._open[key]
+                self._keep_resolved(incident)
                 self.revision += 1
                 return Resolved(incident, incident.duration)
             return None
@@ -300,6 +308,10 @@ class Alerts:
             self.revision += 1
             return Reminder(incident)
         return None
+
+    def _keep_resolved(self, incident: Incident) -> None:
+        self.resolved.append(incident)
+        del self.resolved[:-KEEP_RESOLVED]
 
     def remove_check(self, check: str) -> list[Incident]:
         """Forget a check that left the configuration; returns its open incidents."""
@@ -336,7 +348,10 @@ class Alerts:
 
     def record(self) -> AlertsRecord:
         return AlertsRecord(
-            version=STATE_VERSION, incidents=list(self.incidents), owed=list(self.owed)
+            version=STATE_VERSION,
+            incidents=list(self.incidents),
+            owed=list(self.owed),
+            resolved=list(self.resolved),
         )
 
     @classmethod
@@ -344,7 +359,15 @@ class Alerts:
         for incident in record.incidents:
             incident.check_sense()
             incident.figures = finite_figures(incident.figures)
+        resolved = []
+        for incident in record.resolved:
+            incident.check_sense()
+            if incident.phase is not Phase.RESOLVED or incident.resolved_at is None:
+                raise ValueError(f"incident {incident.id}: listed as resolved but is not")
+            incident.figures = finite_figures(incident.figures)
+            resolved.append(incident)
         alerts = cls(settings, record.incidents)
+        alerts.resolved = resolved[-KEEP_RESOLVED:]
         alerts.owed = list(record.owed)
         return alerts
 
@@ -353,6 +376,7 @@ class Alerts:
             "version": STATE_VERSION,
             "incidents": [i.to_dict() for i in self.incidents],
             "owed": [n.key for n in self.owed],
+            "resolved": [i.to_dict() for i in self.resolved],
         }
 
     def save(self, path: str | os.PathLike[str]) -> None:

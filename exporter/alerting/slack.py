@@ -283,6 +283,9 @@ class Notifier:
         self._done: dict[str, None] = {}  # insertion-ordered set of finished keys
         self._threads: dict[str, tuple[str, str]] = {}
         self._channel_ids: dict[str, str] = {}  # configured channel name -> id Slack answered
+        # the workspace's URL (auth.test's `url`), for links to messages: asked once per token
+        # (None: not asked yet; "": asked, and Slack did not say)
+        self._workspace: str | None = None
         self._parked: _Failure | None = None
         self._history_off = False  # the token may not read history: re-send doubtful messages
         self._metadata_off = False  # Slack refused message metadata: keys are not attached
@@ -357,6 +360,8 @@ class Notifier:
             raise RuntimeError("Notifier.run is already running")
         self._running = True
         try:
+            if self._threads:
+                await self._learn_workspace()  # links to the messages of earlier runs
             while True:
                 if not self._queue or self._parked is not None:
                     self._wake.clear()
@@ -389,6 +394,28 @@ class Notifier:
         """(channel id, ts) of the incident's message, once Slack has it."""
         return self._threads.get(incident)
 
+    def permalink(self, incident: str) -> str | None:
+        """A link to the incident's first message, once both it and the workspace are known."""
+        thread = self._threads.get(incident)
+        if not self._workspace or thread is None:
+            return None
+        channel, ts = thread
+        return f"{self._workspace}archives/{channel}/p{ts.replace('.', '')}"
+
+    async def _learn_workspace(self) -> None:
+        """Ask Slack the workspace's URL once for this token; a failure only means no links."""
+        if self._workspace is not None or self._settings.token is None:
+            return
+        self._workspace = ""
+        try:
+            response = await self._web_client().auth_test()
+            url = response.get("url")
+        except Exception as e:  # no link is all a failure costs
+            self.log.debug("Slack auth.test failed (%s): no links to messages", type(e).__name__)
+            return
+        if isinstance(url, str) and url.startswith("https://"):
+            self._workspace = url if url.endswith("/") else url + "/"
+
     @property
     def settings(self) -> SlackSettings:
         return self._settings
@@ -407,6 +434,7 @@ class Notifier:
         self._settings = settings
         self._bind_file()
         self._web = self._hook = None
+        self._workspace = None
         self._generation += 1
         self._streak = 0
         self._history_off = self._metadata_off = False
@@ -500,6 +528,8 @@ class Notifier:
             self.log.info("Slack delivery works again after %d failed attempt(s)", self._streak)
             self._streak = 0
         self._finish(entry)
+        if self._workspace is None and entry.n.action == "post":
+            await self._learn_workspace()
 
     def _finish(self, entry: _Entry) -> None:
         self._queue.remove(entry)

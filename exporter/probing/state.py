@@ -7,6 +7,7 @@ from array import array
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
+from exporter.probing.history import MinuteHistory
 from exporter.probing.probe import PHASES, REASONS, ProbeResult, ProbeSpec
 from exporter.probing.window import Window, WindowStats
 
@@ -37,6 +38,8 @@ class Series:
     duration_sum: float = 0.0
     tls_expiry: float | None = None
     consecutive_failures: int = 0
+    # one point a minute over the last hours, for the page's charts (fed with wall-clock time)
+    history: MinuteHistory = field(default_factory=MinuteHistory, repr=False, compare=False)
     # the label pairs, escaped once: /metrics writes them on ~45 lines per series and scrape
     label_parts: tuple[str, str, str] = field(init=False, repr=False, compare=False)
     labels: str = field(init=False, repr=False, compare=False)  # `check="…",platform="…",role="…"`
@@ -102,3 +105,18 @@ def ratio(candidate: float, baseline: float) -> float:
     if math.isnan(candidate) or math.isnan(baseline) or baseline <= 0:
         return math.nan
     return candidate / baseline
+
+
+# Both sides failing this much is an outage (of a shared dependency, the network, the checker),
+# not something the candidate did: the page says so instead of judging it.
+OUTAGE_ERROR_RATIO = 0.5
+
+
+def both_failing(baseline: Series, candidate: Series, now: float) -> bool:
+    """Both platforms fail their recent probes: each one's last probe failed, or each one's
+    window has an error ratio of OUTAGE_ERROR_RATIO or more."""
+    lasts = (baseline.last, candidate.last)
+    if all(last is not None and not last.success for last in lasts):
+        return True
+    ratios = [s.stats(now).error_ratio for s in (baseline, candidate)]
+    return all(not math.isnan(r) and r >= OUTAGE_ERROR_RATIO for r in ratios)

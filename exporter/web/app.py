@@ -10,7 +10,6 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from html import escape
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,7 +24,7 @@ from exporter import __version__
 from exporter.alerting.alerts import Incident, Phase
 from exporter.alerting.messages import TRAFFIC_PREFIX
 from exporter.errors import Refused
-from exporter.probing.state import CheckState, ratio
+from exporter.probing.state import both_failing, ratio
 from exporter.traffic.drain import CONTENT_TYPE as LOGPLEX
 from exporter.traffic.drain import MAX_BODY as DRAIN_MAX_BODY
 from exporter.traffic.drain import Drains, Verdict
@@ -38,8 +37,9 @@ from exporter.web.guard import (
     GuardedSite,
     Limits,
 )
+from exporter.web.page import PageInfo, render_page
 from exporter.web.readiness import readiness_data
-from exporter.web.traffic import traffic_data, traffic_html
+from exporter.web.traffic import traffic_data
 
 log = logging.getLogger("cutover.web")
 
@@ -171,10 +171,12 @@ def status_data(backend: Backend) -> dict[str, Any]:
                     "latency_seconds": {f"{q:g}": _num(v) for q, v in st.quantiles.items()},
                 },
                 "probes_total": series.probes_total,
+                "failures_by_reason": {r: n for r, n in series.failures.items() if n},
                 "consecutive_failures": series.consecutive_failures,
                 "tls_expiry": series.tls_expiry,
             }
         b, c = stats.get(cfg.baseline), stats.get(cfg.candidate)
+        sb, sc = state.series.get(cfg.baseline), state.series.get(cfg.candidate)
         comparison = None
         if b is not None and c is not None:
             comparison = {
@@ -199,6 +201,9 @@ def status_data(backend: Backend) -> dict[str, Any]:
                 "comparison": comparison,
                 "traffic_share": shares,
                 "expected_error_ratio": expected,
+                "both_platforms_failing": sb is not None
+                and sc is not None
+                and both_failing(sb, sc, now),
                 "verdicts": None
                 if (evaluation := view.evaluations.get(state.name)) is None
                 else {v.signal: v.as_dict() for v in evaluation.verdicts()},
@@ -223,7 +228,8 @@ def status_data(backend: Backend) -> dict[str, Any]:
         },
         "checks": checks,
         "route53": route53_data(view),
-        "alerts": [_incident_data(i) for i in view.alerts],
+        "alerts": [_incident_data(i, view) for i in view.alerts],
+        "resolved_alerts": [_incident_data(i, view) for i in view.resolved],
         "shift": shift_data(backend, view),
         "traffic": None
         if view.traffic is None
@@ -232,259 +238,28 @@ def status_data(backend: Backend) -> dict[str, Any]:
     }
 
 
-def _incident_data(incident: Incident) -> dict[str, Any]:
+def _incident_data(incident: Incident, view: View) -> dict[str, Any]:
     data = incident.to_dict()
     data.pop("notify", None)  # the notification layer's bookkeeping, not for readers
+    data["duration_seconds"] = incident.duration
+    data["slack_link"] = view.links.get(incident.id)
     return data
 
 
 # -- HTML ------------------------------------------------------------------------------------
 
-_CSS = """
-body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
-h1{font-size:1.4em;margin:0 0 .2em} .sub{color:#666;margin-bottom:1em}
-table{border-collapse:collapse;margin:.5em 0 1.5em} th,td{padding:.3em .7em;border:1px solid #ddd;
-text-align:right} th{background:#f4f4f4} td.l,th.l{text-align:left}
-.ok{color:#1a7f37;font-weight:600} .bad{color:#c62828;font-weight:600} .muted{color:#888}
-.warn{background:#fff4e5} code{font-size:.95em}
-"""
-
-
-def _ms(value: float | None) -> str:
-    return "–" if value is None or math.isnan(value) else f"{value * 1000:.1f} ms"
-
-
-def _pct(value: float | None) -> str:
-    return "–" if value is None or math.isnan(value) else f"{value * 100:.1f}%"
-
-
-def _x(value: float | None) -> str:
-    return "–" if value is None or math.isnan(value) else f"{value:.2f}x"
-
-
-def _check_table(view: View, state: CheckState) -> str:
-    cfg = view.config
-    now = view.now
-    order = [cfg.baseline, cfg.candidate]
-    series = [state.series[p] for p in order if p in state.series]
-    stats = [s.stats(now) for s in series]
-    head = "".join(
-        f"<th>{escape(s.platform)} <span class='muted'>({escape(s.role)})</span></th>"
-        for s in series
-    )
-    rows: list[tuple[str, list[str]]] = []
-
-    def last_cell(i: int) -> str:
-        last = series[i].last
-        if last is None:
-            return "<span class='muted'>not probed yet</span>"
-        if last.success:
-            return f"<span class='ok'>OK</span> {last.status} in {_ms(last.duration)}"
-        return (
-            f"<span class='bad'>FAIL</span> {escape(last.reason or 'error')}: {escape(last.detail)}"
-        )
-
-    rows.append(("last probe", [last_cell(i) for i in range(len(series))]))
-    rows.append(("window p50", [_ms(st.quantiles[0.5]) for st in stats]))
-    rows.append(("window p95", [_ms(st.quantiles[0.95]) for st in stats]))
-    rows.append(("window p99", [_ms(st.quantiles[0.99]) for st in stats]))
-    rows.append(("error ratio", [_pct(st.error_ratio) for st in stats]))
-    rows.append(("samples", [str(st.samples) for st in stats]))
-    shares = view.shares_for(state.name)
-    if shares is not None:
-        rows.append(("traffic share", [_pct(shares.get(s.platform)) for s in series]))
-    body = "".join(
-        f"<tr><th class='l'>{escape(label)}</th>"
-        + "".join(
-            f"<td class='l'>{cell}</td>" if label == "last probe" else f"<td>{cell}</td>"
-            for cell in cells
-        )
-        + "</tr>"
-        for label, cells in rows
-    )
-    comparison = ""
-    if len(stats) == 2:
-        b, c = stats
-        p95 = ratio(c.quantiles[0.95], b.quantiles[0.95])
-        p50 = ratio(c.quantiles[0.5], b.quantiles[0.5])
-        delta = c.error_ratio - b.error_ratio
-        warn = (not math.isnan(p95) and p95 > cfg.judge.latency.max_ratio) or (
-            not math.isnan(delta) and delta > cfg.judge.errors.max_increase
-        )
-        comparison = (
-            f"<tr{' class=warn' if warn else ''}><th class='l'>candidate / baseline</th>"
-            f"<td colspan=2 class='l'>p50 {_x(p50)} · p95 {_x(p95)} · error ratio "
-            f"{'–' if math.isnan(delta) else f'{delta * 100:+.1f} pts'}</td></tr>"
-        )
-    if shares is not None:
-        users = expected_error_ratio(
-            shares, {s.platform: st.error_ratio for s, st in zip(series, stats, strict=True)}
-        )
-        comparison += (
-            "<tr><th class='l'>users see (through DNS)</th>"
-            f"<td colspan=2 class='l'>{_pct(users)} of requests failing</td></tr>"
-        )
-    evaluation = view.evaluations.get(state.name)
-    if evaluation is not None:
-        verdicts = []
-        for v in evaluation.verdicts():
-            css = "bad" if v.regressed else ("muted" if v.state.value == "inconclusive" else "ok")
-            verdicts.append(
-                f"{escape(v.signal)} <span class='{css}'>{escape(v.state.value)}</span>"
-            )
-        comparison += (
-            f"<tr><th class='l'>judge</th><td colspan=2 class='l'>{' · '.join(verdicts)}</td></tr>"
-        )
-    spec = series[0].spec if series else None
-    title = escape(state.name) + (
-        f" <code class='muted'>{escape(_path_of(spec.url))}</code>" if spec else ""
-    )
-    return f"<h2>{title}</h2><table><tr><th class='l'></th>{head}</tr>{body}{comparison}</table>"
-
-
-def _path_of(url: str) -> str:
-    rest = url.split("://", 1)[-1]
-    return "/" + rest.split("/", 1)[1] if "/" in rest else "/"
-
-
-def _ago(ts: float | None) -> str:
-    if ts is None:
-        return "never"
-    seconds = max(0.0, time.time() - ts)
-    return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
-
-
-def _route53_html(view: View) -> str:
-    data = route53_data(view)
-    if data is None:
-        return ""
-    parts = [
-        "<h2>Traffic (Route53 weights)</h2>",
-        f"<div class='sub'>last complete read {escape(_ago(data['last_success']))}</div>",
-    ]
-    for rec in data["records"]:
-        title = f"{rec['name']} {rec['type'] or ''} in {rec['hosted_zone']}"
-        rows = "".join(
-            f"<tr><td class='l'>{escape(rs['platform'] or 'unmapped')}</td>"
-            f"<td class='l'>{escape(rs['set_identifier'])}</td><td>{rs['weight']}</td>"
-            f"<td>{_pct(rs['share'])}</td><td class='l'>{escape(rs['target'])}"
-            f"{' (alias)' if rs['alias'] else ''}</td></tr>"
-            for rs in rec["record_sets"]
-        )
-        notes = []
-        if rec["error"]:
-            notes.append(
-                f"<p class='bad'>reading failed: {escape(rec['error']['reason'])} "
-                f"({escape(rec['error']['detail'])}); showing the last known weights, read "
-                f"{escape(_ago(rec['fetched_at']))}</p>"
-            )
-        if rec["missing_set_identifiers"]:
-            notes.append(
-                "<p class='bad'>configured but not in the zone: "
-                + escape(", ".join(rec["missing_set_identifiers"]))
-                + "</p>"
-            )
-        if rec["unmapped_set_identifiers"]:
-            notes.append(
-                "<p class='bad'>in the zone but mapped to no platform: "
-                + escape(", ".join(rec["unmapped_set_identifiers"]))
-                + "</p>"
-            )
-        parts.append(
-            f"<h3>{escape(title)}</h3>"
-            + "".join(notes)
-            + "<table><tr><th class='l'>platform</th><th class='l'>SetIdentifier</th>"
-            "<th>weight</th><th>share</th><th class='l'>target</th></tr>"
-            + (rows or "<tr><td colspan=5 class='muted'>not read yet</td></tr>")
-            + "</table>"
-        )
-    return "".join(parts)
-
-
-def _shift_html(backend: Backend, view: View) -> str:
-    data = shift_data(backend, view)
-    if data is None:
-        return ""
-    steps = " → ".join(
-        f"<b>{s:g}%</b>" if i == data["current_step"] else f"{s:g}%"
-        for i, s in enumerate(data["steps"])
-    )
-    left = data["hold_left_seconds"]
-    rows = [
-        (
-            "state",
-            escape(data["state"])
-            + (" <span class='muted'>(dry run)</span>" if data["dry_run"] else ""),
-        ),
-        ("plan", f"{steps} <span class='muted'>({escape(data['mode'])} mode)</span>"),
-        ("candidate share", "–" if data["share"] is None else f"{data['share']:g}%"),
-        ("hold left", "–" if left is None else f"{left:.0f}s of {data['hold_seconds']:.0f}s"),
-        ("waiting for", escape(data["why"] or "nothing")),
-        ("guarded by", escape(", ".join(data["guarded_by"]) or "no check")),
-    ]
-    history = "".join(
-        f"<li>{escape(_ago(t['at']))}: {escape(t['state'])}: {escape(t['reason'])}</li>"
-        for t in reversed(data["history"][-5:])
-    )
-    return (
-        f"<h2>Guarded shift of {escape(data['record'])}</h2><table>"
-        + "".join(f"<tr><th class='l'>{k}</th><td class='l'>{v}</td></tr>" for k, v in rows)
-        + "</table>"
-        + (f"<ul class='muted'>{history}</ul>" if history else "")
-    )
-
-
-def _alerts_html(view: View) -> str:
-    if not view.alerts:
-        return "<h2>Alerts</h2><p class='ok'>No regression: nothing firing or pending.</p>"
-    rows = []
-    for incident in view.alerts:
-        firing = incident.phase is Phase.FIRING
-        figures = incident.figures
-        p95 = figures.get("p95_ratio")
-        delta = figures.get("error_ratio_delta")
-        rows.append(
-            f"<tr{' class=warn' if firing else ''}><td class='l'>{escape(incident.check)}</td>"
-            f"<td class='l'>{escape(incident.signal)}</td>"
-            f"<td class='l {'bad' if firing else 'muted'}'>{escape(incident.phase.value)}</td>"
-            f"<td class='l'>{escape(_ago(incident.started_at))}</td>"
-            f"<td>{_x(p95) if isinstance(p95, float) else '–'}</td>"
-            f"<td>{_pct(delta) if isinstance(delta, float) else '–'}</td></tr>"
-        )
-    return (
-        "<h2>Alerts</h2><table><tr><th class='l'>check</th><th class='l'>signal</th>"
-        "<th class='l'>state</th><th class='l'>since</th><th>p95 ratio</th>"
-        "<th>error ratio increase</th></tr>" + "".join(rows) + "</table>"
-    )
-
 
 def status_html(backend: Backend) -> str:
-    view = backend.view()
-    cfg = view.config
-    tables = "".join(_check_table(view, state) for state in view.checks)
-    traffic = (
-        "" if view.traffic is None else traffic_html(view.traffic, cfg.baseline, cfg.candidate)
+    """The status page (exporter/web/page.py renders it)."""
+    return render_page(
+        backend.view(),
+        PageInfo(
+            now=time.time(),
+            ready=backend.ready,
+            last_reload_ok=backend.last_reload_ok,
+            guarded_by=tuple(backend.shift_checks()),
+        ),
     )
-    tables = (
-        _alerts_html(view) + _shift_html(backend, view) + _route53_html(view) + traffic + tables
-    )
-    ready = "ready" if backend.ready else "starting: not every check has been probed yet"
-    reload_note = (
-        ""
-        if backend.last_reload_ok
-        else "<p class='bad'>The last reload failed: the previous configuration is in force "
-        "(see the log).</p>"
-    )
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
-<title>cutover: {escape(cfg.baseline)} → {escape(cfg.candidate)}</title><style>{_CSS}</style></head>
-<body><h1>cutover: {escape(cfg.baseline)} (baseline) → {escape(cfg.candidate)} (candidate)</h1>
-<div class="sub">version {escape(__version__)} · {escape(ready)} · judge window
-{cfg.judge.window:g}s · tolerated: latency {cfg.judge.latency.max_ratio:g}x,
-errors +{cfg.judge.errors.max_increase * 100:g} pts ·
-<a href="/metrics">/metrics</a> · <a href="/api/v1/status">/api/v1/status</a></div>
-{reload_note}{tables}
-</body></html>"""
 
 
 # -- handlers --------------------------------------------------------------------------------

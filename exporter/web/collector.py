@@ -19,6 +19,7 @@ from exporter.config import Config
 from exporter.judging.judge import Evaluation, Verdict
 from exporter.judging.readiness import Readiness
 from exporter.judging.readiness import Verdict as ReadinessVerdict
+from exporter.probing.history import SplitPoint
 from exporter.probing.state import CheckState
 from exporter.readiness.ledger import StepSummary
 from exporter.route53.plan import Phase as ShiftPhase
@@ -58,6 +59,8 @@ class TrafficView:
     record: str | None = None  # the record whose split is measured
     split: SplitStatus | None = None
     window_end: float | None = None  # the judged span ends here (both sides covered it)
+    # the candidate's measured share against its weight, a point a minute (the page's chart)
+    split_history: tuple[SplitPoint, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,9 @@ class View:
     step_marks: tuple[StepMark, ...] = ()
     # the past steps' summaries per record, oldest first (the ledger keeps the last 20)
     step_history: Mapping[str, tuple[StepSummary, ...]] = field(default_factory=dict)
+    # the last resolved incidents, oldest first, and links to incidents' Slack messages by id
+    resolved: tuple[Incident, ...] = ()
+    links: Mapping[str, str] = field(default_factory=dict)
 
     def shares_for(self, check: str) -> dict[str, float] | None:
         """Traffic share per platform of the record a check represents, once read."""
