@@ -12,10 +12,12 @@ import logging
 import os
 import signal
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -27,6 +29,8 @@ from exporter.daemon import Daemon, slack_settings
 from exporter.demo import run_demo
 from exporter.errors import ConfigError, StateDirError, UsageError
 from exporter.logs import setup_logging
+from exporter.readiness.offline import readiness_from_state_dir
+from exporter.report import FORMATS, render
 from exporter.route53.plan import DRY_RUN, plan_text
 from exporter.web.app import start_server
 from exporter.web.guard import (
@@ -156,6 +160,21 @@ def build_parser() -> argparse.ArgumentParser:
         "comes from $CUTOVER_CONTROL_TOKEN",
     )
     shift.add_argument("--reason", default=None, help="said in the log, the history and Slack")
+
+    report = sub.add_parser(
+        "report",
+        help="the go/no-go verdict and the step ledger, for a change ticket",
+        description="From a running daemon's /api/v1/readiness (--url, the default), or from a "
+        "state_dir's ledger (--state-dir; the tolerances come from --config or $CUTOVER_CONFIG "
+        "when given, else the defaults).",
+    )
+    where = report.add_mutually_exclusive_group()
+    where.add_argument(
+        "--url", default=None, help="the daemon (default: $CUTOVER_URL or http://127.0.0.1:9877)"
+    )
+    where.add_argument("--state-dir", default=None, help="read the ledger in this state_dir")
+    report.add_argument("--config", default=None, help="with --state-dir: the YAML file")
+    report.add_argument("--format", choices=FORMATS, default="text")
 
     demo = sub.add_parser("demo", help="run against two embedded simulated platforms")
     demo.add_argument(
@@ -496,6 +515,43 @@ def _shift_text(data: dict[str, object]) -> str:
     return "\n".join(lines[:1] + [f"  {line}" for line in lines[1:]])
 
 
+def _daemon_url(given: str | None) -> str:
+    base = (given or os.environ.get("CUTOVER_URL") or "http://127.0.0.1:9877").rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise UsageError(f"--url: expected http:// or https://, got {base!r}")
+    return base
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    now = time.time()
+    if args.state_dir is not None:
+        path = args.config or os.environ.get("CUTOVER_CONFIG")
+        cfg = load_config(path) if path else None
+        try:
+            data = readiness_from_state_dir(Path(args.state_dir), cfg, now)
+        except ValueError as exc:
+            print(f"cutover: report: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+    else:
+        if args.config is not None:
+            raise UsageError("--config goes with --state-dir; a daemon uses its own")
+        base = _daemon_url(args.url)
+        request = urllib.request.Request(  # noqa: S310 - http(s) only, checked above
+            f"{base}/api/v1/readiness", headers={"Accept": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+                data = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            print(f"cutover: report: {base} answered {exc.code} {exc.reason}", file=sys.stderr)
+            return EXIT_ERROR
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            print(f"cutover: cannot read the readiness of {base}: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+    print(render(data, args.format, now), end="")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     host, port = _listen(args, None, "127.0.0.1:9877")
     return _run(args, lambda: run_demo(host, port, _serve))
@@ -505,7 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command not in ("check", "shift"):
+        if args.command not in ("check", "shift", "report"):
             setup_logging(
                 args.log_level or _env_choice("CUTOVER_LOG_LEVEL", LOG_LEVELS, "info"),
                 args.log_format or _env_choice("CUTOVER_LOG_FORMAT", LOG_FORMATS, "text"),
@@ -516,6 +572,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_check(args)
         if args.command == "shift":
             return cmd_shift(args)
+        if args.command == "report":
+            return cmd_report(args)
         return cmd_demo(args)
     except ConfigError as exc:
         print(f"cutover: invalid configuration {exc.source}:", file=sys.stderr)

@@ -72,6 +72,10 @@ def _record(entry: Mapping[str, Any], md: bool) -> list[str]:
     if isinstance(held, (int, float)):
         since += f" ({_duration(held)}"
         since += f" of a {_duration(hold)} hold)" if isinstance(hold, (int, float)) else ")"
+    if _num(entry.get("as_of")) is not None:
+        out.append(
+            _line(md, f"Judged as of {_when(entry['as_of'])}, when its daemon last added to it.")
+        )
     by = _BY.get(str(step.get("changed_by")), str(step.get("changed_by")))
     nxt = entry.get("next_share")
     out += [

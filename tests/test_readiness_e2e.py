@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import DaemonProcess, FakePlatform
+from tests.conftest import ROOT, DaemonProcess, FakePlatform, daemon_env
 from tests.test_route53_daemon import NAME, Moto, moto, route53_config, set_weights, zone
 
 __all__ = ["moto"]  # the fixture, imported for its side of the test module
@@ -48,6 +50,16 @@ async def wait_readiness(
         if time.monotonic() > deadline:
             raise AssertionError(f"not met; last answer:\n{data}\n{d.log()[-3000:]}")
         await asyncio.sleep(0.2)
+
+
+def report(*args: str) -> str:
+    """`cutover report ARGS`'s output; it must succeed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "exporter", "report", *args],
+        capture_output=True, text=True, timeout=30, cwd=ROOT, env=daemon_env(),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def current(data: dict[str, Any]) -> dict[str, Any]:
@@ -100,7 +112,16 @@ async def test_a_persons_weight_change_starts_a_step_and_a_restart_continues_it(
         and past["readiness"]["verdict"] == past["verdict"]
     )
     assert past["incidents"] == [] and past["duration_seconds"] > 3
+    # `cutover report` from the running daemon, for a change ticket
+    md = report("--url", d.url, "--format", "markdown")
+    assert f"## {NAME}: " in md and "by a person" in md and "### Previous steps" in md
+    assert f"| {NAME}" not in md and "| health: probes |" in md
+    assert json.loads(report("--url", d.url, "--format", "json"))["records"][0]["record"] == NAME
     assert d.stop() == 0
+    # and from the state_dir the daemon left
+    offline = report("--state-dir", str(tmp_path / "state"))
+    assert f"{NAME}: " in offline and "heroku 75%, aws 25%" in offline
+    assert "Judged as of" in offline and "Previous steps:" in offline
     ledger = json.loads((tmp_path / "state" / "readiness.json").read_text())
     (saved,) = ledger["steps"]
     assert saved["changed_by"] == "person" and saved["started_at"] == second_start

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from exporter.report import render
 
@@ -123,3 +126,26 @@ def test_a_dry_run_step_says_so() -> None:
 def test_nothing_judged() -> None:
     text = render({"records": [], "steps": {}}, "text", NOW)
     assert "No migrated record is judged" in text
+
+
+def test_from_a_state_dir_a_corrupt_ledger_is_named_and_left_where_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from exporter.cli import main
+
+    assert main(["report", "--state-dir", str(tmp_path)]) == 1
+    assert "no step ledger there" in capsys.readouterr().err
+    ledger = tmp_path / "readiness.json"
+    ledger.write_text('{"version": 1, "steps": "nope"}')
+    assert main(["report", "--state-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert str(ledger) in err and "steps" in err
+    assert ledger.read_text() == '{"version": 1, "steps": "nope"}', "a reader moves nothing"
+    assert [p.name for p in tmp_path.iterdir()] == ["readiness.json"]
+
+
+def test_config_goes_with_state_dir_only(capsys: pytest.CaptureFixture[str]) -> None:
+    from exporter.cli import main
+
+    assert main(["report", "--url", "http://127.0.0.1:9", "--config", "x.yml"]) == 2
+    assert "--config goes with --state-dir" in capsys.readouterr().err

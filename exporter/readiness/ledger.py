@@ -246,6 +246,12 @@ class Ledger:
         return ledger
 
     @classmethod
+    def peek(cls, path: str | os.PathLike[str]) -> Ledger | None:
+        """The ledger at `path` for a reader beside its daemon (`cutover report`): None when
+        there is none; ValueError naming what is wrong; nothing is moved aside."""
+        return StateFile[LedgerRecord](path, LedgerRecord).peek(cls.from_record)
+
+    @classmethod
     def load(cls, path: str | os.PathLike[str], now: float | None = None) -> Ledger:
         """The ledger saved at `path`, empty when there is none; a corrupt file is moved aside
         and reported as CorruptStateFile."""

@@ -119,6 +119,24 @@ class StateFile(Generic[T]):
             reason = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
             raise set_aside(self.path, reason[:300], now) from None
 
+    def peek(self, build: Callable[[T], R]) -> R | None:
+        """Like `load`, for a reader beside the daemon that owns the file: nothing is set aside.
+
+        Raises ValueError naming the file and what is wrong with it.
+        """
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise ValueError(f"{self.path}: cannot read: {e.strerror or e}") from None
+        try:
+            return build(self._adapter.validate_json(raw))
+        except ValidationError as e:
+            raise ValueError(f"{self.path}: {describe(e)}") from None
+        except Exception as e:
+            raise ValueError(f"{self.path}: {type(e).__name__}: {str(e)[:300]}") from None
+
     def save(self, content: T) -> None:
         """Replace the file atomically. Raises OSError (disk full, permissions) and ValueError
         (content the schema cannot write, e.g. NaN where a finite number belongs)."""
