@@ -22,9 +22,11 @@ from aiohttp import web
 from exporter.config import load_config
 from exporter.daemon import Daemon
 
-# the candidate's story, on a loop: fine, then slow and failing some requests, then fine again
-CYCLE = 180.0
-DEGRADED = (60.0, 120.0)
+# the candidate's story, on a loop: fine long enough for a step's hold to complete on evidence
+# (GO, approve), then slow and failing some requests (an incident, NO-GO, a dry-run rollback),
+# then fine again
+CYCLE = 600.0
+DEGRADED = (300.0, 360.0)
 
 DEMO_CONFIG = """\
 # The configuration `cutover demo` runs with. Edit it and POST /-/reload (or send SIGHUP).
@@ -47,12 +49,18 @@ checks:
     record: api.example.com
   - name: orders
     path: /api/orders?limit=1
-    interval: 2s
-    timeout: 1500ms
+    interval: 1s
+    timeout: 900ms
     record: api.example.com
 judge:
   window: 1m
   min_samples: 10
+  errors:
+    max_increase: 0.05  # a demo's step is short: 120 probes bound an increase near +4 pts
+readiness:              # GO once a step held 2 min on enough evidence (see /api/v1/readiness)
+  hold: 2m
+  min_probes: 100
+  min_requests: 300
 route53:
   interval: 5s
   endpoint_url: http://127.0.0.1:{route53_port}
@@ -369,8 +377,8 @@ async def run_demo(
             f"""
 cutover demo: two simulated platforms on this machine and cutover watching them.
   baseline  heroku  http://127.0.0.1:{b_port}/health   (steady, ~60 ms)
-  candidate aws     http://127.0.0.1:{c_port}/health   (~45 ms; every {CYCLE:g} s it turns 4x slower
-                    and fails 8% of requests for {DEGRADED[1] - DEGRADED[0]:g} s, from {DEGRADED[0]:g} s on)
+  candidate aws     http://127.0.0.1:{c_port}/health   (~45 ms; every {CYCLE / 60:g} minutes it turns 4x
+                    slower and fails 8% of requests, from minute {DEGRADED[0] / 60:g} to minute {DEGRADED[1] / 60:g})
 
   Route53   api.example.com: heroku 90, aws 10 (a local stand-in: no AWS account needed)
   Users     {USERS_PER_SECOND:g} requests/s split 90/10: heroku's through its log drain,
