@@ -143,7 +143,15 @@ def _bound(bound: Mapping[str, Any] | None, fmt: Callable[[Any], str]) -> list[s
     if not bound:
         return ["–", "–", "–", ""]
     ok = bound.get("ok")
-    mark = "ok" if ok is True else "OVER" if ok is False else "not evidence yet"
+    lower, tolerated = _num(bound.get("lower")), _num(bound.get("tolerated"))
+    if ok is True:
+        mark = "ok"
+    elif ok is None:
+        mark = "not evidence yet"
+    elif lower is not None and tolerated is not None and lower > tolerated:
+        mark = "WORSE"  # beyond the tolerance with confidence
+    else:
+        mark = "inconclusive"
     return [fmt(bound.get("estimate")), fmt(bound.get("upper")), fmt(bound.get("tolerated")), mark]
 
 

@@ -573,8 +573,11 @@ def _judge_subject(
     if not counted:
         return _subject(ev, errors, ratios, latency, missing, counted=False)
 
+    quiet = False
+
     def add(bucket: list[str], text: str) -> None:
-        bucket.append(text)
+        if not (quiet and (bucket is reasons.inconclusive or bucket is reasons.latency)):
+            bucket.append(text)
         missing.append(text)
 
     outage = (
@@ -591,6 +594,9 @@ def _judge_subject(
 
     minimum = settings.min_probes if ev.kind == "probes" else settings.min_requests
     unit = "probe" if ev.kind == "probes" else "request"
+    # too few samples say so once: the bounds they cannot give yet stay the subject's own
+    # detail (the page, `cutover report`), not more reasons of the verdict
+    quiet = any(max(1, minimum) > side.count for side in (cand, base))
     for side_name, side in (("candidate", cand), ("baseline", base)):
         short = max(1, minimum) - side.count
         if short > 0:
