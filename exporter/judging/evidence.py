@@ -43,12 +43,18 @@ class Distribution(Protocol):
 
 
 class LatencyHistogram:
-    """Counts of latencies per log bucket: [0, LOW), then [LOW*F^(i-1), LOW*F^i), then beyond."""
+    """Counts of latencies per log bucket: [0, LOW), then [LOW*F^(i-1), LOW*F^i), then beyond.
 
-    __slots__ = ("counts",)
+    Only the buckets between the lowest and the highest latency seen are held (`first` is the
+    index of counts[0]): a check's latencies span a few dozen buckets, not all 290, and a step
+    holds one histogram per check and side.
+    """
 
-    def __init__(self, counts: array[int] | None = None) -> None:
-        self.counts = counts if counts is not None else array("I", bytes(4 * (_BUCKETS + 2)))
+    __slots__ = ("counts", "first")
+
+    def __init__(self) -> None:
+        self.first = 0
+        self.counts: array[int] = array("I")
 
     @staticmethod
     def upper(i: int) -> float:
@@ -65,13 +71,30 @@ class LatencyHistogram:
             return 0
         return min(_BUCKETS + 1, int(math.log(seconds / _LOW) / _LOG_FACTOR) + 1)
 
-    def add(self, seconds: float) -> None:
-        self.counts[self.index(seconds)] += 1
+    def add(self, seconds: float, n: int = 1) -> None:
+        i = self.index(seconds)
+        self._cover(i)
+        self.counts[i - self.first] += n
+
+    def _cover(self, i: int) -> None:
+        """Grow the held range to include bucket i."""
+        if not self.counts:
+            self.first = i
+            self.counts.append(0)
+        elif i < self.first:
+            self.counts[0:0] = array("I", bytes(4 * (self.first - i)))
+            self.first = i
+        elif i >= self.first + len(self.counts):
+            self.counts.extend(array("I", bytes(4 * (i - self.first - len(self.counts) + 1))))
 
     def merge(self, other: LatencyHistogram) -> None:
-        for i, n in enumerate(other.counts):
-            if n:
-                self.counts[i] += n
+        for i, n in other.items():
+            self._cover(i)
+            self.counts[i - self.first] += n
+
+    def items(self) -> list[tuple[int, int]]:
+        """(bucket index, count) of every bucket with a count."""
+        return [(self.first + k, n) for k, n in enumerate(self.counts) if n]
 
     @property
     def total(self) -> float:
@@ -87,7 +110,8 @@ class LatencyHistogram:
             return math.nan
         rank = q * total
         seen = 0
-        for i, n in enumerate(self.counts):
+        i = self.first
+        for n in self.counts:
             if n and seen + n >= rank:
                 frac = (rank - seen) / n
                 if i == 0:
@@ -96,19 +120,21 @@ class LatencyHistogram:
                     return self.lower(i)
                 return float(self.lower(i) * _FACTOR**frac)
             seen += n
-        return self.lower(_BUCKETS + 1)
+            i += 1
+        return self.lower(self.first + len(self.counts) - 1)
 
     def to_dict(self) -> dict[str, int]:
         """Sparse: bucket index -> count."""
-        return {str(i): n for i, n in enumerate(self.counts) if n}
+        return {str(i): n for i, n in self.items()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, int]) -> LatencyHistogram:
         h = cls()
-        for key, n in data.items():
+        for key, n in sorted(data.items(), key=lambda kv: int(kv[0])):
             i = int(key)
-            if 0 <= i < len(h.counts) and n > 0:
-                h.counts[i] = min(int(n), 2**32 - 1)
+            if 0 <= i <= _BUCKETS + 1 and n > 0:
+                h._cover(i)
+                h.counts[i - h.first] = min(int(n), 2**32 - 1)
         return h
 
 
