@@ -15,10 +15,12 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -246,10 +248,46 @@ def blackbox(workdir: Path) -> Iterator[tuple[int, Proc]]:
         proc.stop()
 
 
+@contextlib.contextmanager
+def route53_standin() -> Iterator[int]:
+    """A Route53 stand-in on 127.0.0.1 (the demo's: api.example.com, 90/10): its port."""
+    from exporter.demo import ROUTE53_XML
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = ROUTE53_XML.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def cutover_config(
-    target: Target, checks: int, interval: float, window: float, listen_port: int
+    target: Target,
+    checks: int,
+    interval: float,
+    window: float,
+    listen_port: int,
+    route53_port: int | None = None,
 ) -> str:
-    """A config of `checks` checks, both platforms on the target (one port each)."""
+    """A config of `checks` checks, both platforms on the target (one port each).
+
+    With `route53_port`, every check guards one record read there: each check then also has
+    its evidence in the step ledger, as in a migration.
+    """
     lines = [
         f"listen: 127.0.0.1:{listen_port}",
         "platforms:",
@@ -264,11 +302,21 @@ def cutover_config(
         "checks:",
     ]
     timeout = min(interval, 2.0)
+    record = ", record: api.example.com" if route53_port is not None else ""
     for i in range(checks):
         lines.append(
             f"  - {{name: c{i:05d}, path: /probe, interval: {interval * 1000:.0f}ms, "
-            f"timeout: {timeout * 1000:.0f}ms}}"
+            f"timeout: {timeout * 1000:.0f}ms{record}}}"
         )
+    if route53_port is not None:
+        lines += [
+            "route53:",
+            "  interval: 60s",
+            f"  endpoint_url: http://127.0.0.1:{route53_port}",
+            "  records:",
+            "    - {hosted_zone_id: ZDEMO, name: api.example.com, type: CNAME,",
+            "       set_identifiers: {base: heroku, cand: aws}}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -282,14 +330,22 @@ def cutover_daemon(
     window: float,
     loop: str = "auto",
     ready_timeout: float = 120.0,
+    route53_port: int | None = None,
 ) -> Iterator[tuple[int, Proc]]:
     """`cutover run` as a subprocess (the real daemon), ready: every check probed on both sides."""
     port = free_port()
     d = workdir / f"cutover-{checks}x{interval:g}s-{loop}"
     d.mkdir(parents=True, exist_ok=True)
     config = d / "cutover.yml"
-    config.write_text(cutover_config(target, checks, interval, window, port))
+    config.write_text(cutover_config(target, checks, interval, window, port, route53_port))
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # the stand-in checks no signature: placeholder credentials, never the user's own
+    env.update(
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench-secret",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",
+    )
     args = [sys.executable, "-m", "exporter", "run", "--loop", loop, "--config", str(config)]
     proc = Proc([*args, "--log-level", "warning"], d / "daemon.log", env=env, cwd=str(ROOT))
     try:
