@@ -6,6 +6,7 @@ import math
 import random
 import re
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from html.parser import HTMLParser
 
 import pytest
@@ -619,3 +620,16 @@ def test_the_measured_split_is_charted_against_the_weights() -> None:
     ns = "{http://www.w3.org/2000/svg}"
     labels = [p.findtext(f"{ns}title") for p in chart.iter(f"{ns}path")]
     assert labels == ["aws measured", "aws weight"]
+
+
+def test_the_banner_does_not_say_an_incident_twice() -> None:
+    """The verdict names a pending incident itself: the page adds no line of its own for it."""
+    cfg = make_config()
+    said = replace(
+        readiness_of(Verdict.WAIT),
+        reasons=("latency regression pending on health", "2 more minutes"),
+    )
+    pending = replace(incident(), phase=Phase.PENDING, fired_at=None)
+    text = banner(page(base_view(cfg, readiness=(said,), alerts=(pending,))))
+    assert "latency regression pending on health" in text
+    assert "pending: latency on health" not in text

@@ -197,6 +197,13 @@ def _judged(r: Readiness) -> bool:
     return any(min(s.counts) > 0 for s in r.subjects)
 
 
+def _told(reasons: Sequence[str], check: str) -> bool:
+    """Whether the verdict's reasons already speak of an incident on `check`."""
+    return any(
+        "regression" in r and (r.endswith(f" on {check}") or f" on {check} " in r) for r in reasons
+    )
+
+
 def _banner(
     view: View,
     info: PageInfo,
@@ -213,24 +220,28 @@ def _banner(
     pending = [i for i in incidents if i.phase is Phase.PENDING]
     down = [c for c in outages if checks is None or c in checks]
 
+    judged = readiness is not None and _judged(readiness)
+    # the verdict names firing and pending incidents and outages over the step itself: the
+    # page adds its own lines only where the verdict has none, and what it alone knows (how
+    # soon a resolving incident clears)
+    said = readiness.reasons if readiness is not None else ()
     reasons: list[str] = []
-    if down:
+    if down and not any(r.startswith("both platforms failing") for r in said):
         reasons.append(
             "both platforms failing: not a candidate regression ("
             + ", ".join(escape(c) for c in down)
             + ")"
         )
-    reasons += [f"alert firing: {escape(_about(i))}" for i in firing]
+    # (the verdict is taken every few seconds: an incident it has not seen yet is still told)
+    reasons += [f"alert firing: {escape(_about(i))}" for i in firing if not _told(said, i.check)]
+    reasons += [f"pending: {escape(_about(i))}" for i in pending if not _told(said, i.check)]
     reasons += [
         f"{escape(_about(i))}: clears in {_clears_in(view, i, now):.0f} s" for i in resolving
     ]
-    reasons += [f"pending: {escape(_about(i))}" for i in pending]
-
-    judged = readiness is not None and _judged(readiness)
-    if readiness is not None:
-        reasons += [escape(r) for r in readiness.reasons]
+    reasons += [escape(r) for r in said]
     if firing or down:
-        css, word = "b-red", readiness.verdict.value if judged and readiness else "ALERT"
+        # an incident that fired during the step is a NO-GO, whatever the last verdict said
+        css, word = "b-red", "NO-GO" if judged and readiness else "ALERT"
         if down and not firing:
             word = "OUTAGE"
     elif not judged or readiness is None:
