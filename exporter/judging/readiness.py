@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import lru_cache
@@ -24,9 +24,13 @@ __all__ = [
     "Readiness",
     "ReadinessSettings",
     "StepFacts",
+    "SubjectJudgement",
     "SubjectReadiness",
     "Verdict",
+    "combine",
+    "counts_requests",
     "error_increase",
+    "judge_subject",
     "latency_ratios",
     "newcombe_difference",
     "order_ranks",
@@ -98,6 +102,7 @@ class StepFacts:
     subjects: Sequence[Evidence]  # one per check guarding the record, and per route group
     incidents: Sequence[IncidentNote]  # every incident that fired or was open during the step
     traffic: bool = False  # real traffic is configured for this record: requests are required
+    # (only while every platform has a share: a side the weights give nothing has no users)
     next_share: float | None = None  # the candidate's next planned share in [0, 1], if any
     dry_run: bool = False  # the step is what a dry-run shift would have written
 
@@ -140,7 +145,8 @@ class SubjectReadiness:
     errors: Bound | None  # None: no data on a side
     latency_ratio: Mapping[str, Bound]  # "p50", "p95", "p99" (p99 ok=None until evidence)
     missing: tuple[str, ...]  # e.g. "310 more candidate requests"
-    # False for real requests when the record has no traffic configured: shown, not judged
+    # False for real requests when the record has no traffic configured, or a side has no share
+    # of it (at 0% the candidate has no users): shown, not judged
     counted: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -557,7 +563,6 @@ def _judge_subject(
     counted: bool,
     settings: ReadinessSettings,
     reasons: _Reasons,
-    incident_waits: Sequence[str],
 ) -> SubjectReadiness:
     base, cand = ev.baseline, ev.candidate
     errors = error_increase(base, cand, settings)
@@ -569,7 +574,7 @@ def _judge_subject(
         )
         for name, q in QUANTILES.items()
     }
-    missing: list[str] = list(incident_waits)
+    missing: list[str] = []
     if not counted:
         return _subject(ev, errors, ratios, latency, missing, counted=False)
 
@@ -690,8 +695,57 @@ def _fired_during(incident: IncidentNote, started_at: float) -> bool:
     return incident.fired_at is not None and incident.fired_at >= started_at
 
 
+@dataclass(frozen=True, slots=True)
+class SubjectJudgement:
+    """One subject judged: its figures and its reasons by kind.
+
+    The clock plays no part: it holds until the subject's evidence grows, so a caller with many
+    subjects may judge them a few at a time and `combine` them when all are done.
+    """
+
+    readiness: SubjectReadiness
+    no_go: tuple[str, ...] = ()
+    outage: tuple[str, ...] = ()
+    counts: tuple[str, ...] = ()
+    latency: tuple[str, ...] = ()
+    inconclusive: tuple[str, ...] = ()
+
+
+def counts_requests(facts: StepFacts) -> bool:
+    """Whether real requests are judged: traffic is configured for the record and both sides
+    get some of it (a side the weights give nothing has no users)."""
+    return facts.traffic and all(share > 0 for share in facts.shares.values())
+
+
+def judge_subject(ev: Evidence, counted: bool, settings: ReadinessSettings) -> SubjectJudgement:
+    """Judge one subject; `counted` False shows its figures without judging them."""
+    reasons = _Reasons()
+    subject = _judge_subject(ev, counted, settings, reasons)
+    return SubjectJudgement(
+        subject,
+        tuple(reasons.no_go),
+        tuple(reasons.outage),
+        tuple(reasons.counts),
+        tuple(reasons.latency),
+        tuple(reasons.inconclusive),
+    )
+
+
 def readiness(facts: StepFacts, now: float, settings: ReadinessSettings) -> Readiness:
     """The verdict on `facts` at `now`: pure, the clock is an argument."""
+    requests = counts_requests(facts)
+    judged = [judge_subject(ev, ev.kind == "probes" or requests, settings) for ev in facts.subjects]
+    return combine(facts, now, settings, judged)
+
+
+def combine(
+    facts: StepFacts,
+    now: float,
+    settings: ReadinessSettings,
+    judged: Sequence[SubjectJudgement],
+) -> Readiness:
+    """The verdict from `facts`' incidents and hold and its subjects judged one by one (in the
+    order of `facts.subjects`)."""
     held_for = now - facts.started_at
     reasons = _Reasons()
     waits_by_check: dict[str, list[str]] = {}
@@ -706,21 +760,24 @@ def readiness(facts: StepFacts, now: float, settings: ReadinessSettings) -> Read
 
     if held_for < settings.hold:
         reasons.hold.append(_more(settings.hold - held_for))
-    if not any(ev.kind == "probes" or facts.traffic for ev in facts.subjects):
+    requests = counts_requests(facts)
+    if not any(ev.kind == "probes" or requests for ev in facts.subjects):
         reasons.nothing.append("nothing judged yet: no check guards this record")
-    elif facts.traffic and not any(ev.kind == "requests" for ev in facts.subjects):
+    elif requests and not any(ev.kind == "requests" for ev in facts.subjects):
         reasons.nothing.append("no real requests recorded yet for this record")
 
-    subjects = tuple(
-        _judge_subject(
-            ev,
-            ev.kind == "probes" or facts.traffic,
-            settings,
-            reasons,
-            waits_by_check.get(ev.subject, ()),
-        )
-        for ev in facts.subjects
-    )
+    subjects = []
+    for j in judged:
+        reasons.no_go.extend(j.no_go)
+        reasons.outage.extend(j.outage)
+        reasons.counts.extend(j.counts)
+        reasons.latency.extend(j.latency)
+        reasons.inconclusive.extend(j.inconclusive)
+        subject = j.readiness
+        waits = waits_by_check.get(subject.subject)
+        if waits:
+            subject = replace(subject, missing=(*waits, *subject.missing))
+        subjects.append(subject)
 
     waits = reasons.waits()
     if reasons.no_go:
@@ -736,7 +793,7 @@ def readiness(facts: StepFacts, now: float, settings: ReadinessSettings) -> Read
         step=facts,
         held_for=held_for,
         hold=settings.hold,
-        subjects=subjects,
+        subjects=tuple(subjects),
     )
 
 
