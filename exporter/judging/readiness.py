@@ -98,6 +98,7 @@ class StepFacts:
     subjects: Sequence[Evidence]  # one per check guarding the record, and per route group
     incidents: Sequence[IncidentNote]  # every incident that fired or was open during the step
     traffic: bool = False  # real traffic is configured for this record: requests are required
+    # (only while every platform has a share: a side the weights give nothing has no users)
     next_share: float | None = None  # the candidate's next planned share in [0, 1], if any
     dry_run: bool = False  # the step is what a dry-run shift would have written
 
@@ -140,7 +141,8 @@ class SubjectReadiness:
     errors: Bound | None  # None: no data on a side
     latency_ratio: Mapping[str, Bound]  # "p50", "p95", "p99" (p99 ok=None until evidence)
     missing: tuple[str, ...]  # e.g. "310 more candidate requests"
-    # False for real requests when the record has no traffic configured: shown, not judged
+    # False for real requests when the record has no traffic configured, or a side has no share
+    # of it (at 0% the candidate has no users): shown, not judged
     counted: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -700,15 +702,17 @@ def readiness(facts: StepFacts, now: float, settings: ReadinessSettings) -> Read
 
     if held_for < settings.hold:
         reasons.hold.append(_more(settings.hold - held_for))
-    if not any(ev.kind == "probes" or facts.traffic for ev in facts.subjects):
+    # real requests count where traffic is configured and both sides get some of it
+    requests = facts.traffic and all(share > 0 for share in facts.shares.values())
+    if not any(ev.kind == "probes" or requests for ev in facts.subjects):
         reasons.nothing.append("nothing judged yet: no check guards this record")
-    elif facts.traffic and not any(ev.kind == "requests" for ev in facts.subjects):
+    elif requests and not any(ev.kind == "requests" for ev in facts.subjects):
         reasons.nothing.append("no real requests recorded yet for this record")
 
     subjects = tuple(
         _judge_subject(
             ev,
-            ev.kind == "probes" or facts.traffic,
+            ev.kind == "probes" or requests,
             settings,
             reasons,
             waits_by_check.get(ev.subject, ()),
