@@ -80,8 +80,8 @@ class WatchSettings:
             candidate=cfg.candidate,
             verdict=ReadinessSettings(
                 hold=cfg.readiness_hold,
-                min_probes=r.min_probes,
-                min_requests=r.min_requests,
+                min_probes=cfg.readiness_min_probes,
+                min_requests=cfg.readiness_min_requests,
                 confidence=r.confidence,
                 errors_max_increase=cfg.judge.errors.max_increase,
                 latency_max_ratio=cfg.judge.latency.max_ratio,
