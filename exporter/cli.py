@@ -503,6 +503,8 @@ def _shift_text(data: dict[str, object]) -> str:
     ]
     if status.get("position"):
         lines.append(str(status["position"]))
+    if "readiness" in status:
+        lines.append(_readiness_line(status["readiness"]))
     if status.get("why"):
         lines.append(f"waiting: {status.get('why')}")
     history = status.get("history")
@@ -550,6 +552,15 @@ def cmd_report(args: argparse.Namespace) -> int:
             return EXIT_ERROR
     print(render(data, args.format, now), end="")
     return EXIT_OK
+
+
+def _readiness_line(readiness: object) -> str:
+    """readiness: WAIT: 12 more minutes; 310 more candidate requests on traffic:all"""
+    if not isinstance(readiness, dict) or not readiness.get("verdict"):
+        return "readiness: not judged yet"
+    reasons = readiness.get("reasons")
+    said = "; ".join(str(r) for r in reasons) if isinstance(reasons, list) else ""
+    return f"readiness: {readiness['verdict']}" + (f": {said}" if said else "")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -287,8 +287,8 @@ class Shift(_Model):
     )
     hold: Duration = 1800.0
     ttl_margin: Annotated[float, BeforeValidator(parse_duration), Field(ge=0)] = 5.0
+    # superseded by readiness.min_probes / min_requests, and their value where readiness sets none
     min_samples: Annotated[int, Field(ge=1)] = 50
-    # real candidate requests (traffic section) a step must have seen before the next
     min_requests: Annotated[int, Field(ge=0)] = 0
     rollback_to: Annotated[float, Field(ge=0, le=100)] = 0
     mode: Literal["auto", "manual"] = "auto"
@@ -562,6 +562,24 @@ class Config(_Model):
         if self.readiness.hold is not None:
             return self.readiness.hold
         return self.shift.hold if self.shift is not None else 1800.0
+
+    @property
+    def readiness_min_probes(self) -> int:
+        """readiness.min_probes, else the older shift.min_samples where it is set, else 50."""
+        return self._readiness_minimum("min_probes", "min_samples")
+
+    @property
+    def readiness_min_requests(self) -> int:
+        """readiness.min_requests, else the older shift.min_requests where it is set, else 500."""
+        return self._readiness_minimum("min_requests", "min_requests")
+
+    def _readiness_minimum(self, name: str, shift_name: str) -> int:
+        value: int = getattr(self.readiness, name)
+        if name in self.readiness.model_fields_set or self.shift is None:
+            return value
+        if shift_name in self.shift.model_fields_set:
+            value = getattr(self.shift, shift_name)
+        return value
 
     def record_for(self, check: Check) -> Route53Record | None:
         """The Route53 record whose traffic this check represents, if any."""

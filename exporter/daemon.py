@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -225,8 +224,6 @@ class Daemon:
         self._traffic_end: float | None = None
         self._split: SplitWatch | None = None
         self._split_status: SplitStatus | None = None
-        self._shift_requests: tuple[float | None, float] = (None, 0.0)
-        self._shift_base: tuple[float | None, dict[tuple[str, str], int]] = (None, {})
         # the step ledger and the go/no-go verdict per migrated record (state_dir/readiness.json)
         self.readiness = ReadinessWatch(
             WatchSettings.of(config),
@@ -856,10 +853,9 @@ class Daemon:
             baseline=cfg.baseline,
             candidate=cfg.candidate,
             steps=tuple(float(s) for s in shift.steps),
-            hold=shift.hold,
+            # readiness.hold (else shift.hold): the verdict enforces it, the plan counts it down
+            hold=cfg.readiness_hold,
             ttl_margin=shift.ttl_margin,
-            min_samples=shift.min_samples,
-            min_requests=shift.min_requests,
             rollback_to=float(shift.rollback_to),
             mode=shift.mode,
             dry_run=not (shift.enabled and self.allow_route53_writes),
@@ -933,43 +929,18 @@ class Daemon:
             for i in self.alerts.incidents
             if i.check in checks and i not in self.alerts.firing()
         ]
-        # probes made since the plan's current share began, per side, the fewest over the checks
-        since = self.shift.plan.samples_since
-        base_since, base = self._shift_base
-        totals = {
-            (r.state.name, p): s.probes_total
-            for r in self._running.values()
-            if r.state.name in checks
-            for p, s in r.state.series.items()
-        }
-        if since != base_since:
-            self._shift_base = (since, totals)
-            base = totals
-        counts = {
-            role: min(
-                (totals[key] - base.get(key, totals[key]) for key in totals if key[1] == platform),
-                default=0,
-            )
-            for role, platform in (
-                ("baseline", self.config.baseline),
-                ("candidate", self.config.candidate),
-            )
-        }
-        # real candidate requests since then, from the cumulative counters (a step's hold may
-        # be longer than the timeline remembers)
-        served = math.fsum(
-            c.requests
-            for (p, _, _), c in self.timeline.counters.items()
-            if p == self.config.candidate
-        )
-        if since != self._shift_requests[0]:
-            self._shift_requests = (since, served)
-        candidate_requests = served - self._shift_requests[1]
+        # the verdict on the record's current step: the plan tells a step before its own change
+        # (the ledger sees it a tick and a Route53 read later) by when it began and its share
+        key = normalize_name(self.shift.settings.record)
+        verdict = next((r for r in self.readiness.verdicts() if r.record == key), None)
         return Observation(
             weights=weights,
-            baseline_samples=counts["baseline"],
-            candidate_samples=counts["candidate"],
-            candidate_requests=candidate_requests,
+            readiness=verdict.verdict if verdict is not None else None,
+            readiness_reasons=verdict.reasons if verdict is not None else (),
+            readiness_since=verdict.step.started_at if verdict is not None else None,
+            readiness_share=100.0 * verdict.step.shares.get(self.config.candidate, 0.0)
+            if verdict is not None
+            else None,
             firing=firing,
             pending=pending,
             ttl=ttl,

@@ -698,6 +698,19 @@ def test_readiness_defaults_and_the_hold_from_the_shift() -> None:
     assert cfg.readiness_hold == 2700
     assert (cfg.readiness.min_probes, cfg.readiness.min_requests) == (20, 100)
     assert cfg.readiness.confidence == 0.9
+    assert (cfg.readiness_min_probes, cfg.readiness_min_requests) == (20, 100)
+
+
+def test_the_shifts_older_minimums_stand_in_for_readinesss() -> None:
+    """shift.min_samples / min_requests, from before readiness, where readiness sets none."""
+    shift = {"record": "api.example.com", "min_samples": 30}
+    cfg = parse_config(with_changes(**SHIFTED, shift=shift), env={})
+    assert (cfg.readiness_min_probes, cfg.readiness_min_requests) == (30, 500)
+    own = with_changes(**SHIFTED, shift=shift, readiness={"min_probes": 80})
+    assert parse_config(own, env={}).readiness_min_probes == 80
+    # neither says: readiness's defaults (not the shift's, whose min_requests used to be 0)
+    cfg = parse_config(with_changes(**SHIFTED, shift={"record": "api.example.com"}), env={})
+    assert (cfg.readiness_min_probes, cfg.readiness_min_requests) == (50, 500)
 
 
 def test_readiness_is_strict_and_says_where() -> None:

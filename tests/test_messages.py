@@ -12,6 +12,7 @@ from exporter.alerting.messages import (
     severity,
     shift_notifications,
 )
+from exporter.judging.readiness import Verdict
 from exporter.route53.plan import Notify, Observation, SetWeights, ShiftPlan, ShiftSettings
 
 FIGURES = {
@@ -117,7 +118,7 @@ def test_dry_run_shift_messages_say_so_and_show_route53s_weights() -> None:
         )
     )
     real = {"heroku": 90, "aws": 10}
-    seen = Observation(weights=real, baseline_samples=50, candidate_samples=50, ttl=30.0)
+    seen = Observation(weights=real, readiness=Verdict.GO, ttl=30.0)
     plan.step(1000.0, seen)
     (write,) = plan.step(1061.0, seen)
     assert isinstance(write, SetWeights) and write.share == 25

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -310,6 +311,18 @@ def test_wait_on_too_few_probes_and_requests() -> None:
     result = readiness(facts(few, traffic, traffic=False), START + 40 * MINUTE, SETTINGS)
     assert not any("requests" in r for r in result.reasons)
     assert subject(result, "traffic:all").counted is False
+
+
+def test_requests_are_not_required_of_a_side_without_a_share() -> None:
+    # at 0% the candidate has no users: its requests cannot be waited for (the shift's first step)
+    quiet = Evidence("traffic:all", "requests", requests(900, seed=9), Side.requests())
+    at_zero = replace(facts(clean(), quiet, traffic=True), shares={"heroku": 1.0, "aws": 0.0})
+    result = readiness(at_zero, START + 31 * MINUTE, SETTINGS)
+    assert result.verdict is Verdict.GO, result.reasons
+    assert subject(result, "traffic:all").counted is False
+    # at 10% they are required
+    result = readiness(facts(clean(), quiet, traffic=True), START + 31 * MINUTE, SETTINGS)
+    assert "500 more candidate requests on traffic:all" in result.reasons
 
 
 def test_go_never_on_too_little_evidence() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from exporter.alerting.alerts import Incident, Phase
 from exporter.config import parse_config
-from exporter.judging.readiness import StepFacts
+from exporter.judging.readiness import StepFacts, Verdict
 from exporter.readiness import watch as watch_module
 from exporter.readiness.ledger import HISTORY, Ledger, shares_of
 from exporter.readiness.watch import Observed, ReadinessWatch, WatchSettings
@@ -174,15 +174,17 @@ def test_the_shifts_own_write_is_told_from_a_persons() -> None:
     plan = ShiftPlan(
         ShiftSettings(
             record=RECORD, baseline="heroku", candidate="aws", hold=0.0, ttl_margin=0.0,
-            min_samples=0, dry_run=False,
+            dry_run=False,
         )
     )  # fmt: skip
     clock = Clock()
     w = make(None, clock, settings(shift=True))
-    plan.step(clock.t, Observation(weights={"heroku": 100, "aws": 0}, ttl=0))
+    plan.step(clock.t, Observation(weights={"heroku": 100, "aws": 0}, ttl=0, readiness=Verdict.GO))
     w.tick(clock.t, observed(100, 0, shift=plan))
     clock.t += 1
-    actions = plan.step(clock.t, Observation(weights={"heroku": 100, "aws": 0}, ttl=0))
+    actions = plan.step(
+        clock.t, Observation(weights={"heroku": 100, "aws": 0}, ttl=0, readiness=Verdict.GO)
+    )
     (write,) = [a for a in actions if isinstance(a, SetWeights)]
     assert dict(write.weights) == {"heroku": 90, "aws": 10}
     # Route53 shows the write before the plan heard it landed: still the shift's
@@ -199,22 +201,60 @@ def test_the_shifts_own_write_is_told_from_a_persons() -> None:
     assert facts.next_share == 0.25
 
 
+def test_a_step_and_its_rollback_between_two_ticks_start_a_step() -> None:
+    """0% -> 10% -> 0% unseen by the ledger: the rollback's 0% is a new step, which the plan
+    waits for (a verdict on the step from before its change is no verdict for it)."""
+    plan = ShiftPlan(
+        ShiftSettings(
+            record=RECORD, baseline="heroku", candidate="aws", hold=0.0, ttl_margin=0.0,
+            dry_run=False,
+        )
+    )  # fmt: skip
+    clock = Clock()
+    w = make(None, clock, settings(shift=True))
+    at_zero = {"heroku": 100, "aws": 0}
+    plan.step(clock.t, Observation(weights=at_zero, ttl=0, readiness=Verdict.GO))
+    w.tick(clock.t, observed(100, 0, shift=plan))
+    first = step(w)
+    clock.t += 1
+    (forward,) = [
+        a
+        for a in plan.step(clock.t, Observation(weights=at_zero, ttl=0, readiness=Verdict.GO))
+        if isinstance(a, SetWeights)
+    ]
+    plan.change_applied(clock.t, forward.seq)
+    clock.t += 1
+    firing = Observation(weights={"heroku": 90, "aws": 10}, ttl=0, firing=("health.down.1",))
+    (back,) = [a for a in plan.step(clock.t, firing) if isinstance(a, SetWeights)]
+    plan.change_applied(clock.t, back.seq)
+    clock.t += 1
+    w.tick(clock.t, observed(100, 0, shift=plan))  # the ledger's next look: 0% again
+    s = step(w)
+    assert s is not first and (s.started_at, s.changed_by) == (clock.t, "shift")
+    assert w.history()[RECORD][-1].started_at == first.started_at
+    clock.t += 5
+    w.tick(clock.t, observed(100, 0, shift=plan))
+    assert step(w) is s  # once
+
+
 def test_a_dry_run_shift_moves_the_step_with_its_would_be_weights() -> None:
     plan = ShiftPlan(
         ShiftSettings(
             record=RECORD, baseline="heroku", candidate="aws", hold=0.0, ttl_margin=0.0,
-            min_samples=0, dry_run=True,
+            dry_run=True,
         )
     )  # fmt: skip
     clock = Clock()
     w = make(None, clock, settings(shift=True))
     w.tick(clock.t, observed(100, 0, shift=plan))  # before the plan's first read
     first = step(w)
-    plan.step(clock.t, Observation(weights={"heroku": 100, "aws": 0}, ttl=0))
+    plan.step(clock.t, Observation(weights={"heroku": 100, "aws": 0}, ttl=0, readiness=Verdict.GO))
     clock.t += 1
     w.tick(clock.t, observed(100, 0, shift=plan))
     assert step(w) is first and first.dry_run  # adopting the weights read is no new step
-    actions = plan.step(clock.t, Observation(weights={"heroku": 100, "aws": 0}, ttl=0))
+    actions = plan.step(
+        clock.t, Observation(weights={"heroku": 100, "aws": 0}, ttl=0, readiness=Verdict.GO)
+    )
     (write,) = [a for a in actions if isinstance(a, SetWeights)]
     plan.change_applied(clock.t, write.seq)
     clock.t += 1

@@ -13,6 +13,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from exporter.judging.readiness import Verdict
 from exporter.route53.plan import Observation, Phase, SetWeights, ShiftPlan, ShiftSettings
 from exporter.route53.read import RecordSpec, Route53Error, Route53Reader
 from exporter.route53.write import Route53Writer, WeightsChanged
@@ -541,7 +542,6 @@ async def test_a_plan_walks_real_weights_then_rolls_back(
         candidate="aws",
         steps=(10, 25, 50, 100),
         hold=1.0,
-        min_samples=1,
         dry_run=False,
     )
     plan = ShiftPlan(settings)
@@ -555,8 +555,7 @@ async def test_a_plan_walks_real_weights_then_rolls_back(
         seen.append(read.platform_weights())
         observation = Observation(
             weights=read.platform_weights(),
-            baseline_samples=5,
-            candidate_samples=5,
+            readiness=Verdict.GO,
             firing=firing,
             ttl=read.ttl,
         )

@@ -1,15 +1,21 @@
-"""The guarded shift plan as a pure state machine, driven by a synthetic clock."""
+"""The guarded shift plan as a pure state machine, driven by a synthetic clock.
+
+The readiness verdict it advances on comes from a stand-in for the step ledger (`World`): a step
+begins when the weights it follows change, and says GO once it has lasted READY seconds.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from exporter.judging.readiness import Verdict
 from exporter.route53.plan import (
     HISTORY_LIMIT,
     Action,
@@ -33,13 +39,12 @@ SETTINGS = ShiftSettings(
     steps=(10, 25, 50, 100),
     hold=60.0,
     ttl_margin=5.0,
-    min_samples=20,
     rollback_to=0.0,
     mode="auto",
     dry_run=False,
 )
-ENOUGH = 50
 TTL = 30.0  # below the hold: the hold stays 60 s unless a test raises the TTL
+GO_SUMMARY = "held 1 min; 240 probes; every bound within tolerance"
 
 
 class World:
@@ -53,11 +58,37 @@ class World:
         self.notes: list[Notify] = []
         self.unapplied: list[SetWeights] = []
         self.auto_apply = True
+        # the stand-in ledger's current step: the weights found have been watched for an hour
+        self.step_weights = self.followed()
+        self.step_start = t - 3600.0
+
+    def followed(self) -> dict[str, int]:
+        """What the ledger follows: Route53's weights, or a dry run's would-be ones."""
+        target = self.plan.status(self.t).target_weights
+        if self.plan.settings.dry_run and target:
+            return dict(target)
+        return dict(self.weights)
+
+    def verdict(self) -> tuple[Verdict, tuple[str, ...]]:
+        """GO once the step lasted the hold, else WAIT with what is left.
+
+        The hold is the plan's, as in the daemon (readiness.hold is the plan's hold).
+        """
+        weights = self.followed()
+        if weights != self.step_weights:
+            self.step_weights, self.step_start = weights, self.t
+        ready, held = self.plan.settings.hold, self.t - self.step_start
+        if held >= ready:
+            return Verdict.GO, (GO_SUMMARY,)
+        return Verdict.WAIT, (f"{math.ceil(ready - held)} more seconds",)
 
     def obs(self, **kw: Any) -> Observation:
+        verdict, reasons = self.verdict()
         kw.setdefault("weights", dict(self.weights))
-        kw.setdefault("baseline_samples", ENOUGH)
-        kw.setdefault("candidate_samples", ENOUGH)
+        kw.setdefault("readiness", verdict)
+        kw.setdefault("readiness_reasons", reasons)
+        kw.setdefault("readiness_since", self.step_start)
+        kw.setdefault("readiness_share", candidate_percent(self.step_weights, "heroku", "aws"))
         kw.setdefault("ttl", TTL)
         return Observation(**kw)
 
@@ -75,6 +106,7 @@ class World:
                 self.apply(action)
             else:
                 self.unapplied.append(action)
+        self.verdict()  # the ledger sees a change at once (the daemon's sees it a tick later)
 
     def apply(self, action: SetWeights) -> None:
         self.weights = dict(action.weights)
@@ -170,11 +202,15 @@ def test_full_plan_walks_the_steps_with_holds() -> None:
     start = w.t
 
     for share, nxt in ((10, 25), (25, 50), (50, 100)):
-        assert w.evaluate(30) == []
+        assert w.evaluate(20) == []
         status = w.plan.status(w.t)
-        assert status.why == "holding: 30s left"
-        assert (status.hold_left, status.share, status.target_share) == (30, share, share)
-        assert w.evaluate(29.5) == []
+        # the record's TTL (30 s) + margin (5 s), then what the verdict still waits for
+        assert status.waiting == ("DNS: 15s left of the record's TTL + margin", "40 more seconds")
+        assert w.evaluate(16) == []
+        status = w.plan.status(w.t)
+        assert status.why == "24 more seconds"
+        assert (status.hold_left, status.share, status.target_share) == (24, share, share)
+        assert w.evaluate(23.5) == []
         assert w.evaluate(0.5) != []
         assert w.plan.share == nxt
 
@@ -204,36 +240,96 @@ def test_hold_is_raised_to_ttl_plus_margin() -> None:
 
     w.evaluate(0, ttl=300)
     assert w.plan.hold == 305
-    assert w.plan.status(w.t).why == "holding: 5m 5s left"
-    assert w.evaluate(304, ttl=300) == []
+    assert w.plan.status(w.t).waiting == (
+        "DNS: 5m 5s left of the record's TTL + margin",
+        "10 more seconds",
+    )
+    assert w.evaluate(10, ttl=300) == []  # GO, but resolvers may not have seen the change yet
+    assert w.plan.status(w.t).why == "DNS: 4m 55s left of the record's TTL + margin"
+    assert w.evaluate(294, ttl=300) == []
     assert sets(w.evaluate(1, ttl=300))[0].share == 25
 
     w.evaluate(0, ttl=None)  # an alias: the target's TTL, 60 s, is assumed
     assert w.plan.hold == 65
 
 
-def test_inconclusive_holds_and_never_advances() -> None:
+WAIT = ("12 more minutes", "310 more candidate requests on traffic:all")
+NO_GO = (
+    "errors regression on health: +9.8 pts (at least +7.1 pts; 10% vs 0.2%), tolerated +2 pts",
+    "12 more minutes",
+)
+
+
+def test_a_wait_holds_and_says_what_the_verdict_waits_for() -> None:
     w = started(world())
 
     for _ in range(5):
-        assert w.evaluate(600, candidate_samples=12) == []
-    status = w.plan.status(w.t)
-    assert status.why == "inconclusive: candidate has 12/20 samples"
-    assert w.plan.state is Phase.HOLDING and w.written == [10]
+        assert w.evaluate(600, readiness=Verdict.WAIT, readiness_reasons=WAIT) == []
 
-    w.evaluate(1, candidate_samples=3, baseline_samples=7)
-    assert w.plan.status(w.t).waiting == (
-        "inconclusive: candidate has 3/20 samples",
-        "inconclusive: baseline has 7/20 samples",
+    status = w.plan.status(w.t)
+    assert status.waiting == WAIT
+    assert status.why == "12 more minutes; 310 more candidate requests on traffic:all"
+    assert w.plan.state is Phase.HOLDING and w.written == [10]
+    assert sets(w.evaluate(1))[0].share == 25  # GO
+    assert w.plan.history[-2].reason == (
+        f"readiness GO for aws at 10% ({GO_SUMMARY}): setting aws to 25%"
     )
+
+
+def test_a_no_go_holds_with_what_decided_it() -> None:
+    w = started(world())
+    for _ in range(5):
+        assert w.evaluate(600, readiness=Verdict.NO_GO, readiness_reasons=NO_GO) == []
+    assert w.plan.status(w.t).waiting == (f"NO-GO: {NO_GO[0]}", NO_GO[1])
+    assert w.plan.state is Phase.HOLDING and w.written == [10]
+    # a NO-GO is no regression firing: nothing is rolled back by it
+    no_reasons = w.evaluate(1, readiness=Verdict.NO_GO, readiness_reasons=())
+    assert not any(a.rollback for a in sets(no_reasons))
+    assert w.plan.status(w.t).why == "readiness: NO-GO"
+
+
+def test_no_verdict_yet_holds() -> None:
+    w = world()
+    w.evaluate(readiness=None)  # adopts
+    assert w.evaluate(600, readiness=None) == []
+    assert w.plan.status(w.t).why == "readiness not judged yet"
+    assert sets(w.evaluate(1))[0].share == 10
+    assert w.evaluate(600, readiness=None) == []
+    assert w.plan.status(w.t).why == "readiness not judged yet"
+
+
+def test_a_go_on_the_step_before_the_change_is_not_judged_yet() -> None:
+    w = at_share(10)
+    changed = w.t  # the step to 10% was issued (and landed) now
+    before = {"readiness": Verdict.GO, "readiness_reasons": (GO_SUMMARY,)}
+
+    # the ledger has not seen the change yet: its GO is the 0% step's, begun long before
+    assert w.evaluate(61, **before, readiness_since=changed - 600, readiness_share=0) == []
+    assert w.plan.status(w.t).why == "readiness not judged yet"
+    # the same step seen at the plan's share (a dry run's would-be weights), but older
+    assert w.evaluate(1, **before, readiness_since=changed - 1, readiness_share=10) == []
+    # a step at another share, however new, is not this one
+    assert w.evaluate(1, **before, readiness_since=changed + 5, readiness_share=25) == []
+    assert w.plan.status(w.t).why == "readiness not judged yet"
+    assert w.written == [10]
+    # the ledger's step for the change: begun when it was issued, or later
+    assert [a.share for a in sets(w.evaluate(1, **before, readiness_since=changed))] == [25]
+
+
+def test_go_still_waits_for_the_records_ttl_after_a_change() -> None:
+    w = started(world(hold=0.0))  # the verdict may say GO at once: resolvers have not seen it
+    assert w.plan.share == 10
+    assert w.evaluate(34) == []
+    assert w.plan.status(w.t).why == "DNS: 1s left of the record's TTL + margin"
     assert sets(w.evaluate(1))[0].share == 25
 
 
-def test_the_first_step_waits_for_samples_and_the_weights() -> None:
+def test_the_first_step_waits_for_go_and_the_weights() -> None:
     w = world()
-    w.evaluate(candidate_samples=0, baseline_samples=0)  # adopts
-    assert w.evaluate(1, candidate_samples=5) == []
-    assert w.plan.status(w.t).why == "inconclusive: candidate has 5/20 samples"
+    few = ("5 more candidate probes on health",)
+    w.evaluate(readiness=Verdict.WAIT, readiness_reasons=few)  # adopts
+    assert w.evaluate(1, readiness=Verdict.WAIT, readiness_reasons=few) == []
+    assert w.plan.status(w.t).why == "5 more candidate probes on health"
     assert w.evaluate(1, weights=None) == []
     assert w.plan.status(w.t).why == "waiting for a fresh read of the Route53 weights"
     assert sets(w.evaluate(1))[0].share == 10
@@ -314,17 +410,17 @@ def test_resume_after_rollback_goes_back_to_the_last_good_share() -> None:
 
     with pytest.raises(Refused, match=r"cannot resume while a regression is firing \(health/"):
         w.plan.resume(w.t)
-    w.evaluate(120)  # resolved
+    w.evaluate(20)  # resolved
     w.run(w.plan.resume(w.t))
 
     assert w.plan.state is Phase.HOLDING
     assert w.notes[-1].text == (
-        "api.example.com: shift resumed by a person; going back to 25% once both sides have "
-        "samples again"
+        "api.example.com: shift resumed by a person; going back to 25% on readiness GO"
     )
-    # the samples count afresh from the resume; no hold below the first step
-    assert w.plan.samples_since == w.t
-    assert w.evaluate(1, candidate_samples=4) == []
+    # the step at 0% began with the rollback: it must earn its GO like any other
+    assert w.evaluate(1) == []
+    assert w.plan.status(w.t).why == "39 more seconds"
+    assert w.evaluate(38) == []
     assert sets(w.evaluate(1))[0].share == 25
     assert w.plan.state is Phase.HOLDING
     assert w.evaluate(59) == []
@@ -337,16 +433,21 @@ def test_resume_after_a_rollback_at_the_first_step_starts_over() -> None:
     w.evaluate(1, firing=["health/down"])
     w.evaluate(1)
     w.plan.resume(w.t)
-    assert sets(w.evaluate(1))[0].share == 10
+    assert w.evaluate(1) == []
+    assert sets(w.evaluate(58))[0].share == 10  # the 0% step, begun at the rollback, held 1m
 
 
-def test_firing_below_the_first_step_writes_nothing_and_restarts_the_count() -> None:
+def test_firing_below_the_first_step_writes_nothing_and_holds() -> None:
     w = world()
     w.evaluate()
     assert w.evaluate(1, firing=["health/down"]) == []
-    assert w.plan.samples_since == w.t
+    assert w.plan.history[-1].reason == "regression firing: health/down; nothing to roll back"
     assert w.plan.status(w.t).why == "regression firing: health/down"
     assert w.written == []
+    # resolved: the verdict decides, NO-GO holds
+    fired = ("candidate down on health fired 10:02 UTC, resolved after 1 min",)
+    assert w.evaluate(60, readiness=Verdict.NO_GO, readiness_reasons=fired) == []
+    assert w.plan.status(w.t).why == f"NO-GO: {fired[0]}"
     assert sets(w.evaluate(1))[0].share == 10
 
 
@@ -375,7 +476,8 @@ def test_hand_change_pauses_and_is_never_overwritten() -> None:
     w.run(w.plan.resume(w.t))
     assert w.evaluate(1) == []  # the person's 30% is the new starting point
     assert (w.plan.share, w.plan.next_index) == (30, 2)
-    assert w.evaluate(59) == []
+    # the ledger has watched the person's 30% since they set it: only the TTL is left to wait
+    assert w.evaluate(34) == []
     assert [(a.share, a.expected) for a in sets(w.evaluate(1))] == [(50, {"heroku": 70, "aws": 30})]
 
 
@@ -389,7 +491,7 @@ def test_hand_change_after_a_rollback_is_kept_on_resume() -> None:
     w.plan.resume(w.t)
     w.evaluate(1)
     assert (w.plan.share, w.plan.next_index) == (5, 0)
-    assert w.evaluate(59) == []  # 5% is above rollback_to: it is held
+    assert w.evaluate(58) == []  # 5% is above rollback_to: its step (since the hand change) holds
     assert sets(w.evaluate(1))[0].share == 10
 
 
@@ -398,7 +500,9 @@ def test_manual_mode_waits_for_approval() -> None:
     w.evaluate()
     assert w.evaluate(1) == [w.notes[-1]]
     assert w.plan.state is Phase.WAITING_APPROVAL
-    assert w.notes[-1].text == "api.example.com: aws held 0%; approve to go to 10%"
+    assert w.notes[-1].text == (
+        f"api.example.com: readiness GO for aws at 0% ({GO_SUMMARY}); approve to go to 10%"
+    )
     assert w.evaluate(3600) == []
     assert w.plan.status(w.t).why == "waiting for approval to go to 10%"
 
@@ -415,6 +519,36 @@ def test_manual_mode_waits_for_approval() -> None:
     w.run(w.plan.approve(w.t))
     assert w.written == [10, 25]
     assert w.kinds().count("approved") == 2
+
+
+def test_manual_mode_asks_for_approval_only_on_go() -> None:
+    w = world(mode="manual")
+    w.evaluate()
+    for _ in range(3):
+        assert w.evaluate(600, readiness=Verdict.WAIT, readiness_reasons=WAIT) == []
+    assert w.plan.state is Phase.HOLDING and "waiting_approval" not in w.kinds()
+    with pytest.raises(Refused, match=r"^nothing to approve: holding at 0%$"):
+        w.plan.approve(w.t)
+    w.evaluate(1)  # GO
+    assert w.plan.state is Phase.WAITING_APPROVAL
+    # the verdict went back to WAIT (or NO-GO): approving is refused with its reasons
+    w.evaluate(1, readiness=Verdict.WAIT, readiness_reasons=WAIT)
+    assert w.plan.status(w.t).waiting == ("waiting for approval to go to 10%", *WAIT)
+    with pytest.raises(
+        Refused,
+        match=r"^cannot approve now: 12 more minutes; 310 more candidate requests on traffic:all$",
+    ):
+        w.plan.approve(w.t)
+    w.evaluate(1, readiness=Verdict.NO_GO, readiness_reasons=NO_GO)
+    with pytest.raises(Refused, match=r"^cannot approve now: NO-GO: errors regression on health"):
+        w.plan.approve(w.t)
+    w.evaluate(1, readiness=None)
+    with pytest.raises(Refused, match=r"^cannot approve now: readiness not judged yet$"):
+        w.plan.approve(w.t)
+    assert w.written == []
+    w.evaluate(1)
+    w.run(w.plan.approve(w.t))
+    assert w.written == [10]
 
 
 def test_a_regression_while_waiting_for_approval_rolls_back() -> None:
@@ -533,7 +667,7 @@ def test_failed_write_that_landed_after_all_is_confirmed() -> None:
     w.weights = dict(change.weights)
 
     assert [n.kind for n in w.evaluate(1)] == ["step"]
-    assert (w.plan.state, w.plan.share, w.plan.samples_since) == (Phase.HOLDING, 25, w.t)
+    assert (w.plan.state, w.plan.share, w.plan.since) == (Phase.HOLDING, 25, w.t)
 
 
 def test_failed_rollback_is_retried_for_as_long_as_it_takes() -> None:
@@ -551,6 +685,7 @@ def restart(w: World, path: Path) -> World:
     plan = ShiftPlan.load(path, w.plan.settings, now=w.t)
     again = World(plan, w.weights, w.t)
     again.written = list(w.written)
+    again.step_weights, again.step_start = w.step_weights, w.step_start  # the ledger is saved too
     return again
 
 
@@ -561,7 +696,8 @@ def test_restart_mid_hold_resumes_where_it_was(tmp_path: Path) -> None:
 
     w = restart(w, tmp_path / "shift.json")
 
-    assert w.plan.status(w.t).why == "holding: 20s left; waiting for the first evaluation"
+    assert w.plan.status(w.t).why == "waiting for the first evaluation"
+    assert w.plan.hold_left(w.t) == 20
     w.evaluate(0)
     after = w.plan.status(w.t)
     assert after.to_dict() == before.to_dict()
@@ -695,8 +831,10 @@ def test_weights_read_before_the_last_change_are_not_a_hand_change() -> None:
 
     assert w.evaluate(1, weights=stale, read_at=confirmed - 1) == []
     assert w.plan.state is Phase.HOLDING
-    assert w.plan.status(w.t).why == (
-        "holding: 59s left; waiting for a fresh read of the Route53 weights"
+    assert w.plan.status(w.t).waiting == (
+        "DNS: 34s left of the record's TTL + margin",
+        "waiting for a fresh read of the Route53 weights",
+        "59 more seconds",
     )
     w.evaluate(1, weights=stale, read_at=confirmed + 1)
     assert w.plan.state is Phase.PAUSED
@@ -721,14 +859,6 @@ def test_settings_are_checked() -> None:
         dataclasses.replace(SETTINGS, rollback_to=10)
     with pytest.raises(ValueError, match="steps must increase strictly"):
         dataclasses.replace(SETTINGS, steps=(10, 10))
-
-
-def test_a_step_waits_for_real_candidate_requests() -> None:
-    at = at_share(10, min_requests=500)  # the first step needs none: nobody used the candidate
-    at.evaluate(61)  # the hold is over, probes are plenty: the requests are not
-    assert at.plan.status(at.t).why.endswith("the candidate served 0/500 real requests")
-    assert sets(at.evaluate(1, candidate_requests=499)) == []
-    assert [a.share for a in sets(at.evaluate(1, candidate_requests=500))] == [25]
 
 
 # --- dry run: every text says so, beside the weights Route53 really holds ----------------------
@@ -774,12 +904,21 @@ def test_dry_run_says_what_it_would_set_beside_what_route53_holds() -> None:
         f"nothing written; {HOLDS}; holding 1m as if it were set; plan 10% → [25%] → 50% → 100%"
     )
     assert [t.reason for t in w.plan.history[-2:]] == [
-        f"DRY RUN: the hold at 10% (1m) is over: would set aws to 25% (heroku 75, aws 25); {HOLDS}",
+        f"DRY RUN: readiness GO at 10%: would set aws to 25% (heroku 75, aws 25); {HOLDS}",
         f"DRY RUN: acting as if aws were at 25% (heroku 75, aws 25): nothing written; {HOLDS}",
     ]
     status = w.plan.status(w.t)
     assert (status.share, status.real_share, status.real_weights) == (25, 10, REAL)
-    assert status.why == "DRY RUN: holding: 1m left"
+    # the last verdict was on the step before the change: the next evaluation brings this one's
+    assert status.why == (
+        "DRY RUN: DNS: 35s left of the record's TTL + margin; readiness not judged yet"
+    )
+    assert status.hold_left == 60
+    w.evaluate(0)
+    assert w.plan.status(w.t).waiting == (
+        "DRY RUN: DNS: 35s left of the record's TTL + margin",
+        "DRY RUN: 60 more seconds",
+    )
     assert status.position == (
         f"DRY RUN: acting as if aws were at 25% (heroku 75, aws 25); nothing written; {HOLDS}"
     )
@@ -807,7 +946,8 @@ def test_dry_run_says_what_it_would_set_beside_what_route53_holds() -> None:
     )
     w.evaluate(1)
     w.run(w.plan.resume(w.t))
-    w.evaluate(1)  # back to 10% once both sides have samples
+    w.evaluate(60)  # back to 10% on GO at 0% (its step began with the rollback)
+    assert w.plan.share == 10
     w.run(w.plan.rollback(w.t))
     w.run(w.plan.resume(w.t))
     for _ in range(6):
@@ -826,7 +966,7 @@ def test_dry_run_in_manual_mode_says_so_when_waiting_and_approved() -> None:
     w.evaluate(61)
     assert w.plan.state is Phase.WAITING_APPROVAL
     assert w.notes[-1].text == (
-        "DRY RUN: api.example.com: the hold at 10% is over; approve to go to 25% "
+        "DRY RUN: api.example.com: readiness GO at 10%; approve to go to 25% "
         f"(nothing is written: {HOLDS})"
     )
     assert w.plan.status(w.t).why == "DRY RUN: waiting for approval to go to 25%"
@@ -881,7 +1021,7 @@ def test_dry_run_refusals_never_say_a_rollback_happened() -> None:
     with pytest.raises(Refused, match=rf"^nothing to approve: stopped: {re.escape(stopped)}$"):
         w.plan.approve(w.t)
     w.run(w.plan.resume(w.t))
-    w.evaluate(1)
+    w.evaluate(60)  # GO at 0%: its step began with the rollback
     w.run(w.plan.approve(w.t))
     with pytest.raises(Refused, match=r"^not paused: holding at 10% \(nothing written\) \(1m"):
         w.plan.resume(w.t)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import time
@@ -25,8 +26,13 @@ def test_status_text_of_a_plan_that_writes() -> None:
     data = {
         "shift": {
             "record": "api.example.com", "state": "holding", "mode": "auto", "dry_run": False,
-            "steps": [10.0, 25.0, 50.0, 100.0], "current_step": 1, "why": "holding: 4m left",
+            "steps": [10.0, 25.0, 50.0, 100.0], "current_step": 1,
+            "why": "12 more minutes; 310 more candidate requests on traffic:all",
             "position": "aws at 25% (heroku 75, aws 25)",
+            "readiness": {
+                "verdict": "WAIT",
+                "reasons": ["12 more minutes", "310 more candidate requests on traffic:all"],
+            },
             "history": [{"at": 1.0, "state": "holding", "reason": "aws at 25% (INSYNC)"}],
         }
     }  # fmt: skip
@@ -34,9 +40,14 @@ def test_status_text_of_a_plan_that_writes() -> None:
         "shift of api.example.com: holding (auto mode)",
         "  plan 10% → [25%] → 50% → 100%",
         "  aws at 25% (heroku 75, aws 25)",
-        "  waiting: holding: 4m left",
+        "  readiness: WAIT: 12 more minutes; 310 more candidate requests on traffic:all",
+        "  waiting: 12 more minutes; 310 more candidate requests on traffic:all",
         "  last: aws at 25% (INSYNC)",
     ]
+    data["shift"]["readiness"] = None  # the ledger has not judged the record yet
+    assert "  readiness: not judged yet" in _shift_text(data).splitlines()
+    dry = {"shift": {**data["shift"], "dry_run": True, "readiness": {"verdict": "GO"}}}
+    assert "  DRY RUN: readiness: GO" in _shift_text(dry).splitlines()
 
 
 async def test_dry_run_approve_and_rollback_say_dry_run_everywhere(
@@ -119,6 +130,8 @@ async def test_dry_run_approve_and_rollback_say_dry_run_everywhere(
         assert all(line.lstrip().startswith("DRY RUN: ") for line in lines), lines
         assert all(line.count("DRY RUN") == 1 for line in lines), lines
         assert "  DRY RUN: waiting: stopped: would roll aws back to 0%" in cli.stdout
+        # the verdict on the step the dry run would have made (0%), judged as any other
+        assert any(re.match(r"  DRY RUN: readiness: (GO|WAIT|NO-GO)\b", line) for line in lines)
         assert any(f"Route53 still {HOLDS}" in line for line in lines), lines
         assert d.stop() == 0
     finally:

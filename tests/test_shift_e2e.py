@@ -34,13 +34,25 @@ def shift_config(
     mode: str = "auto",
     steps: str = "[10, 50, 100]",
     state_dir: str | None = None,
+    readiness: str = "confidence: 0.6",
+    errors_max_increase: float = 0.3,
 ) -> str:
+    """A shift over moto's Route53 whose steps reach GO within seconds.
+
+    `hold` is the shift's, and so the readiness hold. The verdict's bounds need some 30 probes a
+    side at `confidence: 0.6` (p95 from fewer is unbounded); the tolerances are wide so that a
+    busy test machine's latency noise, or a few failed probes left over from a rollback, do not
+    hold a step. `shift.min_samples` stands in for `readiness.min_probes` (5).
+    """
     baseline, candidate = platforms
     return (
-        config_yaml(baseline.url, candidate.url, window="20s")
+        config_yaml(baseline.url, candidate.url, window="20s", interval="100ms", timeout="90ms")
         + f"""\
   min_samples: 5
   down_after: 3
+  latency: {{max_ratio: 20}}
+  errors: {{max_increase: {errors_max_increase}}}
+readiness: {{{readiness}}}
 route53:
   interval: 300ms
   timeout: 2s
@@ -137,7 +149,8 @@ async def test_full_plan_walks_the_steps_to_100(
             seen.append(data["share"])
         return bool(data["state"] == "done")
 
-    await d.wait_shift(record, timeout=60)
+    # four verdicts (at 0%, 10%, 50% and 100%), each some 30 probes a side and a ledger tick
+    await d.wait_shift(record, timeout=120)
     assert weights_in(moto, zid) == {"heroku": 0, "aws": 100}
     assert seen[-1] == 100 and [s for s in seen if s in (10, 50)] == [10, 50]
     m = await d.metrics()
@@ -155,9 +168,10 @@ async def test_regression_rolls_back_at_once_and_stays_paused(
 ) -> None:
     _, candidate = platforms
     _, zid = zone(moto, {"heroku": 100, "aws": 0}, ttl=1)
-    d = start_shift(shift_config(platforms, moto, zid, hold="60s"), "--allow-route53-writes")
+    # each step, 0% included, holds 6 s: time enough to break the candidate at 10%
+    d = start_shift(shift_config(platforms, moto, zid, hold="6s"), "--allow-route53-writes")
     await d.wait_ready()
-    await d.wait_shift(lambda s: s["share"] == 10 and s["state"] == "holding", timeout=30)
+    await d.wait_shift(lambda s: s["share"] == 10 and s["state"] == "holding", timeout=60)
     assert weights_in(moto, zid) == {"heroku": 90, "aws": 10}
     candidate.status = 503  # down fires after 3 probes (600 ms), and the plan rolls back
     fired = time.monotonic()
@@ -172,7 +186,9 @@ async def test_regression_rolls_back_at_once_and_stays_paused(
     assert weights_in(moto, zid) == {"heroku": 100, "aws": 0}
     status, body = await d.control("resume")
     assert status == 200, body
-    await d.wait_shift(lambda s: s["share"] == 10, timeout=30)
+    # back to 10% once the step at 0%, begun with the rollback, has its GO
+    data = await d.wait_shift(lambda s: s["share"] == 10, timeout=60)
+    assert any("readiness GO for aws at 0%" in h["reason"] for h in data["history"])
     assert d.stop() == 0
 
 
@@ -180,9 +196,9 @@ async def test_weights_changed_by_hand_pause_the_plan(
     platforms: tuple[FakePlatform, FakePlatform], moto: Moto, start_shift: Any
 ) -> None:
     client, zid = zone(moto, {"heroku": 100, "aws": 0}, ttl=1)
-    d = start_shift(shift_config(platforms, moto, zid, hold="60s"), "--allow-route53-writes")
+    d = start_shift(shift_config(platforms, moto, zid, hold="6s"), "--allow-route53-writes")
     await d.wait_ready()
-    await d.wait_shift(lambda s: s["share"] == 10 and s["state"] == "holding", timeout=30)
+    await d.wait_shift(lambda s: s["share"] == 10 and s["state"] == "holding", timeout=60)
     set_weights(client, zid, {"heroku": 70, "aws": 30}, ttl=1)
     data = await d.wait_shift(lambda s: s["state"] == "paused", timeout=15)
     assert "by hand" in data["why"] or any("by hand" in h["reason"] for h in data["history"])
@@ -195,11 +211,14 @@ async def test_restart_mid_hold_resumes_without_reapplying(
     platforms: tuple[FakePlatform, FakePlatform], moto: Moto, start_shift: Any, tmp_path: Any
 ) -> None:
     _, zid = zone(moto, {"heroku": 100, "aws": 0}, ttl=1)
-    config = shift_config(platforms, moto, zid, hold="60s", state_dir=str(tmp_path / "state"))
+    state = str(tmp_path / "state")
+    # a short hold takes the first step; the restarted daemon holds the next for a minute
+    config = shift_config(platforms, moto, zid, hold="3s", state_dir=state)
     d = start_shift(config, "--allow-route53-writes")
     await d.wait_ready()
-    first = await d.wait_shift(lambda s: s["share"] == 10 and s["state"] == "holding", timeout=30)
+    first = await d.wait_shift(lambda s: s["share"] == 10 and s["state"] == "holding", timeout=60)
     assert d.stop() == 0
+    config = shift_config(platforms, moto, zid, hold="60s", state_dir=state)
     d2 = start_shift(config, "--allow-route53-writes")
     await d2.wait_ready()
     await asyncio.sleep(2)
@@ -219,7 +238,7 @@ async def test_manual_mode_waits_for_approve_from_the_cli(
     _, zid = zone(moto, {"heroku": 100, "aws": 0}, ttl=1)
     d = start_shift(shift_config(platforms, moto, zid, mode="manual"), "--allow-route53-writes")
     await d.wait_ready()
-    await d.wait_shift(lambda s: s["state"] == "waiting_approval", timeout=30)
+    await d.wait_shift(lambda s: s["state"] == "waiting_approval", timeout=60)
     await asyncio.sleep(1.5)
     assert weights_in(moto, zid) == {"heroku": 100, "aws": 0}  # nothing without approval
 
@@ -258,7 +277,7 @@ async def test_dry_run_writes_nothing(
     }[how]
     d = start_shift(shift_config(platforms, moto, zid, enabled=how != "disabled in config"), *flags)
     await d.wait_ready()
-    data = await d.wait_shift(lambda s: s["state"] == "done", timeout=60)
+    data = await d.wait_shift(lambda s: s["state"] == "done", timeout=120)
     assert data["dry_run"] is True
     assert weights_in(moto, zid) == {"heroku": 100, "aws": 0}
     m = await d.metrics()
@@ -299,13 +318,13 @@ async def test_rollback_is_posted_in_the_incident_thread(
     slack = SlackStandIn(token="xoxb-shift-test-token", channels={"#migration": "C0MIGR"})
     await slack.start()
     try:
-        config = shift_config(platforms, moto, zid, hold="60s") + (
+        config = shift_config(platforms, moto, zid, hold="6s") + (
             "  slack:\n    token: xoxb-shift-test-token\n    channel: '#migration'\n"
             f"    api_url: {slack.url}\n"
         )
         d = start_shift(config, "--allow-route53-writes")
         await d.wait_ready()
-        await d.wait_shift(lambda s: s["share"] == 10 and s["state"] == "holding", timeout=30)
+        await d.wait_shift(lambda s: s["share"] == 10 and s["state"] == "holding", timeout=60)
         candidate.status = 503
         await d.wait_shift(lambda s: s["state"] == "rolled_back" and s["share"] == 0, timeout=15)
         assert weights_in(moto, zid) == {"heroku": 100, "aws": 0}

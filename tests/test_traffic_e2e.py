@@ -92,7 +92,16 @@ def traffic_config(
     prometheus: PrometheusStandIn,
     slack: SlackStandIn,
 ) -> str:
-    base = shift_config(platforms, moto, zid, hold="60s")
+    # the first step comes within seconds (at 0% no candidate requests are asked for); at 10%
+    # the shift waits for more real requests than the test makes, and the regression fires
+    base = shift_config(
+        platforms,
+        moto,
+        zid,
+        hold="3s",
+        readiness="confidence: 0.6, min_requests: 1000000",
+        errors_max_increase=0.02,
+    )
     return (
         base.replace("alerting:\n  for: 1s\n  resolve_after: 1s\n", "")
         + f"""\
@@ -169,7 +178,7 @@ async def test_a_regression_in_real_traffic_alerts_and_rolls_the_shift_back(
     stop = asyncio.Event()
     feeder = asyncio.create_task(feed_drain(d.url, stop))
     try:
-        await d.wait_shift(lambda s: s["share"] == 10 and s["state"] == "holding", timeout=30)
+        await d.wait_shift(lambda s: s["share"] == 10 and s["state"] == "holding", timeout=60)
         # both platforms judged on real requests, and nothing wrong yet
         regressed = 'cutover_regression{check="traffic:all",signal="errors"}'
         m = await d.wait_for(

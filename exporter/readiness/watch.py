@@ -80,8 +80,8 @@ class WatchSettings:
             candidate=cfg.candidate,
             verdict=ReadinessSettings(
                 hold=cfg.readiness_hold,
-                min_probes=r.min_probes,
-                min_requests=r.min_requests,
+                min_probes=cfg.readiness_min_probes,
+                min_requests=cfg.readiness_min_requests,
                 confidence=r.confidence,
                 errors_max_increase=cfg.judge.errors.max_increase,
                 latency_max_ratio=cfg.judge.latency.max_ratio,
@@ -335,12 +335,29 @@ class ReadinessWatch:
             end = (step.seen_until or self.started) if step is not None else now
             self._start(new, now, end, plan)
             return
+        if step is not None and step.key == new.key and self._shifted_since(step, plan):
+            # the shift moved the weights and back (a step and its rollback) between two reads
+            # or ticks: what follows is a step of its own, which its plan waits for
+            new.changed_by = "shift"
+            self._start(new, now, now, plan)
+            return
         if step is None or step.key == new.key:
             if step is not None:
                 step.dry_run = dry
             return
         new.changed_by = self._changed_by(step, new, plan)
         self._start(new, now, now, plan)
+
+    def _shifted_since(self, step: Step, plan: ShiftPlan | None) -> bool:
+        """Did the shift write the step's weights again since the step began?"""
+        if plan is None or step.record != self.settings.shift_record or plan.written is None:
+            return False
+        written = plan.written
+        return (
+            plan.changed_at is not None
+            and plan.changed_at > step.started_at
+            and all(written.get(p) == w for p, w in step.weights.items())
+        )
 
     def _changed_by(self, old: Step, new: Step, plan: ShiftPlan | None) -> ChangedBy:
         if new.dry_run:

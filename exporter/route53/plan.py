@@ -6,15 +6,18 @@ the `Action`s it returns (write weights with `route53_write.Route53Writer`, post
 reports each write's outcome with `change_applied` or `change_failed`.
 
     states        running           a weight change is in flight (issued, not yet INSYNC)
-                  holding           at a share: waiting for the hold, samples, a clean judge
-                  waiting_approval  (manual mode) the hold is over: a person must approve the step
+                  holding           at a share: waiting for the readiness verdict GO
+                  waiting_approval  (manual mode) readiness said GO: a person must approve the step
                   paused            by a person, by a hand change of the weights, or by failing writes
                   rolled_back       the candidate was set to `rollback_to`; a person must resume
                   done              the last step held
 
-Below the first step (at the start, or at `rollback_to` after a rollback) nothing is held: the
-gates are samples on both sides and a quiet judge. A control call that does not apply raises
-`Refused`, whose text is meant for the person who made it.
+The gate is the readiness verdict of the record's current step (exporter/judging/readiness.py,
+kept by the step ledger): the plan moves only on GO, for its own current step (a verdict on the
+step before its last change is not judged yet), with nothing firing or pending, and, above
+`rollback_to`, not before the record's TTL + ttl_margin since the change, so that resolvers
+saw it. A control call that does not apply raises `Refused`, whose text is meant for the person
+who made it.
 
 A dry run walks the same states but writes nothing: it trusts its own (unwritten) weights, and
 every text it produces (notifications, history, why it waits) starts with "DRY RUN:", says what
@@ -36,6 +39,7 @@ from pydantic import ConfigDict, Field
 
 from exporter.alerting.outbox import STRICT, Notification
 from exporter.errors import Refused
+from exporter.judging.readiness import Verdict
 from exporter.route53.read import normalize_name
 from exporter.store.local import StateFile
 
@@ -69,6 +73,10 @@ ALIAS_TTL: Final = 60.0
 # many tries; a rollback is retried for as long as it takes.
 MAX_STEP_ATTEMPTS: Final = 3
 _EPS: Final = 1e-6
+# Route53's weights split a share to within half of 1/255: a verdict's step at a share this
+# close to the plan's is at the plan's share
+SHARE_TOLERANCE: Final = 100.0 / 255.0 / 2.0 + _EPS
+NOT_JUDGED: Final = "readiness not judged yet"
 
 PausedBy = Literal["person", "hand_change", "failure", "rollback"]
 ChangeKind = Literal["step", "rollback"]
@@ -152,7 +160,11 @@ def _weights_text(weights: Mapping[str, int | None], order: Sequence[str]) -> st
 
 @dataclass(frozen=True, slots=True)
 class ShiftSettings:
-    """The config's `shift` section plus what the plan needs around it, in seconds and percent."""
+    """The config's `shift` section plus what the plan needs around it, in seconds and percent.
+
+    `hold` is the readiness hold (`Config.readiness_hold`): the verdict enforces it; the plan
+    says it and counts it down. The plan's own floor is the record's TTL + `ttl_margin`.
+    """
 
     record: str
     baseline: str
@@ -160,9 +172,6 @@ class ShiftSettings:
     steps: tuple[float, ...] = (10.0, 25.0, 50.0, 100.0)
     hold: float = 1800.0
     ttl_margin: float = 5.0
-    min_samples: int = 50
-    # real candidate requests since the step began (traffic section): 0 asks for none
-    min_requests: int = 0
     rollback_to: float = 0.0
     mode: Literal["auto", "manual"] = "auto"
     # No writes reach Route53: the plan trusts its own writes instead of reading them back.
@@ -178,8 +187,8 @@ class ShiftSettings:
             problems.append("steps must increase strictly")
         if self.steps and not 0 <= self.rollback_to < self.steps[0]:
             problems.append("rollback_to must be >= 0 and below the first step")
-        if self.hold < 0 or self.ttl_margin < 0 or self.min_samples < 0 or self.min_requests < 0:
-            problems.append("hold, ttl_margin, min_samples and min_requests must not be negative")
+        if self.hold < 0 or self.ttl_margin < 0:
+            problems.append("hold and ttl_margin must not be negative")
         if self.baseline == self.candidate:
             problems.append("baseline and candidate must be two platforms")
         if problems:
@@ -187,7 +196,11 @@ class ShiftSettings:
 
     def hold_for(self, ttl: float | None) -> float:
         """The hold, raised to the record's TTL plus the margin so resolvers saw the change."""
-        return max(self.hold, (ALIAS_TTL if ttl is None else ttl) + self.ttl_margin)
+        return max(self.hold, self.floor_for(ttl))
+
+    def floor_for(self, ttl: float | None) -> float:
+        """The record's TTL plus the margin: no step comes sooner after a change."""
+        return (ALIAS_TTL if ttl is None else ttl) + self.ttl_margin
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,12 +209,14 @@ class Observation:
 
     weights   platform -> weight read from Route53 (`RecordWeights.platform_weights()`); None
               when unknown or stale, which holds the plan (it cannot tell a hand change)
-    baseline_samples / candidate_samples
-              probes made on each side since `plan.samples_since` (per side, e.g. the fewest
-              over the checks tied to the record); fewer than min_samples holds, never advances
-    candidate_requests
-              real requests the candidate served since then (traffic section); fewer than
-              min_requests holds a step above rollback_to (below it the candidate has no users)
+    readiness the readiness verdict on the record's current step (`Readiness.verdict`); None
+              before there is one, which holds ("readiness not judged yet"); only GO advances
+    readiness_reasons
+              its reasons (`Readiness.reasons`): why a WAIT waits, what decided a NO-GO
+    readiness_since / readiness_share
+              when the verdict's step began (`Readiness.step.started_at`) and the candidate's
+              percent in it: a step that began before the plan's last change was issued, or at
+              another share, is not the plan's current step and counts as not judged yet
     firing    regression alerts firing on checks tied to the record (labels such as
               "health/down" or incident ids; they come back in Notify.about)
     pending   the same for alerts pending (seen, not yet fired): they hold, never advance
@@ -213,9 +228,10 @@ class Observation:
     """
 
     weights: Mapping[str, int | None] | None
-    baseline_samples: int = 0
-    candidate_samples: int = 0
-    candidate_requests: float = 0.0
+    readiness: Verdict | None = None
+    readiness_reasons: Sequence[str] = ()
+    readiness_since: float | None = None
+    readiness_share: float | None = None
     firing: Sequence[str] = ()
     pending: Sequence[str] = ()
     ttl: float | None = None
@@ -399,6 +415,7 @@ class ShiftRecord:
     failed_share: Percent | None = None
     seq: Count = 0
     fresh_after: float | None = None
+    changed_at: float | None = None
     ttl: float | None = None
     firing: list[Text] = field(default_factory=list)
     history: list[Transition] = field(default_factory=list)
@@ -423,6 +440,9 @@ class ShiftPlan:
     seq: int = 0
     # when the last change's outcome became known: weights read earlier predate it
     fresh_after: float | None = None
+    # when the change that set the current weights was issued (None: weights found, not
+    # written): a readiness step that began earlier is the one before it
+    changed_at: float | None = None
     ttl: float | None = None
     firing: tuple[str, ...] = ()
     history: list[Transition] = field(default_factory=list)
@@ -442,13 +462,13 @@ class ShiftPlan:
         return self.phase
 
     @property
-    def samples_since(self) -> float | None:
-        """Count each side's probes from this time on for Observation.*_samples."""
-        return self.since
-
-    @property
     def hold(self) -> float:
         return self.settings.hold_for(self.ttl)
+
+    @property
+    def floor(self) -> float:
+        """The record's TTL + ttl_margin: the least time at a share after a change."""
+        return self.settings.floor_for(self.ttl)
 
     @property
     def current_step(self) -> int | None:
@@ -459,10 +479,22 @@ class ShiftPlan:
         return next((i for i, s in enumerate(steps) if abs(s - share) < _EPS), None)
 
     def hold_left(self, now: float) -> float | None:
-        """Seconds of hold left at the current share; None where no hold applies."""
+        """Seconds of hold left at the current share; None where no hold applies.
+
+        The readiness hold counts from the verdict's step (from `since` until there is one for
+        this share), the TTL floor from `since`.
+        """
         if self.since is None or not self._needs_hold():
             return None
-        return max(0.0, self.since + self.hold - now)
+        judged = self._judged()
+        began = judged.readiness_since if judged is not None else None
+        began = self.since if began is None else began
+        return max(0.0, began + self.settings.hold - now, self._floor_left(now) or 0.0)
+
+    def _floor_left(self, now: float) -> float | None:
+        if self.since is None or not self._needs_hold():
+            return None
+        return max(0.0, self.since + self.floor - now)
 
     def status(self, now: float) -> ShiftStatus:
         target = self.in_flight
@@ -552,9 +584,8 @@ class ShiftPlan:
             return actions
 
         if obs.firing and self.phase is Phase.HOLDING and set(obs.firing) != set(self._seen):
-            # below the first step nothing is rolled back, but the samples count afresh
-            self.since = now
-            self._note(now, f"regression firing: {', '.join(obs.firing)}; samples count afresh")
+            # below the first step there is nothing to roll back: the verdict holds the plan
+            self._note(now, f"regression firing: {', '.join(obs.firing)}; nothing to roll back")
         self._seen = tuple(obs.firing)
 
         if self.phase in (Phase.HOLDING, Phase.WAITING_APPROVAL) and not self._blockers(now):
@@ -572,19 +603,18 @@ class ShiftPlan:
                         f"{s.record}: {s.candidate} carries {_pct(self.share)} of the traffic: "
                         "the shift is done"
                     )
-                self._move(now, Phase.DONE, f"{self._held_text()}: {done}")
+                self._move(now, Phase.DONE, f"{self._go_text()}: {done}")
                 actions.append(self._tell("done", told))
             elif s.mode == "auto":
-                actions += self._issue_step(now, self.next_index, self._held_text())
+                actions += self._issue_step(now, self.next_index, self._go_text())
             elif self.phase is Phase.HOLDING:
                 goal = _pct(s.steps[self.next_index])
-                self._move(now, Phase.WAITING_APPROVAL, f"{self._held_text()}: approve {goal}")
+                self._move(now, Phase.WAITING_APPROVAL, f"{self._go_text()}: approve {goal}")
                 told = (
-                    f"{s.record}: the hold at {_pct(self.share)} is over; approve to go to {goal} "
+                    f"{s.record}: {self._go_text()}; approve to go to {goal} "
                     f"(nothing is written: {self._real_text()})"
                     if s.dry_run
-                    else f"{s.record}: {s.candidate} held {_pct(self.share)}; "
-                    f"approve to go to {goal}"
+                    else f"{s.record}: {self._go_text()}; approve to go to {goal}"
                 )
                 actions.append(self._tell("waiting_approval", told))
         return actions
@@ -649,10 +679,9 @@ class ShiftPlan:
             failed = self.failed_share if self.failed_share is not None else self.share or 0.0
             below = [i for i, s in enumerate(self.settings.steps) if s < failed - _EPS]
             self.next_index = below[-1] if below else 0
-            self.since = now
             self.failed_share = None
             goal = _pct(self.settings.steps[self.next_index])
-            text += f"; going back to {goal} once both sides have samples again"
+            text += f"; going back to {goal} on readiness GO"
             self._move(now, Phase.HOLDING, text)
         elif change is not None:
             self._move(now, Phase.RUNNING, text)
@@ -721,6 +750,7 @@ class ShiftPlan:
             failed_share=self.failed_share,
             seq=self.seq,
             fresh_after=self.fresh_after,
+            changed_at=self.changed_at,
             ttl=self.ttl,
             firing=list(self.firing),
             history=list(self.history),
@@ -763,6 +793,7 @@ class ShiftPlan:
             failed_share=record.failed_share,
             seq=record.seq,
             fresh_after=record.fresh_after,
+            changed_at=record.changed_at,
             ttl=record.ttl,
             firing=tuple(record.firing),
             history=record.history[-HISTORY_LIMIT:],
@@ -824,12 +855,35 @@ class ShiftPlan:
             return True
         return self.phase is Phase.PAUSED and self.paused_by in ("person", "failure")
 
+    def _judged(self) -> Observation | None:
+        """The last observation, if its verdict is on the plan's current step; else None.
+
+        A verdict on the step before the plan's last change (the ledger follows the weights a
+        tick or a Route53 read later) or at another share says nothing of this one.
+        """
+        obs = self._last
+        if obs is None or obs.readiness is None:
+            return None
+        if (
+            obs.readiness_share is not None
+            and self.share is not None
+            and abs(obs.readiness_share - self.share) > SHARE_TOLERANCE
+        ):
+            return None
+        if (
+            obs.readiness_since is not None
+            and self.changed_at is not None
+            and obs.readiness_since < self.changed_at
+        ):
+            return None
+        return obs
+
     def _blockers(self, now: float) -> list[str]:
         """Why the plan may not advance now, from the last observation."""
         out: list[str] = []
-        left = self.hold_left(now)
-        if left is not None and left > 0 and self.phase is Phase.HOLDING:
-            out.append(f"holding: {format_left(left)} left")
+        left = self._floor_left(now)
+        if left and self.phase is Phase.HOLDING:
+            out.append(f"DNS: {format_left(left)} left of the record's TTL + margin")
         obs = self._last
         if obs is None:
             return [*out, "waiting for the first evaluation"]
@@ -839,19 +893,14 @@ class ShiftPlan:
             out.append(f"regression firing: {', '.join(obs.firing)}")
         if obs.pending:
             out.append(f"regression pending: {', '.join(obs.pending)}")
-        need = self.settings.min_samples
-        for side, have in (
-            ("candidate", obs.candidate_samples),
-            ("baseline", obs.baseline_samples),
-        ):
-            if have < need:
-                out.append(f"inconclusive: {side} has {have}/{need} samples")
-        wanted = self.settings.min_requests
-        if wanted and obs.candidate_requests < wanted and self._needs_hold():
-            out.append(
-                f"inconclusive: the candidate served {obs.candidate_requests:.0f}/{wanted} "
-                "real requests"
-            )
+        judged = self._judged()
+        if judged is None or judged.readiness is None:
+            out.append(NOT_JUDGED)
+        elif judged.readiness is Verdict.WAIT:
+            out += list(judged.readiness_reasons) or ["readiness: WAIT"]
+        elif judged.readiness is Verdict.NO_GO:
+            first, *rest = list(judged.readiness_reasons) or ["readiness: NO-GO"]
+            out += [first if first.startswith("readiness") else f"NO-GO: {first}", *rest]
         return out
 
     def _waiting(self, now: float) -> list[str]:
@@ -922,13 +971,15 @@ class ShiftPlan:
             return f"stopped: {self._stopped()}"
         return self.phase.value.replace("_", " ")
 
-    def _held_text(self) -> str:
-        if self._needs_hold() and self.settings.dry_run:
-            return f"the hold at {_pct(self.share)} ({format_left(self.hold)}) is over"
-        if self._needs_hold():
-            return f"held {_pct(self.share)} for {format_left(self.hold)}"
-        at = "acting as if {} were at {}" if self.settings.dry_run else "{} at {}"
-        return f"{at.format(self.settings.candidate, _pct(self.share))}, both sides have samples"
+    def _go_text(self) -> str:
+        """readiness GO for aws at 10% (held 31 min; 7 200 probes; ...): why the plan moves on."""
+        s = self.settings
+        if s.dry_run:  # on what it would have written: nothing was held, nothing is said held
+            return f"readiness GO at {_pct(self.share)}"
+        judged = self._judged()
+        summary = "; ".join(judged.readiness_reasons) if judged is not None else ""
+        text = f"readiness GO for {s.candidate} at {_pct(self.share)}"
+        return f"{text} ({summary})" if summary else text
 
     def _note(self, now: float, reason: str) -> None:
         text = dry(reason) if self.settings.dry_run else reason
@@ -1008,6 +1059,7 @@ class ShiftPlan:
         self.share = share
         self.written = {p: int(w) for p, w in weights.items() if w is not None}
         self.since = now
+        self.changed_at = None
         above = [i for i, step in enumerate(s.steps) if step > share + _EPS]
         self.next_index = above[0] if above else None
         found = ", ".join(f"{p} {w}" for p, w in self.written.items())
@@ -1083,6 +1135,7 @@ class ShiftPlan:
         self.written = dict(change.weights)
         self.since = now
         self.fresh_after = now
+        self.changed_at = change.issued_at
         rollback = change.kind == "rollback"
         if s.dry_run:
             wrote = _weights_text(change.weights, self._order())

@@ -38,7 +38,7 @@ from exporter.web.guard import (
     Limits,
 )
 from exporter.web.page import PageInfo, render_page
-from exporter.web.readiness import readiness_data
+from exporter.web.readiness import readiness_data, verdict_of
 from exporter.web.traffic import traffic_data
 
 log = logging.getLogger("cutover.web")
@@ -379,6 +379,8 @@ def shift_data(backend: Backend, view: View) -> dict[str, Any] | None:
     data = view.shift.status.to_dict()
     data["guarded_by"] = list(backend.shift_checks())
     data["changes"] = dict(view.shift.changes)
+    # the verdict the plan advances on (GO), on the record's current step
+    data["readiness"] = verdict_of(view, view.shift.status.record)
     return data
 
 

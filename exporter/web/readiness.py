@@ -6,9 +6,10 @@ from typing import Any
 
 from exporter.judging.readiness import Readiness
 from exporter.readiness.ledger import finite
+from exporter.route53.read import normalize_name
 from exporter.web.collector import View
 
-__all__ = ["readiness_data"]
+__all__ = ["readiness_data", "verdict_of"]
 
 
 def _real_shares(view: View, record: str) -> dict[str, float] | None:
@@ -40,6 +41,29 @@ def record_data(view: View, r: Readiness) -> dict[str, Any]:
         next_share=facts.next_share,
     )
     return data
+
+
+def verdict_of(view: View, record: str) -> dict[str, Any] | None:
+    """The verdict on one record's current step, in short (the shift's API and `shift status`);
+    None before there is one."""
+    key = normalize_name(record)
+    r = next((r for r in view.readiness if r.record == key), None)
+    if r is None:
+        return None
+    facts = r.step
+    return {
+        "verdict": r.verdict.value,
+        "reasons": list(r.reasons),
+        "step": finite(
+            {
+                "started_at": facts.started_at,
+                "shares": dict(facts.shares),
+                "changed_by": facts.changed_by,
+                "dry_run": facts.dry_run,
+            }
+        ),
+        "next_share": finite(facts.next_share),
+    }
 
 
 def readiness_data(view: View) -> dict[str, Any]:
