@@ -548,3 +548,87 @@ async def test_news_not_held_by_the_outbox_is_offered_again() -> None:
         await asyncio.sleep(0.01)
     task.cancel()
     assert offered[:2] == [1, 1] and w.news == []
+
+
+def many_checks(n: int) -> WatchSettings:
+    lines = [
+        "platforms:",
+        "  heroku: {role: baseline, base_url: 'http://127.0.0.1:1'}",
+        "  aws: {role: candidate, base_url: 'http://127.0.0.1:2'}",
+        "route53:",
+        "  records:",
+        f"    - {{hosted_zone_id: Z1, name: {RECORD}, set_identifiers: {{heroku: heroku, aws: aws}}}}",
+        "readiness: {hold: 1m, min_probes: 5}",
+        "checks:",
+        *(f"  - {{name: c{i:04d}, path: /p, record: {RECORD}}}" for i in range(n)),
+    ]
+    return WatchSettings.of(parse_config("\n".join(lines) + "\n", env={}))
+
+
+async def test_a_sliced_tick_yields_between_subjects_and_judges_as_a_whole_tick(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """On the event loop, thousands of checks are judged and saved a slice at a time: other
+    tasks run in between, and the verdict and the file are those of a tick done at once."""
+    import asyncio
+
+    monkeypatch.setattr(watch_module, "SLICE", 0.0)  # a slice per subject: deterministic
+    n = 200
+    clock = Clock()
+    s = many_checks(n)
+    whole = make(tmp_path / "whole.json", clock, s)
+    sliced = make(tmp_path / "sliced.json", clock, s)
+    for w in (whole, sliced):
+        w.tick(clock.t, observed(90, 10))
+        for i in range(n):
+            for k in range(10):
+                w.probed(f"c{i:04d}", "heroku", True, 0.05 + k * 0.001)
+                w.probed(f"c{i:04d}", "aws", k != 3 or i % 50, 0.06 + k * 0.001)
+    clock.t += 61
+    turns = 0
+    done = False
+
+    async def other_task() -> None:
+        nonlocal turns
+        while not done:
+            turns += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(other_task())
+    await asyncio.sleep(0)
+    whole.tick(clock.t, observed(90, 10))
+    await sliced.tick_sliced(clock.t, observed(90, 10))
+    await sliced.save_sliced(clock.t)
+    done = True
+    await other
+    assert turns > n, "the other task ran between the slices"
+    [a], [b] = whole.verdicts(), sliced.verdicts()
+    assert (a.verdict, a.reasons) == (b.verdict, b.reasons)
+    assert [x.to_dict() for x in a.subjects] == [x.to_dict() for x in b.subjects]
+    whole.save(clock.t)
+    for path in (tmp_path / "whole.json", tmp_path / "sliced.json"):
+        loaded = Ledger.load(path)
+        assert set(loaded.current[RECORD].evidence) == {f"c{i:04d}" for i in range(n)}
+    assert (
+        Ledger.load(tmp_path / "whole.json").record()
+        == Ledger.load(tmp_path / "sliced.json").record()
+    )
+
+
+def test_a_past_steps_summary_keeps_the_deciding_subjects_only() -> None:
+    clock = Clock()
+    w = make(None, clock, many_checks(50))
+    w.tick(clock.t, observed(90, 10))
+    for i in range(50):
+        for _ in range(10):
+            w.probed(f"c{i:04d}", "heroku", True, 0.05)
+            w.probed(f"c{i:04d}", "aws", True, 0.05)
+    clock.t += 5
+    w.tick(clock.t, observed(90, 10))
+    clock.t += 5
+    w.tick(clock.t, observed(50, 50))
+    [past] = w.history()[RECORD]
+    assert past.readiness is not None and past.readiness["subjects_total"] == 50
+    kept = past.readiness["subjects"]
+    # (10 probes a side bound nothing yet: every subject has something missing)
+    assert len(kept) == watch_module.SUMMARY_SUBJECTS and kept[0]["missing"]

@@ -548,14 +548,26 @@ class _Reasons:
 
     def waits(self) -> list[str]:
         return [
-            *self.pending,
-            *self.outage,
+            *_few(self.pending),
+            *_few(self.outage),
             *self.hold,
             *self.nothing,
-            *self.counts,
-            *self.latency,
-            *self.inconclusive,
+            *_few(self.counts),
+            *_few(self.latency),
+            *_few(self.inconclusive),
         ]
+
+
+# reasons of one kind beyond this many are summed up in one line: with thousands of checks a
+# verdict must still read in a glance (each subject keeps its own in `missing`)
+REASONS_PER_KIND = 6
+
+
+def _few(reasons: list[str]) -> list[str]:
+    if len(reasons) <= REASONS_PER_KIND:
+        return reasons
+    rest = len(reasons) - (REASONS_PER_KIND - 1)
+    return [*reasons[: REASONS_PER_KIND - 1], f"and {_number(rest)} more like these"]
 
 
 def _judge_subject(
@@ -766,22 +778,25 @@ def combine(
     elif requests and not any(ev.kind == "requests" for ev in facts.subjects):
         reasons.nothing.append("no real requests recorded yet for this record")
 
-    subjects = []
     for j in judged:
-        reasons.no_go.extend(j.no_go)
-        reasons.outage.extend(j.outage)
-        reasons.counts.extend(j.counts)
-        reasons.latency.extend(j.latency)
-        reasons.inconclusive.extend(j.inconclusive)
-        subject = j.readiness
-        waits = waits_by_check.get(subject.subject)
-        if waits:
-            subject = replace(subject, missing=(*waits, *subject.missing))
-        subjects.append(subject)
+        if j.no_go or j.outage or j.counts or j.latency or j.inconclusive:
+            reasons.no_go.extend(j.no_go)
+            reasons.outage.extend(j.outage)
+            reasons.counts.extend(j.counts)
+            reasons.latency.extend(j.latency)
+            reasons.inconclusive.extend(j.inconclusive)
+    subjects = [j.readiness for j in judged]
+    if waits_by_check:
+        subjects = [
+            replace(s, missing=(*waits_by_check[s.subject], *s.missing))
+            if s.subject in waits_by_check
+            else s
+            for s in subjects
+        ]
 
     waits = reasons.waits()
     if reasons.no_go:
-        verdict, sentences = Verdict.NO_GO, [*reasons.no_go, *waits]
+        verdict, sentences = Verdict.NO_GO, [*_few(reasons.no_go), *waits]
     elif waits:
         verdict, sentences = Verdict.WAIT, waits
     else:

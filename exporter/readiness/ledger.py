@@ -9,14 +9,15 @@ NOTES_LIMIT incidents per step.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Final, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, TypeAdapter
 
 from exporter.judging.evidence import Evidence
 from exporter.judging.readiness import IncidentNote, StepFacts
@@ -138,7 +139,7 @@ class Step:
             readiness=None if readiness is None else finite(readiness),
         )
 
-    def record_of(self) -> StepRecord:
+    def record_of(self, evidence: bool = True) -> StepRecord:
         return StepRecord(
             record=self.record,
             started_at=self.started_at,
@@ -147,7 +148,7 @@ class Step:
             changed_by=self.changed_by,
             dry_run=self.dry_run,
             real_weights=None if self.real_weights is None else dict(self.real_weights),
-            evidence=[finite(e.to_dict()) for e in self.evidence.values()],
+            evidence=[finite(e.to_dict()) for e in self.evidence.values()] if evidence else [],
             incidents=[NoteRecord.of(n) for n in self.incidents.values()],
             seen_until=self.seen_until,
             announced=list(self.announced),
@@ -232,6 +233,24 @@ class Ledger:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Replace the file atomically; raises OSError or ValueError (see StateFile.save)."""
         StateFile[LedgerRecord](path, LedgerRecord).save(self.record())
+
+    def json_parts(self) -> Iterator[str]:
+        """readiness.json's text in small parts (a step's head, then one evidence at a time),
+        for a caller on the event loop that yields between them: with thousands of checks the
+        whole file takes seconds to build. Reads as `load` reads what `save` writes."""
+        yield f'{{"version": {LEDGER_VERSION}, "steps": ['
+        for i, step in enumerate(list(self.current.values())):
+            head = _STEP.dump_python(step.record_of(evidence=False), mode="json")
+            del head["evidence"]
+            yield ("," if i else "") + json.dumps(head, allow_nan=False)[:-1] + ', "evidence": ['
+            for j, evidence in enumerate(list(step.evidence.values())):
+                text = json.dumps(finite(evidence.to_dict()), allow_nan=False)
+                yield ("," if j else "") + text
+            yield "]}"
+        past = [SummaryRecord.of(s) for held in list(self.past.values()) for s in held]
+        yield (
+            '], "past": ' + json.dumps(_PAST.dump_python(past, mode="json"), allow_nan=False) + "}"
+        )
 
     @classmethod
     def from_record(cls, record: LedgerRecord) -> Ledger:
@@ -394,3 +413,7 @@ class LedgerRecord:
     version: Literal[1]
     steps: list[StepRecord]
     past: list[SummaryRecord]
+
+
+_STEP: TypeAdapter[StepRecord] = TypeAdapter(StepRecord)
+_PAST: TypeAdapter[list[SummaryRecord]] = TypeAdapter(list[SummaryRecord])

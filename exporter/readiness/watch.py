@@ -29,11 +29,15 @@ from exporter.judging.readiness import (
     Readiness,
     ReadinessSettings,
     StepFacts,
+    combine,
+    counts_requests,
+    judge_subject,
     readiness,
 )
 from exporter.readiness.ledger import ChangedBy, Ledger, Step, StepSummary, Weights, shares_of
 from exporter.route53.plan import ShiftPlan
 from exporter.route53.read import RecordSpec, Route53Snapshot, normalize_name
+from exporter.store.local import save_atomic
 from exporter.traffic.counts import ALL, Histogram, common_bounds
 from exporter.traffic.timeline import Counters
 from exporter.web.collector import StepMark
@@ -44,6 +48,10 @@ log = logging.getLogger("cutover.readiness")
 
 TICK = 5.0
 SAVE_EVERY = 30.0
+# the most one slice of judging or saving may hold the event loop, in seconds
+SLICE = 0.002
+# a past step's summary keeps the figures of at most this many subjects
+SUMMARY_SUBJECTS = 20
 # the candidate's next share without a shift plan for the record
 DEFAULT_PLAN = (0.1, 0.25, 0.5, 1.0)
 # a tick long overdue (a stalled loop, a suspended host) adds at most this much pending time
@@ -203,6 +211,23 @@ class ReadinessWatch:
         self._rebuild_sides()
 
     def tick(self, now: float, seen: Observed) -> None:
+        """One tick, all at once (tests, and what `run` does in slices)."""
+        plan = self._observe(now, seen)
+        self._judge(now, plan)
+        if self._confirmed and now - self._saved_at >= SAVE_EVERY:
+            self.save(now)
+
+    async def tick_sliced(self, now: float, seen: Observed) -> None:
+        """One tick on the event loop: the verdicts and the save are built a slice at a time,
+        so that thousands of checks never hold the loop for more than a few milliseconds."""
+        plan = self._observe(now, seen)
+        await self._judge_sliced(now, plan)
+        if self._confirmed and now - self._saved_at >= SAVE_EVERY:
+            await self.save_sliced(now)
+
+    def _observe(self, now: float, seen: Observed) -> ShiftPlan | None:
+        """Follow the weights, add traffic and incidents to the current steps; the shift plan
+        of a migrated record, if any."""
         gap = 0.0 if self._last_tick is None else min(MAX_GAP, max(0.0, now - self._last_tick))
         self._last_tick = now
         plan = seen.shift
@@ -219,9 +244,7 @@ class ReadinessWatch:
         self._count_incidents(seen.incidents, gap, now)
         for record in self._confirmed:
             self.ledger.current[record].seen_until = now
-        self._judge(now, plan)
-        if self._confirmed and now - self._saved_at >= SAVE_EVERY:
-            self.save(now)
+        return plan
 
     async def run(
         self,
@@ -235,7 +258,7 @@ class ReadinessWatch:
         """
         while True:
             try:
-                self.tick(self._clock(), observe())
+                await self.tick_sliced(self._clock(), observe())
                 if announce is not None and self.news:
                     del self.news[: announce(tuple(self.news))]
             except Exception:
@@ -252,11 +275,37 @@ class ReadinessWatch:
         try:
             self.ledger.save(self.path)
         except Exception as exc:
-            text = f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
-            if text != self._save_failure:
-                log.error("readiness: cannot save the step ledger to %s: %s", self.path, text)
-            self._save_failure = text
+            self._save_failed(exc)
             return
+        self._saved_again()
+
+    async def save_sliced(self, now: float) -> None:
+        """`save` for the event loop: the text is built a slice at a time, written in a thread."""
+        self._saved_at = now
+        if self.path is None:
+            return
+        try:
+            parts: list[bytes] = []
+            slice_started = time.perf_counter()
+            for part in self.ledger.json_parts():
+                parts.append(part.encode())
+                if time.perf_counter() - slice_started > SLICE:
+                    await asyncio.sleep(0)
+                    slice_started = time.perf_counter()
+            # the thread only writes and syncs (without the GIL): the text is ready here
+            await asyncio.to_thread(save_atomic, self.path, b"".join(parts))
+        except Exception as exc:
+            self._save_failed(exc)
+            return
+        self._saved_again()
+
+    def _save_failed(self, exc: Exception) -> None:
+        text = f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
+        if text != self._save_failure:
+            log.error("readiness: cannot save the step ledger to %s: %s", self.path, text)
+        self._save_failure = text
+
+    def _saved_again(self) -> None:
         if self._save_failure is not None:
             log.info("readiness: the step ledger is saved to %s again", self.path)
             self._save_failure = None
@@ -462,8 +511,10 @@ class ReadinessWatch:
                     step.note(replace(note, phase="resolved", resolved_at=now))
             if gap <= 0:
                 continue
-            for subject, evidence in step.evidence.items():
-                phase = state.get(subject)
+            for subject, phase in state.items():  # the subjects with an incident: a few
+                evidence = step.evidence.get(subject)
+                if evidence is None:
+                    continue
                 if phase is IncidentPhase.FIRING:
                     evidence.firing_seconds += gap
                 elif phase is IncidentPhase.PENDING:
@@ -484,6 +535,32 @@ class ReadinessWatch:
                 self._failures.pop(record, None)
                 self._announce(step, verdict)
 
+    async def _judge_sliced(self, now: float, plan: ShiftPlan | None) -> None:
+        """`_judge`, a few subjects at a time; a step replaced meanwhile is judged next tick."""
+        for record in list(self._confirmed):
+            step = self.ledger.current[record]
+            facts = self._facts_of(step, plan, now)
+            settings = self.settings.verdict
+            try:
+                requests = counts_requests(facts)
+                judged = []
+                slice_started = time.perf_counter()
+                for ev in facts.subjects:
+                    judged.append(judge_subject(ev, ev.kind == "probes" or requests, settings))
+                    if time.perf_counter() - slice_started > SLICE:
+                        await asyncio.sleep(0)
+                        slice_started = time.perf_counter()
+                await asyncio.sleep(0)  # combining thousands of subjects is a slice of its own
+                if self.ledger.current.get(record) is not step:
+                    continue
+                verdict = self._verdicts[record] = combine(facts, now, settings, judged)
+            except Exception as exc:
+                self._verdicts.pop(record, None)
+                self._failed(record, exc)
+            else:
+                self._failures.pop(record, None)
+                self._announce(step, verdict)
+
     def _announce(self, step: Step, verdict: Readiness) -> None:
         """The summary once the hold completed; after it, the first GO and the first NO-GO."""
         if verdict.held_for < verdict.hold:
@@ -495,12 +572,19 @@ class ReadinessWatch:
         self.news.append(HoldCompleted(verdict))
 
     def _final(self, step: Step, plan: ShiftPlan | None, at: float) -> dict[str, Any] | None:
-        """The verdict at a step's end, as its summary keeps it; None when it cannot be had."""
-        try:
-            return readiness(self._facts_of(step, plan, at), at, self.settings.verdict).to_dict()
-        except Exception as exc:
-            self._failed(step.record, exc)
+        """The verdict at a step's end, as its summary keeps it: the last one taken (at most a
+        tick old; taking it again would judge every subject at once), with the subjects that
+        decided it first and at most SUMMARY_SUBJECTS of them; None when there is none."""
+        last = self._verdicts.get(step.record)
+        if last is None or last.step.started_at != step.started_at:
             return None
+        data = last.to_dict()
+        subjects = data.get("subjects") or []
+        if len(subjects) > SUMMARY_SUBJECTS:
+            subjects.sort(key=lambda s: not s.get("missing"))
+            data["subjects_total"] = len(subjects)
+            data["subjects"] = subjects[:SUMMARY_SUBJECTS]
+        return data
 
     def _facts_of(self, step: Step, plan: ShiftPlan | None, now: float) -> StepFacts:
         return step.facts(
