@@ -945,6 +945,11 @@ class Daemon:
             pending=pending,
             ttl=ttl,
             read_at=read_at,
+            names={
+                i.id: f"{i.signal} on {i.check}"
+                for i in self.alerts.incidents
+                if i.check in checks
+            },
         )
 
     async def _shift_loop(self) -> None:

@@ -1026,3 +1026,18 @@ def test_dry_run_refusals_never_say_a_rollback_happened() -> None:
     with pytest.raises(Refused, match=r"^not paused: holding at 10% \(nothing written\) \(1m"):
         w.plan.resume(w.t)
     assert_all_dry(w)
+
+
+def test_incidents_are_named_for_people_not_by_their_ids() -> None:
+    """The daemon passes incident ids (for the Slack threads) and their names: texts use the
+    names, `about` keeps the ids."""
+    ids = {"health.latency.1796189904208": "latency on health"}
+    w = started(world())
+    w.evaluate(61, pending=list(ids), names=ids)
+    assert w.plan.status(w.t).why == "regression pending: latency on health"
+    w = at_share(50)
+    w.evaluate(10)
+    w.evaluate(1, firing=list(ids), names=ids)
+    assert w.notes[-1].text.endswith("regression firing: latency on health")
+    assert w.notes[-1].about == tuple(ids)
+    assert "1796189904208" not in w.plan.status(w.t).why

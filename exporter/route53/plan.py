@@ -236,6 +236,12 @@ class Observation:
     pending: Sequence[str] = ()
     ttl: float | None = None
     read_at: float | None = None
+    # what people read for a label of firing/pending ("latency on health" for an incident id)
+    names: Mapping[str, str] | None = None
+
+    def named(self, labels: Sequence[str]) -> str:
+        names = self.names or {}
+        return ", ".join(names.get(label, label) for label in labels)
 
 
 @dataclass(frozen=True, slots=True)
@@ -556,7 +562,7 @@ class ShiftPlan:
 
         if obs.firing and self._guarded() and self._exposed():
             actions += self._roll_back(
-                now, f"regression firing: {', '.join(obs.firing)}", tuple(obs.firing)
+                now, f"regression firing: {obs.named(obs.firing)}", tuple(obs.firing)
             )
             return actions
 
@@ -585,7 +591,7 @@ class ShiftPlan:
 
         if obs.firing and self.phase is Phase.HOLDING and set(obs.firing) != set(self._seen):
             # below the first step there is nothing to roll back: the verdict holds the plan
-            self._note(now, f"regression firing: {', '.join(obs.firing)}; nothing to roll back")
+            self._note(now, f"regression firing: {obs.named(obs.firing)}; nothing to roll back")
         self._seen = tuple(obs.firing)
 
         if self.phase in (Phase.HOLDING, Phase.WAITING_APPROVAL) and not self._blockers(now):
@@ -657,12 +663,16 @@ class ShiftPlan:
         self._move(now, Phase.PAUSED, reason)
         return [self._tell("paused", f"{self.settings.record}: shift paused ({reason})")]
 
+    def _named(self, labels: Sequence[str]) -> str:
+        obs = self._last
+        return obs.named(labels) if obs is not None else ", ".join(labels)
+
     def resume(self, now: float, reason: str = "resumed by a person") -> list[Action]:
         if self.phase not in (Phase.PAUSED, Phase.ROLLED_BACK):
             raise Refused(f"not paused: {self._where(now)}")
         if self.firing:
             raise Refused(
-                f"cannot resume while a regression is firing ({', '.join(self.firing)}): "
+                f"cannot resume while a regression is firing ({self._named(self.firing)}): "
                 "wait until it resolves"
             )
         change = self.in_flight
@@ -890,9 +900,9 @@ class ShiftPlan:
         if obs.weights is None:
             out.append("waiting for a fresh read of the Route53 weights")
         if obs.firing:
-            out.append(f"regression firing: {', '.join(obs.firing)}")
+            out.append(f"regression firing: {obs.named(obs.firing)}")
         if obs.pending:
-            out.append(f"regression pending: {', '.join(obs.pending)}")
+            out.append(f"regression pending: {obs.named(obs.pending)}")
         judged = self._judged()
         if judged is None or judged.readiness is None:
             out.append(NOT_JUDGED)
