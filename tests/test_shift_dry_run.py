@@ -68,6 +68,22 @@ async def test_dry_run_approve_and_rollback_say_dry_run_everywhere(
         assert status == 200, body
         assert body["result"].startswith("DRY RUN: would set aws to 50% (heroku 50, aws 50)")
         await d.wait_shift(lambda s: s["share"] == 50 and s["in_flight"] is None, timeout=15)
+        # the page says it too, beside what Route53 holds
+        _, page = await d.get("/")
+        assert "DRY RUN: would set aws 50%" in page and "Route53 holds" in page
+        # and the migration's thread hears of the would-be step, once the ledger follows it
+        deadline = time.monotonic() + 20
+        step_text = "DRY RUN: the guarded shift would have set api.example.com to heroku 50%"
+
+        def said() -> list[str]:
+            tops = slack.top_level("C0MIGR")
+            return [m.text or "" for t in tops for m in (t, *slack.replies(t.ts))]
+
+        while not any(step_text in text for text in said()):
+            assert time.monotonic() < deadline, said()
+            await asyncio.sleep(0.2)
+        [step] = [text for text in said() if step_text in text]
+        assert "Route53 still holds heroku 90%, aws 10%" in step
         status, body = await d.control("rollback")
         assert status == 200 and body["result"].startswith("DRY RUN: "), body
         data = await d.wait_shift(lambda s: s["share"] == 0 and s["in_flight"] is None)
