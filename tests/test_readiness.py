@@ -720,3 +720,17 @@ def test_verdict_is_deterministic_and_serialisable(
     assert (first.verdict is Verdict.NO_GO) == any(
         r for r in first.reasons if "regression on" in r or "down on" in r
     )
+
+
+def test_many_subjects_short_of_the_same_thing_read_in_a_glance() -> None:
+    """Reasons of one kind beyond REASONS_PER_KIND are summed up; each subject keeps its own."""
+    from exporter.judging.readiness import REASONS_PER_KIND
+
+    few = [
+        Evidence(f"c{i:02d}", "probes", probes(10, seed=i), probes(10, seed=i)) for i in range(40)
+    ]
+    result = readiness(facts(*few), START + 3600, SETTINGS)
+    counts = [r for r in result.reasons if "more" in r and "probes on" in r]
+    assert len(counts) == REASONS_PER_KIND - 1
+    assert result.reasons[-1] == f"and {80 - (REASONS_PER_KIND - 1)} more like these"
+    assert all(subject(result, f"c{i:02d}").missing for i in range(40))
