@@ -75,6 +75,8 @@ async def test_demo_serves_both_platforms_shares_and_the_status_page(
                 await asyncio.sleep(0.2)
             async with s.get(url + "/") as r:
                 page = await r.text()
+            async with s.get(url + "/api/v1/readiness") as r:
+                readiness = await r.json()
         assert ready == 200
         for platform, role in (("heroku", "baseline"), ("aws", "candidate")):
             assert (
@@ -91,6 +93,22 @@ async def test_demo_serves_both_platforms_shares_and_the_status_page(
         assert metrics['cutover_traffic_drain_posts_total{result="accepted"}'] > 0
         assert "heroku" in page and "aws" in page and "Traffic (Route53 weights)" in page
         assert "Real traffic" in page
+        # the go/no-go question is on top, and the demo's shift is a dry run a newcomer controls
+        # with the token it printed
+        assert [r["record"] for r in readiness["records"]] == ["api.example.com"]
+        (token,) = re.findall(r"CUTOVER_CONTROL_TOKEN=(\S+)", log_text(tmp_path))
+        env = dict(demo_env(tmp), CUTOVER_URL=url, CUTOVER_CONTROL_TOKEN=token)
+        status = subprocess.run(
+            [sys.executable, "-m", "exporter", "shift", "status"],
+            capture_output=True, text=True, env=env, cwd=ROOT, timeout=30,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stderr
+        assert status.stdout.startswith("DRY RUN: shift of api.example.com"), status.stdout
+        paused = subprocess.run(
+            [sys.executable, "-m", "exporter", "shift", "pause", "--reason", "trying it"],
+            capture_output=True, text=True, env=env, cwd=ROOT, timeout=30,
+        )  # fmt: skip
+        assert paused.returncode == 0, paused.stderr
         # the configuration it runs with is where it says, while it runs
         assert config_dir(log_text(tmp_path)).parent == tmp
         assert (config_dir(log_text(tmp_path)) / "cutover.yml").is_file()
