@@ -946,9 +946,7 @@ class Daemon:
             ttl=ttl,
             read_at=read_at,
             names={
-                i.id: f"{i.signal} on {i.check}"
-                for i in self.alerts.incidents
-                if i.check in checks
+                i.id: f"{i.signal} on {i.check}" for i in self.alerts.incidents if i.check in checks
             },
         )
 

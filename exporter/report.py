@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from exporter.judging.readiness import span
+
 __all__ = ["FORMATS", "render"]
 
 Format = Literal["text", "markdown", "json"]
@@ -235,14 +237,7 @@ def _when(ts: Any) -> str:
 
 def _duration(seconds: Any) -> str:
     value = _num(seconds)
-    if value is None:
-        return "?"
-    s = round(value)
-    if s < 120:
-        return f"{s} s"
-    if s < 7200:
-        return f"{s // 60} min"
-    return f"{s // 3600} h {s % 3600 // 60} min"
+    return "?" if value is None else span(value)
 
 
 def _share(share: Any) -> str:

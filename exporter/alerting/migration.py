@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from exporter.alerting.outbox import MIGRATION_PREFIX, Notification
-from exporter.judging.readiness import Readiness, SubjectReadiness, Verdict
+from exporter.judging.readiness import Readiness, SubjectReadiness, Verdict, span
 
 __all__ = [
     "MIGRATION_PREFIX",
@@ -38,15 +38,6 @@ def _share(value: float | None) -> str:
 
 def _shares(shares: Mapping[str, float]) -> str:
     return ", ".join(f"{p} {_share(s)}" for p, s in shares.items()) or "no weights read"
-
-
-def _minutes(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    if minutes < 1:
-        return f"{round(seconds)} s"
-    if minutes < 120:
-        return f"{minutes} min"
-    return f"{minutes // 60} h {minutes % 60} min"
 
 
 def _count(n: float) -> str:
@@ -95,7 +86,7 @@ def readiness_notification(r: Readiness, baseline: str, candidate: str, now: flo
     """The hold of `r`'s step completed: what the evidence says, and the verdict."""
     step = r.step
     share = step.shares.get(candidate)
-    head = f"{candidate} at {_share(share)} for {_minutes(r.held_for)}"
+    head = f"{candidate} at {_share(share)} for {span(r.held_for)}"
     if step.dry_run:
         head = f"DRY RUN: {head} (as the shift would have set it)"
     probes = sum(s.counts[1] for s in r.subjects if s.kind == "probes")

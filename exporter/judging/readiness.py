@@ -37,6 +37,7 @@ __all__ = [
     "pts",
     "quantile_probabilities",
     "readiness",
+    "span",
     "wilson",
     "z_value",
 ]
@@ -461,7 +462,7 @@ def _more(seconds: float) -> str:
     return f"{h} h {m} min more" if m else f"{h} h more"
 
 
-def _span(seconds: float) -> str:
+def span(seconds: float) -> str:
     """How long something lasted: "40 s", "3 min", "1 h 5 min"."""
     s = max(0, round(seconds))
     if s < 60:
@@ -521,7 +522,7 @@ def _incident_text(incident: IncidentNote, now: float) -> str:
     elif incident.phase == "resolved" and incident.resolved_at is not None:
         text = (
             f"{what} fired {_clock(incident.fired_at, now)}, "
-            f"resolved after {_span(incident.resolved_at - incident.fired_at)}"
+            f"resolved after {span(incident.resolved_at - incident.fired_at)}"
         )
     else:
         text = f"{what} firing since {_clock(incident.fired_at, now)}"
@@ -818,4 +819,4 @@ def _summary(held_for: float, subjects: Sequence[SubjectReadiness]) -> str:
     evidence = f"{_number(probes)} probes"
     if requests:
         evidence += f" and {_number(requests)} requests"
-    return f"held {_span(held_for)}; {evidence}; every bound within tolerance"
+    return f"held {span(held_for)}; {evidence}; every bound within tolerance"

@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -526,14 +527,7 @@ class ReadinessWatch:
         for record in self._confirmed:
             step = self.ledger.current[record]
             facts = self._facts_of(step, plan, now)
-            try:
-                verdict = self._verdicts[record] = readiness(facts, now, self.settings.verdict)
-            except Exception as exc:
-                self._verdicts.pop(record, None)
-                self._failed(record, exc)
-            else:
-                self._failures.pop(record, None)
-                self._announce(step, verdict)
+            self._take(record, step, partial(readiness, facts, now, self.settings.verdict))
 
     async def _judge_sliced(self, now: float, plan: ShiftPlan | None) -> None:
         """`_judge`, a few subjects at a time; a step replaced meanwhile is judged next tick."""
@@ -550,16 +544,24 @@ class ReadinessWatch:
                     if time.perf_counter() - slice_started > SLICE:
                         await asyncio.sleep(0)
                         slice_started = time.perf_counter()
-                await asyncio.sleep(0)  # combining thousands of subjects is a slice of its own
-                if self.ledger.current.get(record) is not step:
-                    continue
-                verdict = self._verdicts[record] = combine(facts, now, settings, judged)
             except Exception as exc:
                 self._verdicts.pop(record, None)
                 self._failed(record, exc)
-            else:
-                self._failures.pop(record, None)
-                self._announce(step, verdict)
+                continue
+            await asyncio.sleep(0)  # combining thousands of subjects is a slice of its own
+            if self.ledger.current.get(record) is step:
+                self._take(record, step, partial(combine, facts, now, settings, judged))
+
+    def _take(self, record: str, step: Step, verdict_of: Callable[[], Readiness]) -> None:
+        """Keep the verdict `verdict_of` gives (and tell Slack what it must hear of it)."""
+        try:
+            verdict = self._verdicts[record] = verdict_of()
+        except Exception as exc:
+            self._verdicts.pop(record, None)
+            self._failed(record, exc)
+        else:
+            self._failures.pop(record, None)
+            self._announce(step, verdict)
 
     def _announce(self, step: Step, verdict: Readiness) -> None:
         """The summary once the hold completed; after it, the first GO and the first NO-GO."""

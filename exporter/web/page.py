@@ -18,7 +18,7 @@ from exporter import __version__
 from exporter.alerting.alerts import Incident, Phase
 from exporter.alerting.messages import TRAFFIC_PREFIX
 from exporter.judging.judge import State
-from exporter.judging.readiness import Readiness, Verdict
+from exporter.judging.readiness import Readiness, Verdict, span
 from exporter.probing.history import KEEP_MINUTES
 from exporter.probing.state import CheckState, Series, both_failing, ratio
 from exporter.route53.read import RecordSpec, normalize_name
@@ -117,15 +117,6 @@ def shares_text(shares: Mapping[str, float], candidate: str) -> str:
     return " · ".join(f"{escape(p)} {_share(shares[p])}" for p in order)
 
 
-def _duration(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def _abs(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
 
@@ -135,7 +126,7 @@ def _when(ts: float | None, now: float) -> str:
     if ts is None:
         return "never"
     ago = now - ts
-    rel = f"in {_duration(-ago)}" if ago < 0 else f"{_duration(ago)} ago"
+    rel = f"in {span(-ago)}" if ago < 0 else f"{span(ago)} ago"
     return f"<time datetime='{_abs(ts)}'>{_abs(ts)}</time> ({rel})"
 
 
@@ -267,7 +258,7 @@ def _banner(
             )
         else:
             lines.append(f"<p>Step: {shares} since {_when(step.started_at, now)}, {by}.</p>")
-        lines.append(f"<p>Held {_duration(readiness.held_for)} of {_duration(readiness.hold)}.</p>")
+        lines.append(f"<p>Held {span(readiness.held_for)} of {span(readiness.hold)}.</p>")
         if step.next_share is not None:
             nxt = f"{escape(cfg.candidate)} {_share(step.next_share)}"
             if step.dry_run:
@@ -433,7 +424,7 @@ def _history(view: View, now: float) -> str:
         rows.append(
             f"<tr><td class='l'>{escape(i.check)}</td><td class='l'>{escape(i.signal)}</td>"
             f"<td class='l'>{_when(i.started_at, now)}</td>"
-            f"<td class='l'>{_when(i.resolved_at, now)}</td><td>{_duration(i.duration)}</td>"
+            f"<td class='l'>{_when(i.resolved_at, now)}</td><td>{span(i.duration)}</td>"
             f"<td class='l'>{escape(_figures(i, view))}</td><td>{_slack(i, view)}</td></tr>"
         )
     return (
@@ -483,7 +474,7 @@ def _shift(view: View, info: PageInfo) -> str:
     else:
         rows.append(("candidate share", share))
     if s.hold_left is not None:
-        rows.append(("hold left", f"{_duration(s.hold_left)} of {_duration(s.hold)}"))
+        rows.append(("hold left", f"{span(s.hold_left)} of {span(s.hold)}"))
     if s.since is not None:
         rows.append(("step since", _when(s.since, now)))
     rows.append(("waiting for", escape(s.why or "nothing")))
@@ -598,7 +589,7 @@ def _spans(view: View, check: str) -> list[Span]:
             continue
         color = "#c62828" if i.fired_at is not None else "#f9a825"
         end = i.resolved_at
-        lasted = f", {_duration(i.duration)}" if end is not None else ", still open"
+        lasted = f", {span(i.duration)}" if end is not None else ", still open"
         out.append(
             Span(
                 start=i.started_at,
