@@ -348,8 +348,7 @@ def test_iam_policies_in_the_readme_match_the_files() -> None:
     root = _Path(__file__).resolve().parent.parent
     readme = (root / "README.md").read_text()
     blocks = [
-        _json.loads(textwrap.dedent(b.split("```")[0]))
-        for b in re.split(r"```json\n", readme)[1:]
+        _json.loads(textwrap.dedent(b.split("```")[0])) for b in re.split(r"```json\n", readme)[1:]
     ]
     allowed = {
         "route53-read-policy.json": {"route53:ListResourceRecordSets"},

@@ -100,7 +100,10 @@ def test_real_traffic_names_its_route_group_and_the_evidence() -> None:
     )  # fmt: skip
     (n,) = notifications(Fired(traffic), ctx(candidate_share=0.1))
     lines = n.text.splitlines()
-    assert lines[0] == "[CRITICAL] real traffic, route group redemptions: aws fails more requests than heroku (errors)"
+    assert (
+        lines[0]
+        == "[CRITICAL] real traffic, route group redemptions: aws fails more requests than heroku (errors)"
+    )
     assert lines[1] == "aws (candidate): p50 120 ms · p95 240 ms · errors 5.2% of 1,234 requests"
     assert lines[2] == "heroku (baseline): p50 40 ms · p95 80 ms · errors 0.1% of 11,106 requests"
     whole = Incident(

@@ -58,6 +58,9 @@ def ready(verdict: Verdict = Verdict.GO, *, dry_run: bool = False, incidents=())
             subject("traffic:all", "requests", (460_800, 51_200)),
             subject("traffic:orders", "requests", (230_000, 25_600)),
         ),
+        subjects_total=4,
+        probes=(7200, 7200),
+        requests=(460_800, 51_200),
     )
 
 

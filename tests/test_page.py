@@ -189,6 +189,8 @@ def readiness_of(
         held_for=1920.0,
         hold=1800.0,
         subjects=(subject("health", counts),),
+        subjects_total=1,
+        probes=counts,
     )
 
 

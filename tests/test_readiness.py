@@ -724,7 +724,7 @@ def test_verdict_is_deterministic_and_serialisable(
 
 def test_many_subjects_short_of_the_same_thing_read_in_a_glance() -> None:
     """Reasons of one kind beyond REASONS_PER_KIND are summed up; each subject keeps its own."""
-    from exporter.judging.readiness import REASONS_PER_KIND
+    from exporter.judging.readiness import KEEP_SUBJECTS, REASONS_PER_KIND
 
     few = [
         Evidence(f"c{i:02d}", "probes", probes(10, seed=i), probes(10, seed=i)) for i in range(40)
@@ -733,4 +733,21 @@ def test_many_subjects_short_of_the_same_thing_read_in_a_glance() -> None:
     counts = [r for r in result.reasons if "more" in r and "probes on" in r]
     assert len(counts) == REASONS_PER_KIND - 1
     assert result.reasons[-1] == f"and {80 - (REASONS_PER_KIND - 1)} more like these"
-    assert all(subject(result, f"c{i:02d}").missing for i in range(40))
+    # and the verdict keeps the figures of the most telling subjects only, with the totals
+    assert len(result.subjects) == KEEP_SUBJECTS < result.subjects_total == 40
+    assert all(s.missing for s in result.subjects)
+    assert result.probes == (400, 400)
+
+
+def test_the_subject_that_decides_is_kept_among_many() -> None:
+    from exporter.judging.readiness import KEEP_SUBJECTS
+
+    many = [clean(n=300, subject=f"c{i:02d}", seed=i) for i in range(KEEP_SUBJECTS + 15)]
+    slow = Evidence("slow", "probes", probes(300, seed=5), probes(300, seed=6, slow_share=1.0))
+    result = readiness(facts(*many[:20], slow, *many[20:]), START + 3600, SETTINGS)
+    assert result.verdict is Verdict.NO_GO
+    assert "slow" in [s.subject for s in result.subjects]
+    assert result.subjects_total == KEEP_SUBJECTS + 16
+    order = [x.subject for x in (*many[:20], slow, *many[20:])]
+    names = [s.subject for s in result.subjects]
+    assert names == [n for n in order if n in names], "kept in the order of the step's subjects"

@@ -99,4 +99,3 @@ async def test_a_task_that_never_ends_is_left_behind_logged(
     assert not task.done()
     assert "deaf still runs after a second cancel: left behind" in caplog.text
     task.get_coro().close()  # type: ignore[union-attr]
-

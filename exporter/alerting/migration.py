@@ -89,8 +89,8 @@ def readiness_notification(r: Readiness, baseline: str, candidate: str, now: flo
     head = f"{candidate} at {_share(share)} for {span(r.held_for)}"
     if step.dry_run:
         head = f"DRY RUN: {head} (as the shift would have set it)"
-    probes = sum(s.counts[1] for s in r.subjects if s.kind == "probes")
-    requests = _requests(r)
+    probes = r.probes[1]
+    requests = r.requests[1]
     parts = [f"{_count(probes)} probes" + (f", {_count(requests)} requests" if requests else "")]
     worst = _worst_latency(r)
     if worst is not None:
@@ -117,13 +117,6 @@ def readiness_notification(r: Readiness, baseline: str, candidate: str, now: flo
         text=text,
         created=now,
     )
-
-
-def _requests(r: Readiness) -> float:
-    """Candidate requests: the platform-wide group's, else the sum of the groups'."""
-    groups = [s for s in r.subjects if s.kind == "requests"]
-    whole = [s for s in groups if s.subject.endswith(":all")]
-    return sum(s.counts[1] for s in (whole or groups))
 
 
 def _ratio(s: SubjectReadiness, q: str) -> float:

@@ -7,8 +7,9 @@ build on; `readiness()` and the bounds are implemented in this module.)
 
 from __future__ import annotations
 
+import heapq
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -20,6 +21,7 @@ from exporter.judging.evidence import Distribution, Evidence, Side
 
 __all__ = [
     "Bound",
+    "Combination",
     "IncidentNote",
     "Readiness",
     "ReadinessSettings",
@@ -173,7 +175,10 @@ class Readiness:
     step: StepFacts
     held_for: float  # seconds since the step started
     hold: float
-    subjects: tuple[SubjectReadiness, ...]
+    subjects: tuple[SubjectReadiness, ...]  # the KEEP_SUBJECTS most telling of them
+    subjects_total: int = 0  # how many subjects were judged
+    probes: tuple[float, float] = (0.0, 0.0)  # baseline, candidate: over every check
+    requests: tuple[float, float] = (0.0, 0.0)  # the platform-wide route group's (else all)
 
     def to_dict(self) -> dict[str, Any]:
         """The API's record entry (GET /api/v1/readiness), figures included; JSON-safe (no NaN)."""
@@ -203,6 +208,9 @@ class Readiness:
                 for i in step.incidents
             ],
             "subjects": [s.to_dict() for s in self.subjects],
+            "subjects_total": self.subjects_total,
+            "probes": _pair(self.probes),
+            "requests": _pair(self.requests),
         }
 
 
@@ -751,71 +759,134 @@ def readiness(facts: StepFacts, now: float, settings: ReadinessSettings) -> Read
     return combine(facts, now, settings, judged)
 
 
+# a verdict keeps the figures of this many subjects, the most telling first (what decided it,
+# then what is missing, then the worst ratios): with thousands of checks, memory for a few
+KEEP_SUBJECTS = 25
+
+
 def combine(
     facts: StepFacts,
     now: float,
     settings: ReadinessSettings,
-    judged: Sequence[SubjectJudgement],
+    judged: Iterable[SubjectJudgement],
 ) -> Readiness:
     """The verdict from `facts`' incidents and hold and its subjects judged one by one (in the
     order of `facts.subjects`)."""
-    held_for = now - facts.started_at
-    reasons = _Reasons()
-    waits_by_check: dict[str, list[str]] = {}
-    for incident in facts.incidents:
-        if _fired_during(incident, facts.started_at) or incident.phase == "firing":
-            reasons.no_go.append(_incident_text(incident, now))
-        elif incident.phase == "pending":
-            what = _SIGNAL_WORDS.get(incident.signal, incident.signal)
-            text = f"{what} pending on {incident.check}"
-            reasons.pending.append(text)
-            waits_by_check.setdefault(incident.check, []).append(text)
-
-    if held_for < settings.hold:
-        reasons.hold.append(_more(settings.hold - held_for))
-    requests = counts_requests(facts)
-    if not any(ev.kind == "probes" or requests for ev in facts.subjects):
-        reasons.nothing.append("nothing judged yet: no check guards this record")
-    elif requests and not any(ev.kind == "requests" for ev in facts.subjects):
-        reasons.nothing.append("no real requests recorded yet for this record")
-
+    combination = Combination(facts, settings)
     for j in judged:
+        combination.add(j)
+    return combination.result(now)
+
+
+class Combination:
+    """`combine`, fed a subject at a time: it keeps the reasons, the totals and the
+    KEEP_SUBJECTS most telling subjects, so that a caller judging thousands of subjects a slice
+    at a time holds no more than that."""
+
+    def __init__(self, facts: StepFacts, settings: ReadinessSettings) -> None:
+        self.facts, self.settings = facts, settings
+        self.reasons = _Reasons()
+        self._kept: list[tuple[tuple[bool, bool, float, float], int, SubjectReadiness]] = []
+        self._n = 0
+        self._probes = [0.0, 0.0]
+        self._requests = [0.0, 0.0]
+        self._whole: tuple[float, float] | None = None  # the platform-wide route group's
+        self._counted = [0.0, 0.0]  # probes, requests of the subjects judged (both sides)
+
+    def add(self, j: SubjectJudgement) -> None:
+        r, reasons = j.readiness, self.reasons
         if j.no_go or j.outage or j.counts or j.latency or j.inconclusive:
             reasons.no_go.extend(j.no_go)
             reasons.outage.extend(j.outage)
             reasons.counts.extend(j.counts)
             reasons.latency.extend(j.latency)
             reasons.inconclusive.extend(j.inconclusive)
-    subjects = [j.readiness for j in judged]
-    if waits_by_check:
-        subjects = [
-            replace(s, missing=(*waits_by_check[s.subject], *s.missing))
-            if s.subject in waits_by_check
-            else s
-            for s in subjects
-        ]
+        totals = self._probes if r.kind == "probes" else self._requests
+        totals[0] += r.counts[0]
+        totals[1] += r.counts[1]
+        if r.kind == "requests" and r.subject.endswith(":all"):
+            self._whole = r.counts
+        if r.counted:
+            self._counted[r.kind != "probes"] += r.counts[0] + r.counts[1]
+        key = (bool(j.no_go), bool(r.missing), _telling(r), _telling_errors(r))
+        heapq.heappush(self._kept, (key, -self._n, r))
+        if len(self._kept) > KEEP_SUBJECTS:
+            heapq.heappop(self._kept)
+        self._n += 1
 
-    waits = reasons.waits()
-    if reasons.no_go:
-        verdict, sentences = Verdict.NO_GO, [*_few(reasons.no_go), *waits]
-    elif waits:
-        verdict, sentences = Verdict.WAIT, waits
-    else:
-        verdict, sentences = Verdict.GO, [_summary(held_for, subjects)]
-    return Readiness(
-        record=facts.record,
-        verdict=verdict,
-        reasons=tuple(sentences),
-        step=facts,
-        held_for=held_for,
-        hold=settings.hold,
-        subjects=tuple(subjects),
-    )
+    def result(self, now: float) -> Readiness:
+        facts, settings, reasons = self.facts, self.settings, self.reasons
+        held_for = now - facts.started_at
+        waits_by_check: dict[str, list[str]] = {}
+        incident_no_go: list[str] = []
+        pending: list[str] = []
+        for incident in facts.incidents:
+            if _fired_during(incident, facts.started_at) or incident.phase == "firing":
+                incident_no_go.append(_incident_text(incident, now))
+            elif incident.phase == "pending":
+                what = _SIGNAL_WORDS.get(incident.signal, incident.signal)
+                text = f"{what} pending on {incident.check}"
+                pending.append(text)
+                waits_by_check.setdefault(incident.check, []).append(text)
+        hold = [_more(settings.hold - held_for)] if held_for < settings.hold else []
+        requests = counts_requests(facts)
+        nothing = []
+        if not any(ev.kind == "probes" or requests for ev in facts.subjects):
+            nothing.append("nothing judged yet: no check guards this record")
+        elif requests and not any(ev.kind == "requests" for ev in facts.subjects):
+            nothing.append("no real requests recorded yet for this record")
+        every = _Reasons(
+            no_go=[*incident_no_go, *reasons.no_go],
+            pending=pending,
+            outage=reasons.outage,
+            hold=hold,
+            nothing=nothing,
+            counts=reasons.counts,
+            latency=reasons.latency,
+            inconclusive=reasons.inconclusive,
+        )
+        subjects = [r for _, _, r in sorted(self._kept, key=lambda kept: -kept[1])]
+        if waits_by_check:
+            subjects = [
+                replace(s, missing=(*waits_by_check[s.subject], *s.missing))
+                if s.subject in waits_by_check
+                else s
+                for s in subjects
+            ]
+        waits = every.waits()
+        if every.no_go:
+            verdict, sentences = Verdict.NO_GO, [*_few(every.no_go), *waits]
+        elif waits:
+            verdict, sentences = Verdict.WAIT, waits
+        else:
+            verdict, sentences = Verdict.GO, [_summary(held_for, *self._counted)]
+        whole = self._whole
+        return Readiness(
+            record=facts.record,
+            verdict=verdict,
+            reasons=tuple(sentences),
+            step=facts,
+            held_for=held_for,
+            hold=settings.hold,
+            subjects=tuple(subjects),
+            subjects_total=self._n,
+            probes=(self._probes[0], self._probes[1]),
+            requests=whole if whole is not None else (self._requests[0], self._requests[1]),
+        )
 
 
-def _summary(held_for: float, subjects: Sequence[SubjectReadiness]) -> str:
-    probes = sum(sum(s.counts) for s in subjects if s.counted and s.kind == "probes")
-    requests = sum(sum(s.counts) for s in subjects if s.counted and s.kind == "requests")
+def _telling(s: SubjectReadiness) -> float:
+    b, c = s.latency.get("p95", (math.nan, math.nan))
+    value = c / b if b > 0 else math.nan
+    return value if math.isfinite(value) else -math.inf
+
+
+def _telling_errors(s: SubjectReadiness) -> float:
+    upper = s.errors.upper if s.errors is not None else math.nan
+    return upper if math.isfinite(upper) else -math.inf
+
+
+def _summary(held_for: float, probes: float, requests: float) -> str:
     evidence = f"{_number(probes)} probes"
     if requests:
         evidence += f" and {_number(requests)} requests"

@@ -26,11 +26,11 @@ from exporter.config import Config
 from exporter.errors import CorruptStateFile
 from exporter.judging.evidence import Evidence, Side
 from exporter.judging.readiness import (
+    Combination,
     IncidentNote,
     Readiness,
     ReadinessSettings,
     StepFacts,
-    combine,
     counts_requests,
     judge_subject,
     readiness,
@@ -537,10 +537,10 @@ class ReadinessWatch:
             settings = self.settings.verdict
             try:
                 requests = counts_requests(facts)
-                judged = []
+                combination = Combination(facts, settings)  # holds a few subjects, not all
                 slice_started = time.perf_counter()
                 for ev in facts.subjects:
-                    judged.append(judge_subject(ev, ev.kind == "probes" or requests, settings))
+                    combination.add(judge_subject(ev, ev.kind == "probes" or requests, settings))
                     if time.perf_counter() - slice_started > SLICE:
                         await asyncio.sleep(0)
                         slice_started = time.perf_counter()
@@ -548,9 +548,8 @@ class ReadinessWatch:
                 self._verdicts.pop(record, None)
                 self._failed(record, exc)
                 continue
-            await asyncio.sleep(0)  # combining thousands of subjects is a slice of its own
             if self.ledger.current.get(record) is step:
-                self._take(record, step, partial(combine, facts, now, settings, judged))
+                self._take(record, step, partial(combination.result, now))
 
     def _take(self, record: str, step: Step, verdict_of: Callable[[], Readiness]) -> None:
         """Keep the verdict `verdict_of` gives (and tell Slack what it must hear of it)."""
@@ -584,8 +583,7 @@ class ReadinessWatch:
         subjects = data.get("subjects") or []
         if len(subjects) > SUMMARY_SUBJECTS:
             subjects.sort(key=lambda s: not s.get("missing"))
-            data["subjects_total"] = len(subjects)
-            data["subjects"] = subjects[:SUMMARY_SUBJECTS]
+            data["subjects"] = subjects[:SUMMARY_SUBJECTS]  # subjects_total says how many
         return data
 
     def _facts_of(self, step: Step, plan: ShiftPlan | None, now: float) -> StepFacts:

@@ -185,7 +185,7 @@ def _outages(view: View) -> list[str]:
 
 def _judged(r: Readiness) -> bool:
     """Some evidence exists on both sides: a verdict on nothing is no verdict."""
-    return any(min(s.counts) > 0 for s in r.subjects)
+    return min(r.probes) > 0 or min(r.requests) > 0
 
 
 def _told(reasons: Sequence[str], check: str) -> bool:
