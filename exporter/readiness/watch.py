@@ -294,7 +294,7 @@ class ReadinessWatch:
                     await asyncio.sleep(0)
                     slice_started = time.perf_counter()
             # the thread only writes and syncs (without the GIL): the text is ready here
-            await asyncio.to_thread(save_atomic, self.path, b"".join(parts))
+            await asyncio.to_thread(save_atomic, self.path, parts)
         except Exception as exc:
             self._save_failed(exc)
             return

@@ -35,14 +35,17 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def save_atomic(path: str | os.PathLike[str], data: str | bytes) -> None:
-    """Replace `path` with `data` so that a crash leaves either the old or the new file."""
+def save_atomic(path: str | os.PathLike[str], data: str | bytes | list[bytes]) -> None:
+    """Replace `path` with `data` so that a crash leaves either the old or the new file.
+
+    A list of parts is written one after the other, never joined in memory.
+    """
     target = Path(path)
-    payload = data.encode() if isinstance(data, str) else data
+    parts = data if isinstance(data, list) else [data.encode() if isinstance(data, str) else data]
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(payload)
+            f.writelines(parts)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
