@@ -31,11 +31,12 @@ from exporter.probing.history import (
 from exporter.probing.probe import ProbeResult
 from exporter.probing.state import CheckState, Series
 from exporter.probing.window import Window
+from exporter.readiness.ledger import StepMark
 from exporter.route53.plan import Phase as ShiftPhase
 from exporter.route53.plan import ShiftStatus, Transition
 from exporter.route53.read import RecordSpec, RecordWeights, Route53Snapshot, WeightedEntry
 from exporter.web.charts import Line, Mark, Span, line_chart
-from exporter.web.collector import ShiftView, StepMark, TrafficView, View
+from exporter.web.collector import ShiftView, TrafficView, View
 from exporter.web.page import PageInfo, render_page
 
 from .conftest import config_yaml

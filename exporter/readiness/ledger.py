@@ -28,6 +28,7 @@ __all__ = [
     "LEDGER_VERSION",
     "Ledger",
     "Step",
+    "StepMark",
     "StepSummary",
     "finite",
     "shares_of",
@@ -74,6 +75,17 @@ def note_dict(note: IncidentNote) -> dict[str, Any]:
         "resolved_at": note.resolved_at,
         "figures": None if note.figures is None else finite(note.figures),
     }
+
+
+@dataclass(frozen=True, slots=True)
+class StepMark:
+    """A weight change to mark on a chart's time axis."""
+
+    record: str
+    at: float  # unix seconds
+    shares: Mapping[str, float]  # platform -> share in [0, 1] from then on
+    changed_by: str  # "shift", "person" or "unknown"
+    dry_run: bool = False
 
 
 @dataclass(slots=True)

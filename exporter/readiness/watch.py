@@ -35,13 +35,20 @@ from exporter.judging.readiness import (
     judge_subject,
     readiness,
 )
-from exporter.readiness.ledger import ChangedBy, Ledger, Step, StepSummary, Weights, shares_of
+from exporter.readiness.ledger import (
+    ChangedBy,
+    Ledger,
+    Step,
+    StepMark,
+    StepSummary,
+    Weights,
+    shares_of,
+)
 from exporter.route53.plan import ShiftPlan
 from exporter.route53.read import RecordSpec, Route53Snapshot, normalize_name
 from exporter.store.local import save_atomic
 from exporter.traffic.counts import ALL, Histogram, common_bounds
 from exporter.traffic.timeline import Counters
-from exporter.web.collector import StepMark
 
 __all__ = ["HoldCompleted", "News", "Observed", "ReadinessWatch", "StepBegan", "WatchSettings"]
 

@@ -21,7 +21,7 @@ from exporter.judging.readiness import Readiness
 from exporter.judging.readiness import Verdict as ReadinessVerdict
 from exporter.probing.history import SplitPoint
 from exporter.probing.state import CheckState
-from exporter.readiness.ledger import StepSummary
+from exporter.readiness.ledger import StepMark, StepSummary
 from exporter.route53.plan import Phase as ShiftPhase
 from exporter.route53.plan import ShiftStatus
 from exporter.route53.read import RecordSpec, Route53Snapshot
@@ -61,17 +61,6 @@ class TrafficView:
     window_end: float | None = None  # the judged span ends here (both sides covered it)
     # the candidate's measured share against its weight, a point a minute (the page's chart)
     split_history: tuple[SplitPoint, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class StepMark:
-    """A weight change to mark on a chart's time axis."""
-
-    record: str
-    at: float  # unix seconds
-    shares: Mapping[str, float]  # platform -> share in [0, 1] from then on
-    changed_by: str  # "shift", "person" or "unknown"
-    dry_run: bool = False
 
 
 @dataclass(frozen=True, slots=True)

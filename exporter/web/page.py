@@ -21,9 +21,10 @@ from exporter.judging.judge import State
 from exporter.judging.readiness import Readiness, Verdict, span
 from exporter.probing.history import KEEP_MINUTES
 from exporter.probing.state import CheckState, Series, both_failing, ratio
+from exporter.readiness.ledger import StepMark
 from exporter.route53.read import RecordSpec, normalize_name
 from exporter.web.charts import Line, Mark, Span, line_chart
-from exporter.web.collector import StepMark, View, expected_error_ratio
+from exporter.web.collector import View, expected_error_ratio
 from exporter.web.traffic import traffic_html
 
 __all__ = ["PageInfo", "plan_text", "render_page", "shares_text"]
