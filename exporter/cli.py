@@ -447,9 +447,7 @@ async def _slack_test(cfg: Config) -> int:
 
 
 def cmd_shift(args: argparse.Namespace) -> int:
-    base = (args.url or os.environ.get("CUTOVER_URL") or "http://127.0.0.1:9877").rstrip("/")
-    if not base.startswith(("http://", "https://")):
-        raise UsageError(f"--url: expected http:// or https://, got {base!r}")
+    base = _daemon_url(args.url)
     url = f"{base}/api/v1/shift" + ("" if args.action == "status" else f"/{args.action}")
     headers = {"Accept": "application/json"}
     token = os.environ.get("CUTOVER_CONTROL_TOKEN")

@@ -12,12 +12,11 @@ from typing import Any
 from exporter.config import Config
 from exporter.judging.readiness import ReadinessSettings, readiness
 from exporter.readiness.ledger import Ledger, finite
-from exporter.readiness.watch import DEFAULT_PLAN, WatchSettings
+from exporter.readiness.watch import WatchSettings, default_next_share
 
 __all__ = ["LEDGER_FILE", "readiness_from_state_dir"]
 
 LEDGER_FILE = "readiness.json"
-_EPS = 1e-9
 
 
 def readiness_from_state_dir(state_dir: Path, cfg: Config | None, now: float) -> dict[str, Any]:
@@ -42,8 +41,7 @@ def readiness_from_state_dir(state_dir: Path, cfg: Config | None, now: float) ->
         )
         next_share = None
         if watch is not None:
-            share = step.shares.get(watch.candidate, 0.0)
-            next_share = next((s for s in DEFAULT_PLAN if s > share + _EPS), None)
+            next_share = default_next_share(step.shares.get(watch.candidate, 0.0))
         verdict = readiness(step.facts(traffic=traffic, next_share=next_share), at, settings)
         entry = finite(verdict.to_dict())
         entry["as_of"] = at

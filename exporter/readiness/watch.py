@@ -50,7 +50,15 @@ from exporter.store.local import save_atomic
 from exporter.traffic.counts import ALL, Histogram, common_bounds
 from exporter.traffic.timeline import Counters
 
-__all__ = ["HoldCompleted", "News", "Observed", "ReadinessWatch", "StepBegan", "WatchSettings"]
+__all__ = [
+    "HoldCompleted",
+    "News",
+    "Observed",
+    "ReadinessWatch",
+    "StepBegan",
+    "WatchSettings",
+    "default_next_share",
+]
 
 log = logging.getLogger("cutover.readiness")
 
@@ -65,6 +73,11 @@ DEFAULT_PLAN = (0.1, 0.25, 0.5, 1.0)
 # a tick long overdue (a stalled loop, a suspended host) adds at most this much pending time
 MAX_GAP = 30.0
 _EPS = 1e-9
+
+
+def default_next_share(share: float) -> float | None:
+    """The candidate's next share in DEFAULT_PLAN above `share`, where no shift plans it."""
+    return next((s for s in DEFAULT_PLAN if s > share + _EPS), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -606,8 +619,7 @@ class ReadinessWatch:
             if status.next_step is None:
                 return None
             return status.steps[status.next_step] / 100.0
-        share = step.shares.get(self.settings.candidate, 0.0)
-        return next((s for s in DEFAULT_PLAN if s > share + _EPS), None)
+        return default_next_share(step.shares.get(self.settings.candidate, 0.0))
 
     def _failed(self, record: str, exc: Exception) -> None:
         text = f"{type(exc).__name__}: {exc}"
