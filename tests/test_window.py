@@ -82,3 +82,12 @@ def test_a_window_holds_a_few_objects_however_many_samples() -> None:
         return len(seen)
 
     assert tracked(1000) == tracked(10) <= 5
+
+
+def test_error_ratio_without_stats() -> None:
+    """The outage check reads the error ratio every tick: it agrees with stats()."""
+    w = Window(10.0)
+    assert math.isnan(w.error_ratio())
+    for i in range(30):
+        w.append(float(i), i, i % 3 != 0, 0.05)
+    assert w.error_ratio() == w.stats().error_ratio

@@ -118,5 +118,8 @@ def both_failing(baseline: Series, candidate: Series, now: float) -> bool:
     lasts = (baseline.last, candidate.last)
     if all(last is not None and not last.success for last in lasts):
         return True
-    ratios = [s.stats(now).error_ratio for s in (baseline, candidate)]
+    ratios = []
+    for s in (baseline, candidate):
+        s.window.trim(now)
+        ratios.append(s.window.error_ratio())
     return all(not math.isnan(r) and r >= OUTAGE_ERROR_RATIO for r in ratios)

@@ -106,6 +106,12 @@ class Window:
     def __len__(self) -> int:
         return len(self._t) - self._head
 
+    def error_ratio(self) -> float:
+        """Failures over samples (NaN when empty), without the quantiles' sort: for every tick."""
+        h = self._head
+        samples = len(self._t) - h
+        return (samples - sum(self._ok[h:])) / samples if samples else math.nan
+
     def stats(self) -> WindowStats:
         h = self._head
         latencies = sorted(compress(self._latency[h:], self._ok[h:]))
