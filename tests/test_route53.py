@@ -626,3 +626,15 @@ async def test_closed_reader_refuses_reads(standin: StandIn, readers: Readers) -
         await reader.read(API)
     assert caught.value.reason == "other"
     assert standin.requests == []
+
+
+async def test_clients_keep_no_parsed_endpoints_file(zone: str, moto_url: str) -> None:
+    """botocore's loader would keep endpoints.json (6.7 MB of objects) for the daemon's life."""
+    from exporter import aws
+
+    client, _ = aws.make_client("route53", endpoint_url=moto_url, timeout=5, max_attempts=1)
+    held = [key for key in client._loader._cache if "endpoints" in key or "partitions" in key]
+    assert held == []
+    # and the client still works, paginators included (their definition loads on demand)
+    pages = client.get_paginator("list_resource_record_sets").paginate(HostedZoneId=zone)
+    assert sum(len(p["ResourceRecordSets"]) for p in pages) > 0

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, cast
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -25,6 +23,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from exporter import aws
 from exporter.errors import ROUTE53_REASONS, Route53Error, Route53Reason
 
 if TYPE_CHECKING:
@@ -84,17 +83,11 @@ def _zone_id(hosted_zone_id: str) -> str:
 
 
 def make_client(endpoint_url: str | None, timeout: float, max_attempts: int) -> Route53Client:
-    """A Route53 client on the standard credential chain, with botocore's `standard` retries.
-
-    `max_attempts` counts every attempt, the first included (botocore's `max_attempts` key
-    would count retries only). Blocking: call it from a worker thread.
-    """
-    config = Config(
-        retries={"mode": "standard", "total_max_attempts": max_attempts},
-        connect_timeout=timeout,
-        read_timeout=timeout,
+    """A Route53 client (see `exporter.aws.make_client`). Blocking: call it from a worker thread."""
+    client, _ = aws.make_client(
+        "route53", endpoint_url=endpoint_url, timeout=timeout, max_attempts=max_attempts
     )
-    return boto3.session.Session().client("route53", endpoint_url=endpoint_url, config=config)
+    return cast("Route53Client", client)
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,8 +51,6 @@ from datetime import datetime
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any, Final, cast
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -66,6 +64,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.parsers import ResponseParserError
 
+from exporter import aws
 from exporter.errors import SourceError
 from exporter.traffic.counts import ALL, CODE_CLASSES, LATENCY_BOUNDS, Histogram, Report, Tally
 from exporter.traffic.sources import Poll, PollingSource
@@ -353,16 +352,15 @@ def read_results(
 def make_client(
     region: str | None, endpoint_url: str | None, timeout: float, max_attempts: int
 ) -> tuple[CloudWatchClient, Any]:
-    """A CloudWatch client on the standard credential chain with botocore's `standard` retries,
-    and its session's credentials (to keep them out of error texts). Blocking."""
-    config = Config(
-        retries={"mode": "standard", "total_max_attempts": max_attempts},
-        connect_timeout=timeout,
-        read_timeout=timeout,
+    """A CloudWatch client and its session's credentials (see `exporter.aws.make_client`)."""
+    client, credentials = aws.make_client(
+        "cloudwatch",
+        region=region,
+        endpoint_url=endpoint_url,
+        timeout=timeout,
+        max_attempts=max_attempts,
     )
-    session = boto3.session.Session(region_name=region)
-    client = session.client("cloudwatch", endpoint_url=endpoint_url, config=config)
-    return client, session.get_credentials()
+    return cast("CloudWatchClient", client), credentials
 
 
 class CloudWatchAlbSource(PollingSource):
