@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from exporter.traffic.counts import Histogram
@@ -138,43 +138,58 @@ class LatencyHistogram:
         return h
 
 
-@dataclass(slots=True)
-class Lag1:
-    """Streaming lag-1 autocorrelation of a series (constant memory)."""
+# A Lag1's six running figures, in this order, from its offset in an array of doubles
+_N, _TOTAL, _SQUARES, _CROSS, _FIRST, _LAST = range(6)
+_LAG_FIELDS = ("n", "total", "squares", "cross", "first", "last")
 
-    n: int = 0
-    total: float = 0.0
-    squares: float = 0.0
-    cross: float = 0.0  # sum of x[t] * x[t-1]
-    first: float = 0.0
-    last: float = 0.0
+
+class Lag1:
+    """Streaming lag-1 autocorrelation of a series (constant memory).
+
+    Its six figures live in an array of doubles from `at` on: its own, or a Side's (which keeps
+    both its Lag1 and its counts in one array: thousands of sides, each one object and one
+    array instead of a dozen boxed floats).
+    """
+
+    __slots__ = ("_at", "_v")
+
+    def __init__(self, values: array[float] | None = None, at: int = 0) -> None:
+        self._v = array("d", bytes(8 * len(_LAG_FIELDS))) if values is None else values
+        self._at = at
 
     def add(self, x: float) -> None:
-        if self.n == 0:
-            self.first = x
+        v, at = self._v, self._at
+        if v[at + _N] == 0:
+            v[at + _FIRST] = x
         else:
-            self.cross += x * self.last
-        self.n += 1
-        self.total += x
-        self.squares += x * x
-        self.last = x
+            v[at + _CROSS] += x * v[at + _LAST]
+        v[at + _N] += 1
+        v[at + _TOTAL] += x
+        v[at + _SQUARES] += x * x
+        v[at + _LAST] = x
+
+    def _get(self, i: int) -> float:
+        return self._v[self._at + i]
+
+    @property
+    def n(self) -> int:
+        return int(self._get(_N))
 
     @property
     def rho(self) -> float:
         """The lag-1 autocorrelation, 0 for too short or constant series."""
-        if self.n < 10:
+        n = self._get(_N)
+        if n < 10:
             return 0.0
-        mean = self.total / self.n
-        var = self.squares / self.n - mean * mean
+        total, first, last = self._get(_TOTAL), self._get(_FIRST), self._get(_LAST)
+        mean = total / n
+        var = self._get(_SQUARES) / n - mean * mean
         if var <= 1e-12 * max(1.0, mean * mean):
             return 0.0
         # sum over t of (x[t]-m)(x[t-1]-m), from the running sums
-        pairs = self.n - 1
+        pairs = n - 1
         cov = (
-            self.cross
-            - mean * (self.total - self.first)
-            - mean * (self.total - self.last)
-            + pairs * mean * mean
+            self._get(_CROSS) - mean * (total - first) - mean * (total - last) + pairs * mean * mean
         ) / pairs
         return max(-1.0, min(1.0, cov / var))
 
@@ -183,60 +198,95 @@ class Lag1:
         rho = min(0.9, max(0.0, self.rho))
         return n * (1.0 - rho) / (1.0 + rho)
 
+    def values(self) -> list[float]:
+        return list(self._v[self._at : self._at + len(_LAG_FIELDS)])
+
     def to_dict(self) -> dict[str, float]:
-        return {
-            "n": self.n,
-            "total": self.total,
-            "squares": self.squares,
-            "cross": self.cross,
-            "first": self.first,
-            "last": self.last,
-        }
+        figures: dict[str, float] = dict(zip(_LAG_FIELDS, self.values(), strict=True))
+        figures["n"] = self.n
+        return figures
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Lag1:
-        return cls(
-            n=int(data["n"]),
-            total=float(data["total"]),
-            squares=float(data["squares"]),
-            cross=float(data["cross"]),
-            first=float(data["first"]),
-            last=float(data["last"]),
-        )
+        """Raises KeyError, TypeError or ValueError on a malformed dict."""
+        return cls(array("d", [float(data[k]) for k in _LAG_FIELDS]))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Lag1) and self.values() == other.values()
+
+    def __repr__(self) -> str:
+        return f"Lag1({self.to_dict()})"
 
 
-@dataclass(slots=True)
+# A Side's array: count, failures, then (probes only) its two Lag1
+_COUNT, _FAILURES, _FAILURE_LAG, _LATENCY_LAG = 0, 1, 2, 2 + len(_LAG_FIELDS)
+_PROBE_SLOTS = _LATENCY_LAG + len(_LAG_FIELDS)
+
+
 class Side:
     """One platform's evidence for one subject over a step.
 
-    For probes: `record` each result; `latency` holds successes only (a failure has no latency
-    worth comparing), and the two Lag1 track the failures (as 0/1) and ln(latency).
-    For requests: `count`/`failures` and a traffic `Histogram` merged from the timeline's
-    tallies; no Lag1 (taken as independent).
+    For probes (`Side()`): `record` each result; `latency` holds successes only (a failure has
+    no latency worth comparing), and the two Lag1 track the failures (as 0/1) and ln(latency).
+    For requests (`Side.requests()`): `count`/`failures` and a traffic `Histogram` merged from
+    the timeline's tallies; no Lag1 (taken as independent).
+
+    A step holds two sides per check, so a side is two objects: its latency distribution and
+    one array of doubles with its counts and both Lag1's figures.
     """
 
-    count: float = 0.0
-    failures: float = 0.0
-    latency: LatencyHistogram | Histogram | None = field(default_factory=LatencyHistogram)
-    failure_lag: Lag1 | None = field(default_factory=Lag1)
-    latency_lag: Lag1 | None = field(default_factory=Lag1)
+    __slots__ = ("_v", "latency")
+
+    def __init__(self) -> None:
+        self._v = array("d", bytes(8 * _PROBE_SLOTS))
+        self.latency: LatencyHistogram | Histogram | None = LatencyHistogram()
 
     @classmethod
     def requests(cls) -> Side:
-        return cls(latency=None, failure_lag=None, latency_lag=None)
+        side = cls()
+        side._v = array("d", bytes(8 * _FAILURE_LAG))
+        side.latency = None
+        return side
+
+    @property
+    def count(self) -> float:
+        return self._v[_COUNT]
+
+    @count.setter
+    def count(self, value: float) -> None:
+        self._v[_COUNT] = value
+
+    @property
+    def failures(self) -> float:
+        return self._v[_FAILURES]
+
+    @failures.setter
+    def failures(self, value: float) -> None:
+        self._v[_FAILURES] = value
+
+    @property
+    def failure_lag(self) -> Lag1 | None:
+        """The failures' Lag1 (a view on this side's figures); None for requests."""
+        return Lag1(self._v, _FAILURE_LAG) if len(self._v) == _PROBE_SLOTS else None
+
+    @property
+    def latency_lag(self) -> Lag1 | None:
+        return Lag1(self._v, _LATENCY_LAG) if len(self._v) == _PROBE_SLOTS else None
 
     def record(self, ok: bool, seconds: float) -> None:
         """One probe: the hot path, O(1)."""
-        self.count += 1
-        if self.failure_lag is not None:
-            self.failure_lag.add(0.0 if ok else 1.0)
+        v = self._v
+        v[_COUNT] += 1
+        probes = len(v) == _PROBE_SLOTS
+        if probes:
+            Lag1(v, _FAILURE_LAG).add(0.0 if ok else 1.0)
         if not ok:
-            self.failures += 1
+            v[_FAILURES] += 1
             return
         if isinstance(self.latency, LatencyHistogram):
             self.latency.add(seconds)
-        if self.latency_lag is not None and seconds > 0:
-            self.latency_lag.add(math.log(seconds))
+        if probes and seconds > 0:
+            Lag1(v, _LATENCY_LAG).add(math.log(seconds))
 
     @property
     def error_ratio(self) -> float:
@@ -261,12 +311,13 @@ class Side:
             latency = {"bounds": list(self.latency.bounds), "counts": list(self.latency.counts)}
         else:
             latency = None
+        failure_lag, latency_lag = self.failure_lag, self.latency_lag
         return {
             "count": self.count,
             "failures": self.failures,
             "latency": latency,
-            "failure_lag": None if self.failure_lag is None else self.failure_lag.to_dict(),
-            "latency_lag": None if self.latency_lag is None else self.latency_lag.to_dict(),
+            "failure_lag": None if failure_lag is None else failure_lag.to_dict(),
+            "latency_lag": None if latency_lag is None else latency_lag.to_dict(),
         }
 
     @classmethod
@@ -283,13 +334,31 @@ class Side:
                 tuple(float(b) for b in raw["bounds"]), [float(n) for n in raw["counts"]]
             )
         fl, ll = data.get("failure_lag"), data.get("latency_lag")
-        return cls(
-            count=float(data["count"]),
-            failures=float(data["failures"]),
-            latency=latency,
-            failure_lag=None if fl is None else Lag1.from_dict(fl),
-            latency_lag=None if ll is None else Lag1.from_dict(ll),
+        side = cls() if fl is not None or ll is not None else cls.requests()
+        side.count = float(data["count"])
+        side.failures = float(data["failures"])
+        side.latency = latency
+        for at, saved in ((_FAILURE_LAG, fl), (_LATENCY_LAG, ll)):
+            if saved is not None:
+                side._v[at : at + len(_LAG_FIELDS)] = Lag1.from_dict(saved)._v
+        return side
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Side)
+            and self._v == other._v
+            and type(self.latency) is type(other.latency)
+            and _same_latency(self.latency, other.latency)
         )
+
+    def __repr__(self) -> str:
+        return f"Side({self.to_dict()})"
+
+
+def _same_latency(a: object, b: object) -> bool:
+    if isinstance(a, LatencyHistogram) and isinstance(b, LatencyHistogram):
+        return a.items() == b.items()
+    return a == b
 
 
 @dataclass(slots=True)
