@@ -9,6 +9,7 @@
     │   └── WeightsChanged  a write found other weights than expected; nothing was written
     ├── SlackError        Slack refused a test message for a reason a person must fix
     ├── SourceError       a traffic source's poll failed; `reason` labels the error metrics
+    ├── DynamoError       a call to the HA table failed (not a lost race); `reason` labels metrics
     └── Refused           a shift control call (pause, resume, ...) that does not apply now
 
 Failing targets are not exceptions: a probe always returns a result with a reason. Failures of
@@ -91,6 +92,23 @@ class SourceError(CutoverError):
         super().__init__(reason, detail)
         self.reason = reason
         self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.reason} ({self.detail})"
+
+
+class DynamoError(CutoverError):
+    """A DynamoDB call of the HA table failed; `reason` is one of exporter.store.dynamo.REASONS.
+
+    A conditional write refused because another replica got there first is not a DynamoError:
+    that is a lost race, and the lease treats it as news, not as a failure.
+    """
+
+    def __init__(self, reason: str, detail: str, *, code: str | None = None) -> None:
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+        self.code = code or reason
 
     def __str__(self) -> str:
         return f"{self.reason} ({self.detail})"
