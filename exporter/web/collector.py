@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -28,6 +28,9 @@ from exporter.route53.read import RecordSpec, Route53Snapshot
 from exporter.traffic.counts import CODE_CLASSES, Tally
 from exporter.traffic.split import SplitStatus
 from exporter.traffic.timeline import Counters, SourceStatus
+
+if TYPE_CHECKING:  # rendering imports no AWS client
+    from exporter.store.lease import LeaseSnapshot
 
 TRAFFIC_QUANTILES = (0.5, 0.9, 0.95, 0.99)
 
@@ -253,6 +256,36 @@ def route53_families(snap: Route53Snapshot, records: Iterable[RecordSpec]) -> It
     for reason, count in snap.errors.items():
         errors.add_metric([reason], float(count))
     yield errors
+
+
+def lease_families(snap: LeaseSnapshot) -> Iterator[Metric]:
+    """The HA lease as one replica sees it. Every replica exports its own series, so that the
+    rules can tell no leader (all 0, or leaderless) from two (a sum above 1)."""
+    leader = GaugeMetricFamily(
+        "cutover_ha_leader",
+        "1 on the replica that holds the lease and may act (Slack, Route53), else 0.",
+        labels=["vantage"],
+    )
+    leader.add_metric([snap.vantage], 1.0 if snap.leader else 0.0)
+    yield leader
+    yield GaugeMetricFamily(
+        "cutover_ha_lease_epoch",
+        "The lease's epoch: this replica's while it leads, else the highest it has seen.",
+        value=snap.epoch,
+    )
+    errors = CounterMetricFamily(
+        "cutover_ha_lease_errors",
+        "Failed lease calls to DynamoDB, by reason (a lost race is not one).",
+        labels=["reason"],
+    )
+    for reason, count in snap.errors.items():
+        errors.add_metric([reason], float(count))
+    yield errors
+    yield GaugeMetricFamily(
+        "cutover_ha_leaderless",
+        "1 when no leader has shown itself to this replica for longer than two leases.",
+        value=1.0 if snap.leaderless else 0.0,
+    )
 
 
 class BuildInfoCollector(Collector):
