@@ -32,6 +32,8 @@ from exporter.logs import setup_logging
 from exporter.readiness.offline import readiness_from_state_dir
 from exporter.report import FORMATS, render
 from exporter.route53.plan import DRY_RUN, plan_text
+from exporter.store import dynamo
+from exporter.store.lease import LEASE_SK, RENEW_FRACTION, SAFE_FRACTION, lease_pk
 from exporter.web.app import start_server
 from exporter.web.guard import (
     DEFAULT_HEADER_TIMEOUT,
@@ -176,6 +178,21 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--config", default=None, help="with --state-dir: the YAML file")
     report.add_argument("--format", choices=FORMATS, default="text")
 
+    ha = sub.add_parser("ha", help="several replicas: the DynamoDB table of the ha section")
+    ha_actions = ha.add_subparsers(dest="ha_command", required=True, metavar="ACTION")
+    init = ha_actions.add_parser(
+        "init",
+        help="create the ha section's DynamoDB table (pk, sk; TTL on expires)",
+        description="Create the table named by the configuration's ha section, wait until it "
+        "is ACTIVE and turn TTL on; a table that exists already with these keys is fine.",
+    )
+    init.add_argument("--config", default=None, help="YAML file (default: $CUTOVER_CONFIG)")
+    init.add_argument(
+        "--print",
+        action="store_true",
+        help="print the equivalent aws commands instead; nothing is called",
+    )
+
     demo = sub.add_parser("demo", help="run against two embedded simulated platforms")
     demo.add_argument(
         "--listen", default=None, help="HOST:PORT (default: $CUTOVER_LISTEN or 127.0.0.1:9877)"
@@ -278,6 +295,23 @@ def summary(cfg: Config, source: str) -> str:
             f"{plan_text([float(s) for s in cfg.shift.steps])} on {cfg.shift.record}"
         )
     lines.extend(_traffic_summary(cfg))
+    if cfg.ha is not None:
+        ha = cfg.ha
+        where = ", ".join(
+            f"{k} {v}" for k, v in (("region", ha.region), ("endpoint", ha.endpoint_url)) if v
+        )
+        lines.append(
+            f"  ha: vantage {ha.vantage}, table {ha.table}"
+            + (f" ({where})" if where else "")
+            + f", lease {format_duration(ha.lease)} (renewed every "
+            f"{format_duration(ha.lease * RENEW_FRACTION)}, the leader acts until "
+            f"{format_duration(ha.lease * SAFE_FRACTION)} after sending its last renew), "
+            f"confirm {ha.confirm}, quorum {ha.quorum}"
+        )
+        lines.append(
+            f"    lease item: pk {lease_pk(cfg.ha_migration or '?')}, sk {LEASE_SK}"
+            + ("" if ha.migration else " (named after the migrated record)")
+        )
     return "\n".join(lines)
 
 
@@ -561,6 +595,30 @@ def _readiness_line(readiness: object) -> str:
     return f"readiness: {readiness['verdict']}" + (f": {said}" if said else "")
 
 
+def cmd_ha_init(args: argparse.Namespace) -> int:
+    path = _config_path(args)
+    cfg = load_config(path)
+    if cfg.ha is None:
+        print(f"cutover: ha init: {path} has no ha section", file=sys.stderr)
+        return EXIT_USAGE
+    ha = cfg.ha
+    if args.print:
+        print(dynamo.create_table_command(ha.table, ha.region, ha.endpoint_url), end="")
+        return EXIT_OK
+    credentials: Any = None
+    try:
+        client, credentials = dynamo.make_client(
+            ha.region, ha.endpoint_url, timeout=10.0, max_attempts=3
+        )
+        ready = dynamo.create_table(client, ha.table)
+    except Exception as exc:  # every failure is said in one line, without a secret
+        error = dynamo.classify(exc, dynamo.secrets_of(credentials))
+        print(f"cutover: ha init: cannot create table {ha.table}: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    print(ready.text())
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     host, port = _listen(args, None, "127.0.0.1:9877")
     return _run(args, lambda: run_demo(host, port, _serve))
@@ -570,7 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command not in ("check", "shift", "report"):
+        if args.command not in ("check", "shift", "report", "ha"):
             setup_logging(
                 args.log_level or _env_choice("CUTOVER_LOG_LEVEL", LOG_LEVELS, "info"),
                 args.log_format or _env_choice("CUTOVER_LOG_FORMAT", LOG_FORMATS, "text"),
@@ -583,6 +641,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_shift(args)
         if args.command == "report":
             return cmd_report(args)
+        if args.command == "ha":
+            return cmd_ha_init(args)
         return cmd_demo(args)
     except ConfigError as exc:
         print(f"cutover: invalid configuration {exc.source}:", file=sys.stderr)

@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import os
 import re
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache, cached_property
@@ -514,6 +515,53 @@ class Traffic(_Model):
         return out
 
 
+_VANTAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_MIGRATION_RE = re.compile(r"^[A-Za-z0-9*][A-Za-z0-9_.*:-]{0,199}$")
+MIN_LEASE = 2.0  # below, a renew every third of the lease is a round trip or two
+
+
+def _vantage(value: str) -> str:
+    if not _VANTAGE_RE.match(value):
+        raise ValueError(
+            f"invalid vantage {value!r}: up to 63 letters, digits, '_', '.' and '-', e.g. a "
+            "region such as eu-west-1"
+        )
+    return value
+
+
+def _migration(value: str) -> str:
+    if not _MIGRATION_RE.match(value):
+        raise ValueError(
+            f"invalid migration name {value!r}: letters, digits, '_', '.', '*', ':' and '-', "
+            "e.g. the migrated DNS name"
+        )
+    return value
+
+
+def _lease(value: float) -> float:
+    if value < MIN_LEASE:
+        raise ValueError(f"{format_duration(value)} is too short: at least 2s")
+    return value
+
+
+class HA(_Model):
+    """Several replicas of one migration coordinated through a DynamoDB table (issue 14).
+
+    The replicas share one lease item, keyed by the migration's name (`migration`, by default
+    the shift's record or the only Route53 record): every replica of a migration must resolve
+    the same name, and different migrations may share a table.
+    """
+
+    vantage: Annotated[str, AfterValidator(_vantage)] = Field(default_factory=socket.gethostname)
+    table: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{3,255}$")] = "cutover-ha"
+    region: Annotated[str, Field(pattern=r"^[a-z0-9-]+$")] | None = None  # None: the AWS chain's
+    endpoint_url: HttpUrl | None = None
+    lease: Annotated[float, BeforeValidator(parse_duration), AfterValidator(_lease)] = 15.0
+    confirm: Annotated[int, Field(ge=1)] = 2  # vantages that must see a regression
+    quorum: Annotated[int, Field(ge=1)] = 2  # vantages that must agree before a step advances
+    migration: Annotated[str, AfterValidator(_migration)] | None = None
+
+
 class Config(_Model):
     """The whole validated configuration. Frozen: a reload builds a new one."""
 
@@ -527,6 +575,7 @@ class Config(_Model):
     shift: Shift | None = None
     traffic: Traffic | None = None
     readiness: ReadinessConfig = Field(default_factory=ReadinessConfig)
+    ha: HA | None = None
 
     @field_validator("checks")
     @classmethod
@@ -581,6 +630,21 @@ class Config(_Model):
         if shift_name in self.shift.model_fields_set:
             value = getattr(self.shift, shift_name)
         return value
+
+    @property
+    def ha_migration(self) -> str | None:
+        """The name of the migration's lease item (pk `migration#<name>`): ha.migration, else
+        the shift's record, else the only Route53 record (a config without either is refused).
+        None without an ha section."""
+        if self.ha is None:
+            return None
+        if self.ha.migration is not None:
+            return self.ha.migration
+        if self.shift is not None:
+            return normalize_name(self.shift.record)
+        if self.route53 is not None and len(self.route53.records) == 1:
+            return self.route53.records[0].key
+        return None
 
     def record_for(self, check: Check) -> Route53Record | None:
         """The Route53 record whose traffic this check represents, if any."""
@@ -768,6 +832,7 @@ class _Pieces:
     shift: _Piece[Shift] | None
     traffic: _Piece[Traffic] | None
     sources: list[_Piece[TrafficSource] | None]  # traffic.sources one by one
+    ha: _Piece[HA] | None = None
 
     @classmethod
     def of_config(cls, cfg: Config) -> _Pieces:
@@ -781,6 +846,7 @@ class _Pieces:
             shift=_Piece(cfg.shift) if cfg.shift else None,
             traffic=_Piece(cfg.traffic) if cfg.traffic else None,
             sources=[_Piece(s) for s in cfg.traffic.sources] if cfg.traffic else [],
+            ha=_Piece(cfg.ha) if cfg.ha else None,
         )
 
     @classmethod
@@ -807,6 +873,7 @@ class _Pieces:
             shift=_piece(Shift, raw.get("shift")),
             traffic=_piece(Traffic, raw.get("traffic")),
             sources=[_piece(TrafficSource, s) for s in _list_in(raw.get("traffic"), "sources")],
+            ha=_piece(HA, raw.get("ha")),
         )
 
 
@@ -935,6 +1002,17 @@ def _cross_check(pieces: _Pieces) -> list[_Problem]:
             )
     if (tr := pieces.traffic) is not None:
         problems += _traffic_rules(tr, pieces, record_keys, all_records)
+    if (ha := pieces.ha) is not None and ha.has("migration") and ha.value.migration is None:
+        # the lease item is named after the migration: by default the record it moves
+        named = pieces.shift is not None and pieces.shift.has("record")
+        if not named and pieces.records is not None and len(pieces.records) != 1:
+            problems.append(
+                (
+                    ("ha", "migration"),
+                    "required without a shift.record or a single route53 record to name the "
+                    "migration by: every replica of one migration must name the same lease item",
+                )
+            )
     return problems
 
 

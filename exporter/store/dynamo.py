@@ -43,6 +43,7 @@ __all__ = [
     "create_table_command",
     "make_client",
     "scrub",
+    "secrets_of",
 ]
 
 DynamoReason = Literal[
@@ -81,6 +82,15 @@ def scrub(text: str, secrets: Sequence[str] = ()) -> str:
     for secret in sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True):
         text = text.replace(secret, _MASK)
     return _SIGNATURE.sub(rf"\1{_MASK}", _KEY_ID.sub(_MASK, text))
+
+
+def secrets_of(credentials: Any) -> list[str]:
+    """The values of a botocore credentials object that must never be shown."""
+    try:
+        frozen = credentials.get_frozen_credentials()
+    except Exception:  # no credentials (or none yet), or refreshing them fails: nothing to hide
+        return []
+    return [v for v in (frozen.secret_key, frozen.token, frozen.access_key) if v]
 
 
 def classify(exc: BaseException, secrets: Sequence[str] = ()) -> DynamoError:

@@ -413,11 +413,7 @@ class LeaseTable:
             return self._client
 
     def _secrets(self) -> list[str]:
-        try:
-            frozen = self._credentials.get_frozen_credentials()
-        except Exception:  # no credentials (or none yet): nothing to hide
-            return []
-        return [v for v in (frozen.secret_key, frozen.token, frozen.access_key) if v]
+        return dynamo.secrets_of(self._credentials)
 
     def _read(self) -> LeaseItem | None:
         answer = self._get_client().get_item(
