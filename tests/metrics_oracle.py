@@ -131,7 +131,7 @@ class OracleCollector(Collector):
                 duration.add_metric(lv, buckets, series.duration_sum)
                 probes.add_metric(lv, float(series.probes_total))
                 for reason in REASONS:
-                    failures.add_metric([*lv, reason], float(series.failures[reason]))
+                    failures.add_metric([*lv, reason], float(series.failures.get(reason, 0)))
                 if series.tls_expiry is not None:
                     expiry.add_metric(lv, series.tls_expiry)
                 st = stats[name]

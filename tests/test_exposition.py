@@ -22,7 +22,7 @@ from exporter.config import parse_config, probe_spec
 from exporter.daemon import Daemon, judge_settings
 from exporter.judging.judge import Evaluation, judge
 from exporter.judging.traffic import TrafficEvaluation, TrafficSettings, judge_traffic
-from exporter.probing.probe import ProbeResult
+from exporter.probing.probe import REASONS, ProbeResult
 from exporter.probing.state import CheckState, Series
 from exporter.probing.window import Window
 from exporter.traffic.counts import Tally
@@ -281,3 +281,20 @@ async def test_a_scrape_gives_the_loop_back_while_it_renders(big_daemon: int) ->
     finally:
         done = True
         await task
+
+
+def test_a_series_that_never_failed_holds_no_reason_yet_shows_every_one() -> None:
+    """10 000 series mostly never fail: each holds an empty dict, not a zero per reason."""
+    now = 1000.0
+    state = make_state("clean")
+    for tick in range(5):
+        for s in state.series.values():
+            s.record(result(True, 0.05), now - 5 + tick, tick)
+    assert all(s.failures == {} for s in state.series.values())
+    text = streamed([*states(now), state], now, openmetrics=False, shares=False)
+    zeros = [
+        line
+        for line in text.splitlines()
+        if line.startswith('cutover_probe_failures_total{check="clean"')
+    ]
+    assert len(zeros) == 2 * len(REASONS) and all(line.endswith(" 0.0") for line in zeros)

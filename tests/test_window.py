@@ -91,3 +91,15 @@ def test_error_ratio_without_stats() -> None:
     for i in range(30):
         w.append(float(i), i, i % 3 != 0, 0.05)
     assert w.error_ratio() == w.stats().error_ratio
+
+
+def test_a_full_window_holds_at_most_a_third_more_than_its_samples() -> None:
+    """Expired samples wait in the arrays until a trim drops them together: with 10 000
+    windows of 20 samples, letting them pile up to twice the window was megabytes."""
+    window = Window(20.0)
+    most = 0
+    for i in range(2000):
+        window.append(float(i), i, True, 0.1)
+        most = max(most, len(window._t))
+    assert len(window) == 21
+    assert most <= 21 * 4 // 3 + 1

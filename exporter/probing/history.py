@@ -1,13 +1,12 @@
 """The last hours of one check on one platform, one point a minute, for the status page's charts.
 
 Memory is what bounds it: with 5000 checks (10 000 series) the daemon must stay under
-bench/probe's 150 MB, and the windows alone take about 138 MB there. So a minute is 4 bytes in
-one bytearray: the probes made (saturated at 255: only "was it probed" and a rough weight are read
-from it), the error ratio in 1/250 steps, and p50 and p95 as 8-bit logarithmic codes (6% apart
-from 50 us to 2 minutes: a chart's pixel is coarser). Three hours are 720 bytes, plus the
-minute being filled (its latencies, as 4-byte floats, until the minute ends) and the objects'
-headers: about 0.95 KB a series, 1.9 KB a check, 9.5 MB for 5000 checks probed every 10 s
-(tests/test_page.py measures it).
+bench/probe's 150 MB. So a minute is 3 bytes in one bytearray: the error ratio in 1/250 steps
+(255: no probe that minute), and p50 and p95 as 8-bit logarithmic codes (6% apart from 50 us to
+2 minutes: a chart's pixel is coarser). Three hours are 540 bytes, plus the minute being filled
+(its latencies, as 4-byte floats, until the minute ends) and the objects' headers: about 0.75 KB
+a series, 1.5 KB a check, 7.5 MB for 5000 checks probed every 10 s (tests/test_page.py
+measures it).
 """
 
 from __future__ import annotations
@@ -26,7 +25,8 @@ _LO = 50e-6  # seconds: code 1
 _HI = 120.0  # seconds: code 255
 _STEP = math.log(_HI / _LO) / 254
 _NO_RATIO = 255
-_EMPTY = bytes((0, _NO_RATIO, 0, 0))
+_EMPTY = bytes((_NO_RATIO, 0, 0))
+_SLOT = len(_EMPTY)
 
 
 def encode_latency(seconds: float) -> int:
@@ -44,17 +44,16 @@ def decode_latency(code: int) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Point:
-    """One minute of one series: its start (unix seconds), probes, error ratio, p50 and p95."""
+    """One minute of one series: its start (unix seconds), error ratio, p50 and p95."""
 
     at: float
-    probes: int  # saturated at 255
     error_ratio: float  # NaN without probes
     p50: float  # seconds; NaN without a successful probe
     p95: float
 
 
 class MinuteHistory:
-    """Per-minute points of one series over the last `keep` minutes, in a ring of 4-byte slots.
+    """Per-minute points of one series over the last `keep` minutes, in a ring of 3-byte slots.
 
     `add(t, ok, latency)` with the wall-clock time of each probe; a probe older than the minute
     being filled (a clock stepped back) is counted in that minute.
@@ -64,8 +63,8 @@ class MinuteHistory:
 
     def __init__(self, keep: int = KEEP_MINUTES) -> None:
         self._keep = keep
-        # slot m % keep holds minute m: probes, error ratio, p50, p95 (allocated once, exactly)
-        self._data = bytearray(4 * keep)
+        # slot m % keep holds minute m: error ratio, p50, p95 (allocated once, exactly)
+        self._data = bytearray(_SLOT * keep)
         self._first = -1  # the first minute finished (none yet: -1)
         self._minute = -1  # the minute being filled; finished ones are the `keep` before it
         self._probes = 0
@@ -95,15 +94,14 @@ class MinuteHistory:
         self._latencies = array("f")
 
     def _put(self, minute: int, point: bytes) -> None:
-        i = 4 * (minute % self._keep)
-        self._data[i : i + 4] = point
+        i = _SLOT * (minute % self._keep)
+        self._data[i : i + _SLOT] = point
 
     def _encode(self) -> bytes:
         lat = sorted(self._latencies)
         ratio = _NO_RATIO if self._probes == 0 else round(250 * self._failures / self._probes)
         return bytes(
             (
-                min(255, self._probes),
                 ratio,
                 encode_latency(quantile(lat, 0.5)),
                 encode_latency(quantile(lat, 0.95)),
@@ -112,10 +110,9 @@ class MinuteHistory:
 
     @staticmethod
     def _point(minute: int, raw: bytes | bytearray) -> Point:
-        probes, ratio, p50, p95 = raw
+        ratio, p50, p95 = raw
         return Point(
             at=minute * 60.0,
-            probes=probes,
             error_ratio=math.nan if ratio == _NO_RATIO else ratio / 250,
             p50=decode_latency(p50),
             p95=decode_latency(p95),
@@ -129,8 +126,8 @@ class MinuteHistory:
             if since is not None:
                 first = max(first, int(since // 60))
             for minute in range(first, self._minute):
-                i = 4 * (minute % self._keep)
-                out.append(self._point(minute, self._data[i : i + 4]))
+                i = _SLOT * (minute % self._keep)
+                out.append(self._point(minute, self._data[i : i + _SLOT]))
         if self._minute >= 0 and self._probes:
             out.append(self._point(self._minute, self._encode()))
         return out

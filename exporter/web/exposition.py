@@ -158,12 +158,12 @@ def _failures(scrape: Scrape, state: CheckState) -> Iterator[str]:
         failures = s.failures
         if s.probes_total < _SMALL:
             for reason, label in zip(REASONS, _REASON, strict=True):
-                yield f"cutover_probe_failures_total{{{check},{platform},{label},{role}}} {failures[reason]}.0\n"
+                yield f"cutover_probe_failures_total{{{check},{platform},{label},{role}}} {failures.get(reason, 0)}.0\n"
             continue
         for reason, label in zip(REASONS, _REASON, strict=True):
             yield (
                 f"cutover_probe_failures_total{{{check},{platform},{label},{role}}} "
-                f"{number(failures[reason])}\n"
+                f"{number(failures.get(reason, 0))}\n"
             )
 
 
