@@ -298,3 +298,11 @@ def test_a_series_that_never_failed_holds_no_reason_yet_shows_every_one() -> Non
         if line.startswith('cutover_probe_failures_total{check="clean"')
     ]
     assert len(zeros) == 2 * len(REASONS) and all(line.endswith(" 0.0") for line in zeros)
+
+
+def test_series_share_their_platform_and_role_label_strings() -> None:
+    one, two = make_state("one"), make_state("two")
+    a, b = one.series["aws"], two.series["aws"]
+    assert a.label_parts[1:] == ('platform="aws"', 'role="candidate"')
+    assert all(x is y for x, y in zip(a.label_parts[1:], b.label_parts[1:], strict=True))
+    assert a.label_parts[0] == 'check="one"' and b.labels.startswith('check="two",')

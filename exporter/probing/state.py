@@ -47,10 +47,11 @@ class Series:
     labels: str = field(init=False, repr=False, compare=False)  # `check="…",platform="…",role="…"`
 
     def __post_init__(self) -> None:
+        # the platform's and the role's pairs are the same in every check: one string each
         self.label_parts = (
             f'check="{label_value(self.check)}"',
-            f'platform="{label_value(self.platform)}"',
-            f'role="{label_value(self.role)}"',
+            _shared_pair("platform", self.platform),
+            _shared_pair("role", self.role),
         )
         self.labels = ",".join(self.label_parts)
 
@@ -97,6 +98,18 @@ class CheckState:
     @property
     def probed(self) -> bool:
         return all(s.last is not None for s in self.series.values())
+
+
+_PAIRS: dict[tuple[str, str], str] = {}
+
+
+def _shared_pair(name: str, value: str) -> str:
+    """`name="value"`, one string for all the series that have it (platforms and roles come
+    from the configuration: a handful, however many checks)."""
+    pair = _PAIRS.get((name, value))
+    if pair is None:
+        pair = _PAIRS[(name, value)] = f'{name}="{label_value(value)}"'
+    return pair
 
 
 def label_value(value: str) -> str:
