@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import zlib
@@ -39,6 +40,7 @@ from exporter.judging.traffic import TrafficEvaluation, TrafficSettings, judge_t
 from exporter.logs import REDACTOR
 from exporter.probing.history import SplitHistory
 from exporter.probing.probe import Prober
+from exporter.probing.schedule import Schedule, Slot
 from exporter.probing.state import CheckState, Series, both_failing
 from exporter.probing.window import Window
 from exporter.readiness.watch import News, Observed, ReadinessWatch, StepBegan, WatchSettings
@@ -161,7 +163,7 @@ def _offset(name: str, interval: float) -> float:
 class _Running:
     check: Check
     state: CheckState
-    task: asyncio.Task[None]
+    slot: Slot
 
 
 # The daemon's task groups, in the order `stop` ends them.
@@ -198,6 +200,8 @@ class Daemon:
         self.started = time.time()
         self.config_loaded_at = time.time()
         self._running: dict[str, _Running] = {}
+        # when each check probes next: one timer for all checks, a task only per tick under way
+        self.schedule = Schedule(lambda coro, name: self.tasks.spawn(coro, name, PROBES))
         # the judge's latest verdicts per check, and the hysteresis it carries to the next
         self.evaluations: dict[str, Evaluation] = {}
         # every task the daemon starts belongs to it, in groups: PROBES, ROUTE53, WATCH, ...
@@ -317,6 +321,7 @@ class Daemon:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.tasks.spawn(self.schedule.run(), "probe-schedule", PROBES)
         self._apply(self.config, previous={})
         self._apply_route53(self.config, previous=None)
         self._apply_slack(self.config)
@@ -430,14 +435,21 @@ class Daemon:
                     running[check.name] = prior
                     undisturbed.add(check.name)
                     continue
-                self.tasks.cancel([prior.task])
+                self._unschedule(prior)
             state = CheckState(name=check.name, series=series)
             if prior is not None:
                 # keep the tick count rising: kept windows must never see a tick twice
                 state.next_tick = prior.state.next_tick
-            task = self.tasks.spawn(self._probe_loop(check, state), f"check:{check.name}", PROBES)
-            running[check.name] = _Running(check=check, state=state, task=task)
-        self.tasks.cancel(gone.task for gone in old.values())
+            slot = self.schedule.add(
+                check.name,
+                check.interval,
+                _offset(check.name, check.interval),
+                functools.partial(self._probe_tick, check, state),
+                asyncio.get_running_loop().time(),
+            )
+            running[check.name] = _Running(check=check, state=state, slot=slot)
+        for gone in old.values():
+            self._unschedule(gone)
         for name in self.evaluations.keys() - undisturbed:
             del self.evaluations[name]  # a changed check is judged afresh, a removed one not at all
         self._running = running
@@ -969,45 +981,38 @@ class Daemon:
 
     # -- loops ------------------------------------------------------------------------------
 
-    async def _probe_loop(self, check: Check, state: CheckState) -> None:
-        loop = asyncio.get_running_loop()
-        interval = check.interval
-        offset = _offset(check.name, interval)
-        now = loop.time()
-        # the next slot of this check's grid: same phase across reloads, no burst at start
-        next_at = now + ((offset - now) % interval)
-        while True:
-            await asyncio.sleep(max(0.0, next_at - loop.time()))
-            tick = state.next_tick
-            state.next_tick += 1
-            t = time.monotonic()
-            wall = time.time()
-            series = list(state.series.values())
-            # both platforms at the same moment: the judge compares them pairwise
-            try:
-                results = await asyncio.gather(*(self.prober.probe(s.spec) for s in series))
-                for s, result in zip(series, results, strict=True):
-                    s.record(result, t, tick)
-                    self.readiness.probed(check.name, s.platform, result.success, result.duration)
-                    s.history.add(wall, result.success, result.duration)
-                    if not result.success:
-                        log.debug(
-                            "probe %s on %s failed: %s (%s)",
-                            check.name,
-                            s.platform,
-                            result.reason,
-                            result.detail,
-                        )
-                self._evaluate(state, t)
-            except Exception:
-                # the prober never raises for a failing target, so this is a bug of ours: say
-                # so loudly, and keep this check on its schedule rather than silently stop it
-                log.exception("probing or judging %s failed unexpectedly", check.name)
-            next_at += interval
-            late = loop.time() - next_at
-            if late > 0:
-                # a stalled loop: skip the missed slots instead of firing them in a burst
-                next_at += (late // interval + 1) * interval
+    def _unschedule(self, running: _Running) -> None:
+        tick = self.schedule.cancel(running.slot)
+        if tick is not None:
+            self.tasks.cancel([tick])
+
+    async def _probe_tick(self, check: Check, state: CheckState) -> None:
+        """One tick of a check (its schedule calls it): both platforms probed at the same
+        moment (the judge compares them pairwise), recorded, judged."""
+        tick = state.next_tick
+        state.next_tick += 1
+        t = time.monotonic()
+        wall = time.time()
+        series = list(state.series.values())
+        try:
+            results = await asyncio.gather(*(self.prober.probe(s.spec) for s in series))
+            for s, result in zip(series, results, strict=True):
+                s.record(result, t, tick)
+                self.readiness.probed(check.name, s.platform, result.success, result.duration)
+                s.history.add(wall, result.success, result.duration)
+                if not result.success:
+                    log.debug(
+                        "probe %s on %s failed: %s (%s)",
+                        check.name,
+                        s.platform,
+                        result.reason,
+                        result.detail,
+                    )
+            self._evaluate(state, t)
+        except Exception:
+            # the prober never raises for a failing target, so this is a bug of ours: say
+            # so loudly, and keep this check on its schedule rather than silently stop it
+            log.exception("probing or judging %s failed unexpectedly", check.name)
 
     async def _route53_loop(self, state: Route53State, interval: float) -> None:
         loop = asyncio.get_running_loop()
