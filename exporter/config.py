@@ -183,6 +183,10 @@ class Expect(_Model):
         return value
 
 
+# what a check without `expect` expects: one frozen instance for all of them
+_ANY_2XX = Expect()
+
+
 class Check(_Model):
     name: Name
     path: str
@@ -192,7 +196,7 @@ class Check(_Model):
     interval: Duration = 15.0
     timeout: Duration = _DEFAULT_TIMEOUT
     record: str | None = None
-    expect: Expect = Field(default_factory=Expect)
+    expect: Expect = Field(default_factory=lambda: _ANY_2XX)
 
     @model_validator(mode="before")
     @classmethod
