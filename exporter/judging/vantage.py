@@ -532,8 +532,9 @@ def _gate(
 
 
 def _too_few_healthy(statuses: tuple[VantageStatus, ...], healthy: int, quorum: int) -> list[str]:
-    if healthy >= quorum:
+    if healthy >= quorum or not statuses:
         return []
+    # only silent vantages are unhealthy, so there is at least one to name
     silent = [f"{s.vantage} silent for {span(s.age)}" for s in statuses if not s.healthy]
     return [f"only {healthy} of {len(statuses)} vantages healthy ({', '.join(silent)})"]
 
