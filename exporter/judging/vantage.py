@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
 
@@ -363,7 +363,7 @@ class SignalOutcome:
     seen_by: tuple[str, ...] = ()
     pending_at: tuple[str, ...] = ()
     impaired_at: tuple[str, ...] = ()
-    figures: Mapping[str, CheckFigures] | None = None
+    figures: Mapping[str, CheckFigures] = field(default_factory=dict)
 
     @property
     def firing(self) -> bool:
@@ -415,7 +415,7 @@ def combine(reports: Iterable[VantageReport], now: float, settings: VantageSetti
         for check in checks
         for signal in SIGNALS
     }
-    reasons = _gate(statuses, healthy, checks, quorum)
+    reasons = _gate(statuses, healthy, checks, signals, quorum)
     return Combined(now, statuses, confirm, quorum, signals, not reasons, reasons)
 
 
@@ -506,6 +506,7 @@ def _gate(
     statuses: tuple[VantageStatus, ...],
     healthy: list[VantageReport],
     checks: list[str],
+    signals: Mapping[tuple[str, str], SignalOutcome],
     quorum: int,
 ) -> tuple[str, ...]:
     """Why a step may not advance (nothing when it may).
@@ -521,12 +522,13 @@ def _gate(
     outage: list[str] = []
     short: list[str] = []
     for check in checks:
-        views = {r.vantage: r.checks.get(check) for r in healthy}
-        seen = _dissent(check, views)
+        outcomes = [signals[(check, name)] for name in SIGNALS]
+        seen = [reason for o in outcomes for reason in _dissent(o)]
         dissent.extend(seen)
-        if all(c is None or c.impaired for c in views.values()):
+        if outcomes[0].outcome is Outcome.IMPAIRED:  # impaired is per check: all or none
             outage.append(f"{check} is impaired from every vantage: both platforms fail there")
         elif not few and not seen:
+            views = {r.vantage: r.checks.get(check) for r in healthy}
             short.extend(_unvouched(check, views, quorum))
     return (*few, *_few(dissent), *_few(outage), *_few(short))
 
@@ -539,18 +541,13 @@ def _too_few_healthy(statuses: tuple[VantageStatus, ...], healthy: int, quorum: 
     return [f"only {healthy} of {len(statuses)} vantages healthy ({', '.join(silent)})"]
 
 
-def _dissent(check: str, views: Mapping[str, CheckReport | None]) -> list[str]:
-    """Each healthy, non-impaired vantage's regression or pending evidence on `check`."""
-    found = []
-    for vantage, c in views.items():
-        if c is None or c.impaired:
-            continue
-        for name in SIGNALS:
-            s = c.signal(name).seen
-            if s is Seen.REGRESSED or s is Seen.PENDING:
-                tail = " pending" if s is Seen.PENDING else ""
-                found.append(f"{vantage} sees {_SEES[name]}{tail} on {check}")
-    return found
+def _dissent(outcome: SignalOutcome) -> list[str]:
+    """Each healthy, non-impaired vantage seeing this signal regressed or pending."""
+    what, where = _SEES[outcome.signal], f"on {outcome.check}"
+    return [
+        *(f"{v} sees {what} {where}" for v in outcome.seen_by),
+        *(f"{v} sees {what} pending {where}" for v in outcome.pending_at),
+    ]
 
 
 def _unvouched(check: str, views: Mapping[str, CheckReport | None], quorum: int) -> list[str]:
