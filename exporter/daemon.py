@@ -1,4 +1,4 @@
-"""Composition root: builds everything from the config, runs the probe loops, reloads."""
+"""Composition root: builds everything from the config, schedules the probes, reloads."""
 
 from __future__ import annotations
 
@@ -181,7 +181,7 @@ SPLIT_SPAN = 60.0
 
 
 class Daemon:
-    """Owns the config in force, the probe loops and the state they fill."""
+    """Owns the config in force, the probe schedule and the state it fills."""
 
     def __init__(
         self,
@@ -405,7 +405,7 @@ class Daemon:
         return []
 
     def _apply(self, cfg: Config, previous: dict[str, _Running]) -> None:
-        """Start the probe loops of `cfg`, keeping the state of every unchanged check and platform."""
+        """Schedule the checks of `cfg`, keeping the state of every unchanged check and platform."""
         running: dict[str, _Running] = {}
         old = dict(previous)
         undisturbed: set[str] = set()
