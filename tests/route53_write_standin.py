@@ -1,7 +1,24 @@
 """The Route53 stand-in, extended with ChangeResourceRecordSets and GetChange (REST/XML).
 
 What moto cannot show: PENDING changes, PriorRequestNotComplete while a change to the zone is
-still PENDING (as Route53 answers it), and throttling of writes. Reads are the base stand-in's.
+still PENDING (as Route53 answers it), throttling of writes, and Route53's checks of a change
+batch, which the compare-and-swap writes (issue 14) rest on. Reads are the base stand-in's.
+
+A batch is checked and applied as Route53 documents it: change by change, in order, against a
+working copy of the zone that replaces the zone only when every change passed, so a refused
+batch leaves nothing behind. A DELETE must give the record set exactly as it is (name, type,
+set identifier, weight, TTL, the values in any order, alias target, health check), a CREATE
+must not find one under its name, type and set identifier; either failure refuses the whole
+batch with HTTP 400 `InvalidChangeBatch` and Route53's own wording ("Tried to delete resource
+record set [...] but it was not found" / "... but the values provided do not match the current
+values", "Tried to create resource record set [...] but it already exists"). moto 5.2 deletes
+by name, type and identifier alone, so a stale DELETE passes there.
+
+Why our own and not `ministack` (PyPI), which has refused stale DELETEs since its PR #1308: this
+one runs inside the test process on 127.0.0.1 with no extra dependency or server process, it
+already had the PENDING and throttling knobs the writer's tests need, and `hold_next_change`
+can stop a submit between a writer's read and Route53's check of its batch, which is how the
+tests make a writer stale on purpose. ministack was not run here.
 """
 
 from __future__ import annotations
@@ -21,6 +38,17 @@ from tests.route53_standin import NS, Failure, StandIn, _error, route53_escape
 _CHANGE_PATH = re.compile(r"^/2013-04-01/hostedzone/([^/]+)/rrset/?$")
 _GET_CHANGE_PATH = re.compile(r"^/2013-04-01/change/([^/?]+)")
 _Q = f"{{{NS}}}"
+
+
+@dataclass
+class Gate:
+    """Holds one change request before the stand-in looks at it, until `release` is set: a
+    writer that read the zone, then paused (GC, SIGSTOP, a slow network) before its batch
+    arrived. `arrived` is set once the request is held."""
+
+    arrived: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
 
 PRIOR_REQUEST = Failure(
     400,
@@ -51,7 +79,8 @@ class PendingChange:
 @dataclass
 class WriteStandIn(StandIn):
     """`calls` lists every request in order: ("list", zone), ("change", zone, id or error code),
-    ("get_change", id, status). `batches` holds each accepted ChangeBatch, parsed."""
+    ("get_change", id, status). `batches` holds each accepted ChangeBatch, parsed; `refused`
+    each batch answered InvalidChangeBatch, with Route53's message under "error"."""
 
     pending_polls: int = 0  # each change answers PENDING to this many GetChange calls
     pending_seconds: float = 0.0  # and stays PENDING at least this long
@@ -59,6 +88,8 @@ class WriteStandIn(StandIn):
     get_change_fail_next: list[Failure] = field(default_factory=list)
     calls: list[tuple[str, ...]] = field(default_factory=list)
     batches: list[dict[str, Any]] = field(default_factory=list)
+    refused: list[dict[str, Any]] = field(default_factory=list)
+    hold_next_change: Gate | None = None
     changes: dict[str, PendingChange] = field(default_factory=dict)
     overlaps: int = 0  # submits that came while a change to the same zone was PENDING
     _seq: int = 0
@@ -126,6 +157,11 @@ class WriteStandIn(StandIn):
         if match is None:
             return 404, _error("NotFound", f"no route for POST {path}")
         zone_id = match.group(1)
+        with self._wlock:
+            gate, self.hold_next_change = self.hold_next_change, None
+        if gate is not None:
+            gate.arrived.set()
+            gate.release.wait(10.0)  # under the client's read timeout
         now = time.monotonic()
         with self._wlock:
             failure = self.change_fail_next.pop(0) if self.change_fail_next else None
@@ -143,8 +179,14 @@ class WriteStandIn(StandIn):
                 self.calls.append(("change", zone_id, "NoSuchHostedZone"))
                 return 404, _error("NoSuchHostedZone", f"No hosted zone found with ID: {zone_id}")
             batch = _parse_batch(body)
-            for change in batch["Changes"]:
-                _apply(zone, change["Action"], change["ResourceRecordSet"])
+            applied, problems = _apply_batch(zone, batch["Changes"])
+            if problems:
+                message = "[" + ", ".join(problems) + "]"
+                self.refused.append({"zone": zone_id, "error": message, **batch})
+                self.calls.append(("change", zone_id, "InvalidChangeBatch"))
+                return 400, _error("InvalidChangeBatch", message)
+            # a new list, not an edit: a listing running meanwhile sees before or after, whole
+            self.zones[zone_id] = applied
             self._seq += 1
             change_id = f"C{self._seq:04d}STANDIN"
             pending = PendingChange(
@@ -220,12 +262,65 @@ def _key(rrset: dict[str, Any]) -> tuple[str, str, str]:
     return route53_escape(rrset["Name"]), rrset["Type"], rrset.get("SetIdentifier", "")
 
 
-def _apply(zone: list[dict[str, Any]], action: str, rrset: dict[str, Any]) -> None:
-    at = next((i for i, r in enumerate(zone) if _key(r) == _key(rrset)), None)
-    if action == "DELETE":
-        if at is not None:
-            del zone[at]
-    elif at is None:
-        zone.append(rrset)
-    else:
-        zone[at] = rrset
+def _exact(rrset: dict[str, Any]) -> tuple[Any, ...]:
+    """Everything a DELETE must repeat, spelled one way: Route53 compares values as a set and
+    names without regard to case or the trailing dot; an alias has no TTL of its own."""
+    alias = rrset.get("AliasTarget")
+    target = None
+    if alias is not None:
+        target = (
+            alias["HostedZoneId"],
+            route53_escape(alias["DNSName"]),
+            bool(alias.get("EvaluateTargetHealth", False)),
+        )
+    values = sorted(v["Value"] for v in rrset.get("ResourceRecords", []))
+    return (
+        *_key(rrset),
+        rrset.get("Weight"),
+        None if alias is not None else rrset.get("TTL"),
+        tuple(values),
+        target,
+        rrset.get("HealthCheckId"),
+    )
+
+
+def _described(rrset: dict[str, Any]) -> str:
+    name, rtype, sid = _key(rrset)
+    text = f"[name='{name}', type='{rtype}'"
+    return text + (f", set-identifier='{sid}']" if sid else "]")
+
+
+def _apply_batch(
+    zone: list[dict[str, Any]], changes: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The zone after `changes`, applied in order to a copy, and Route53's messages for the
+    changes it would refuse (any one of them refuses the batch)."""
+    work = list(zone)
+    problems: list[str] = []
+    for change in changes:
+        action, rrset = change["Action"], change["ResourceRecordSet"]
+        at = next((i for i, r in enumerate(work) if _key(r) == _key(rrset)), None)
+        if action == "DELETE":
+            if at is None:
+                problems.append(
+                    f"Tried to delete resource record set {_described(rrset)} but it was not found"
+                )
+            elif _exact(work[at]) != _exact(rrset):
+                problems.append(
+                    f"Tried to delete resource record set {_described(rrset)} but the values "
+                    "provided do not match the current values"
+                )
+            else:
+                del work[at]
+        elif action == "CREATE":
+            if at is not None:
+                problems.append(
+                    f"Tried to create resource record set {_described(rrset)} but it already exists"
+                )
+            else:
+                work.append(rrset)
+        elif at is None:  # UPSERT
+            work.append(rrset)
+        else:
+            work[at] = rrset
+    return work, problems
