@@ -875,6 +875,9 @@ class Daemon:
 
     def _apply_shift(self, cfg: Config) -> None:
         settings = self.shift_settings(cfg)
+        if self.shift is not None:
+            # several replicas may write: never an unconditional UPSERT (issue 14)
+            self.shift.compare_and_swap = cfg.ha is not None
         if self.shift is not None and settings is not None:
             if settings == self.shift.settings:
                 return
@@ -901,6 +904,7 @@ class Daemon:
             render=self._shift_notifications,
             relay=self._relay,
             tasks=self.tasks,
+            compare_and_swap=cfg.ha is not None,
         )
         if settings.dry_run:
             log.info(

@@ -6,7 +6,9 @@
     ├── StateDirError     state_dir cannot be created or written, or another daemon holds it
     ├── CorruptStateFile  a state file could not be read; it was moved aside (also a ValueError)
     ├── Route53Error      a Route53 read or write failed; `reason` labels the error metrics
-    │   └── WeightsChanged  a write found other weights than expected; nothing was written
+    │   ├── WeightsChanged  a write found other weights than expected; nothing was written
+    │   └── StaleWrite      Route53 refused a compare-and-swap batch whole: the record sets or
+    │                       the step record changed after the writer read them (a lost race)
     ├── SlackError        Slack refused a test message for a reason a person must fix
     ├── SourceError       a traffic source's poll failed; `reason` labels the error metrics
     ├── DynamoError       a call to the HA table failed (not a lost race); `reason` labels metrics
@@ -82,6 +84,27 @@ class WeightsChanged(Route53Error):
         super().__init__("other", f"weights of {record} changed: {diffs}", code="WeightsChanged")
         self.found = dict(found)
         self.expected = dict(expected)
+
+
+class StaleWrite(Route53Error):
+    """Route53 refused a compare-and-swap batch (InvalidChangeBatch): a DELETE no longer
+    matched what the writer had read, or a CREATE found its record set there, because another
+    writer's batch got in after the read. Nothing of the batch was applied.
+
+    Not a WeightsChanged: that one is the writer's own check before sending, with the weights
+    it found; this is Route53's check after, and the writer has not read what won. The same
+    batch can never succeed again: read Route53 afresh and decide from what is there.
+    """
+
+    def __init__(self, record: str, step: int, message: str) -> None:
+        super().__init__(
+            "other",
+            f"{record} changed after step {step} was read (another writer got in first); "
+            f"nothing was written: {message}",
+            code="StaleWrite",
+        )
+        self.step = step
+        self.message = message
 
 
 class SourceError(CutoverError):

@@ -40,6 +40,11 @@ class ShiftRunner:
 
     `render` words a Notify for Slack (no notifications without Slack); `relay` hands owed
     notifications to the outbox and returns the keys it holds on disk.
+
+    `compare_and_swap` (set when `ha` is configured; the daemon may flip it on reload) writes
+    each step as a compare-and-swap batch naming the epoch `epoch()` returns at write time (the
+    lease's; None until a lease is wired in). A lost race (StaleWrite) is a failed change like
+    any other: the plan reads Route53 before deciding again, never sends the same batch.
     """
 
     def __init__(
@@ -53,6 +58,8 @@ class ShiftRunner:
         relay: Callable[[list[Notification], bool], set[str]],
         tasks: Supervisor,
         writer: Route53Writer | None = None,
+        compare_and_swap: bool = False,
+        epoch: Callable[[], int | None] | None = None,
     ) -> None:
         self.settings = settings
         self.record = record
@@ -61,6 +68,8 @@ class ShiftRunner:
         self._relay = relay
         self._tasks = tasks
         self.writer = writer or Route53Writer(endpoint_url=endpoint_url, dry_run=settings.dry_run)
+        self.compare_and_swap = compare_and_swap
+        self._epoch = epoch
         self.changes: dict[str, int] = {}
         self.last_change: float | None = None
         self.last_rollback: float | None = None
@@ -164,8 +173,14 @@ class ShiftRunner:
             # a dry run wrote nothing before either: Route53 still holds the real weights, not
             # the ones the plan pretends it wrote, so there is nothing to compare them with
             expected = None if self.settings.dry_run else action.expected
+            cas = self.compare_and_swap
             result = await self.writer.apply_weights(
-                self.record, action.weights, expected=expected, comment=action.reason
+                self.record,
+                action.weights,
+                expected=expected,
+                comment=action.reason,
+                compare_and_swap=cas,
+                epoch=self._epoch() if cas and self._epoch is not None else None,
             )
         except Route53Error as exc:
             self.changes[exc.reason] = self.changes.get(exc.reason, 0) + 1

@@ -1,11 +1,31 @@
-"""Route53 weight changes: one atomic UPSERT batch, then boto3's waiter until INSYNC; in threads.
+"""Route53 weight changes: one atomic change batch, then boto3's waiter until INSYNC; in threads.
+
+Two ways to write a step, chosen per writer (or per call):
+
+UPSERT (the single-replica default): the weighted sets as read, with their new weights.
+  UPSERT is unconditional: it cannot tell whether someone wrote in between.
+compare-and-swap (`ha` configured: several replicas may believe they lead for a moment):
+  DELETE every weighted set exactly as read, CREATE it with its new weight, and DELETE the
+  `_cutover-step` TXT record of step n exactly as read (none at step 0), CREATE step n+1 with
+  the writer's lease epoch (see `exporter.route53.step`). Route53 checks each DELETE against
+  what it holds and refuses the whole batch when one does not match, so a writer whose read is
+  stale changes nothing, even when the weights came back to what it read (A -> B -> A): the
+  step number moved on. Never UPSERT in this mode.
 
 Errors are the reader's `Route53Error` (reason: throttling, access_denied, not_found, timeout,
-other), plus one subclass:
+other), plus two subclasses:
 
     Route53Error          route53.py: a call failed; `reason` is the error metric's label
-    └── WeightsChanged    the weights in Route53 are not the ones the caller expected (a person
-                          changed them): nothing was written
+    ├── WeightsChanged    the weights in Route53 are not the ones the caller expected (a person
+    │                     changed them): nothing was written
+    └── StaleWrite        compare-and-swap only: Route53 refused the batch (InvalidChangeBatch)
+                          because the sets or the step record changed after the read: a lost
+                          race, nothing was written. Read again; the same batch can never pass.
+
+Only throttling is tried again (below). An InvalidChangeBatch never is: sending the same batch
+again cannot succeed, and the caller must decide from a fresh read. Trying a compare-and-swap
+batch again after Throttling or PriorRequestNotComplete is safe: Route53 applied nothing, and
+the batch still holds only if nobody wrote in between.
 
 One change is in flight per hosted zone at a time (per event loop, across writers): a second
 change to the zone waits until the first is INSYNC, so Route53 never answers
@@ -26,6 +46,7 @@ import dataclasses
 import json
 import logging
 import random
+import re
 import threading
 import time
 import weakref
@@ -36,13 +57,14 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 from botocore.exceptions import ClientError, ReadTimeoutError, WaiterError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from exporter.errors import Route53Error, WeightsChanged
+from exporter.errors import Route53Error, StaleWrite, WeightsChanged
 from exporter.route53.read import (
     RecordSpec,
     Route53Calls,
     classify,
     list_weighted_group,
 )
+from exporter.route53.step import STEP_TTL, StepMark, read_step_set, step_record_name
 
 if TYPE_CHECKING:
     from mypy_boto3_route53.type_defs import (
@@ -51,12 +73,20 @@ if TYPE_CHECKING:
         WaiterConfigTypeDef,
     )
 
-__all__ = ["Route53Writer", "WeightsChanged", "WriteResult"]
+__all__ = ["Route53Writer", "StaleWrite", "StepMark", "WeightsChanged", "WriteResult"]
 
 T = TypeVar("T")
 
 # Fields a record set can carry that are not ours to change; everything else is copied as read.
 _MANAGED: Final = "TrafficPolicyInstanceId"
+
+# Route53's words when a DELETE does not match what it holds or a CREATE finds its set there:
+# what a lost race looks like. Other InvalidChangeBatch answers (a CNAME conflict, a bad value)
+# are mistakes of the batch, not races, and stay plain Route53Errors.
+_LOST_RACE = re.compile(
+    r"Tried to (?:delete|create) resource record set .*? but (?:it was not found|"
+    r"the values provided do not match the current values|it already exists)"
+)
 
 _ZONE_LOCKS: weakref.WeakKeyDictionary[
     asyncio.AbstractEventLoop, dict[tuple[str | None, str], asyncio.Lock]
@@ -107,6 +137,9 @@ class WriteResult:
     status   INSYNC     written and propagated to Route53's name servers
              UNCHANGED  the weights were already these: nothing was sent
              DRY_RUN    nothing was sent; `change_batch` is exactly what would have been
+
+    `step` and `epoch`: what the `_cutover-step` record says after this write (compare-and-swap
+    only; None in UPSERT mode and when nothing was to change).
     """
 
     record: RecordSpec
@@ -119,6 +152,8 @@ class WriteResult:
     submit_attempts: int = 0
     polls: int = 0
     seconds: float = 0.0
+    step: int | None = None
+    epoch: int | None = None
 
 
 class Route53Writer(Route53Calls):
@@ -137,6 +172,7 @@ class Route53Writer(Route53Calls):
         poll_interval: float = 2.0,
         backoff: float = 0.5,
         dry_run: bool = False,
+        compare_and_swap: bool = False,
         client: Any | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -156,6 +192,7 @@ class Route53Writer(Route53Calls):
         self.poll_interval = poll_interval
         self.backoff = backoff
         self.dry_run = dry_run
+        self.compare_and_swap = compare_and_swap
         self._waits: set[_Wait] = set()
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -184,6 +221,8 @@ class Route53Writer(Route53Calls):
         expected: Mapping[str, int] | None = None,
         dry_run: bool | None = None,
         comment: str | None = None,
+        compare_and_swap: bool | None = None,
+        epoch: int | None = None,
     ) -> WriteResult:
         """Set the weights of `record`'s weighted sets (platform -> weight) in one batch.
 
@@ -191,9 +230,17 @@ class Route53Writer(Route53Calls):
         `expected`, refuses (WeightsChanged) when Route53 holds other weights than those.
         Waits for INSYNC. Dry (`dry_run`, default the writer's): logs and returns the exact
         ChangeBatch, writes nothing. Raises Route53Error; ValueError for impossible weights.
+
+        `compare_and_swap` (default the writer's) writes the step as DELETEs of what was read
+        and CREATEs, with the `_cutover-step` record bumped and naming `epoch` (the lease's);
+        a lost race raises StaleWrite. `epoch` without compare-and-swap is a ValueError: UPSERT
+        could not fence anything with it.
         """
         dry = self.dry_run if dry_run is None else dry_run
+        cas = self.compare_and_swap if compare_and_swap is None else compare_and_swap
         _check_weights(record, weights)
+        _check_epoch(epoch, cas)
+        mark: StepMark | None = None
         started = time.monotonic()
         async with _zone_lock(self.endpoint_url, record.zone_id):
             group = await self._call(self._read_group, record)
@@ -201,7 +248,19 @@ class Route53Writer(Route53Calls):
             previous = {p: int(rrset.get("Weight", 0)) for p, rrset in sets.items()}
             if expected is not None and previous != dict(expected):
                 raise WeightsChanged(record.describe(), previous, expected)
-            batch = _change_batch(sets, weights, comment)
+            if cas:
+                step_set = await self._call(self._read_step, record)
+                last = StepMark.from_set(step_set)
+                if step_set is not None and last is None:
+                    # not ours, or cut: the DELETE below still holds it to exactly this value
+                    self.log.warning(
+                        "route53: %s holds no step this writer can read; counting from 0",
+                        step_record_name(record),
+                    )
+                mark = StepMark(step=(last.step if last else 0) + 1, epoch=epoch, weights=weights)
+                batch = _cas_batch(record, sets, weights, step_set, mark, comment)
+            else:
+                batch = _change_batch(sets, weights, comment)
             change = _describe(record, previous, weights)
             result = WriteResult(
                 record=record,
@@ -221,10 +280,18 @@ class Route53Writer(Route53Calls):
             if previous == dict(weights):
                 self.log.debug("route53: %s already has these weights", record.describe())
                 return dataclasses.replace(result, status="UNCHANGED")
-            change_id, attempts = await self._submit(record, batch)
+            try:
+                change_id, attempts = await self._submit(record, batch)
+            except Route53Error as exc:
+                if mark is not None and _lost_race(exc):
+                    raise StaleWrite(record.describe(), mark.step - 1, exc.detail) from exc
+                raise
             polls = await self._wait_insync(change_id)
         seconds = time.monotonic() - started
-        self.log.info("route53: set %s (change %s, INSYNC after %.1fs)", change, change_id, seconds)
+        as_step = "" if mark is None else f" as step {mark.step}, epoch {_epoch_text(mark.epoch)}"
+        self.log.info(
+            "route53: set %s%s (change %s, INSYNC after %.1fs)", change, as_step, change_id, seconds
+        )
         return dataclasses.replace(
             result,
             status="INSYNC",
@@ -232,7 +299,14 @@ class Route53Writer(Route53Calls):
             submit_attempts=attempts,
             polls=polls,
             seconds=seconds,
+            step=None if mark is None else mark.step,
+            epoch=None if mark is None else mark.epoch,
         )
+
+    async def last_step(self, record: RecordSpec) -> StepMark | None:
+        """The last compare-and-swap step written to `record` and by which epoch, as its
+        `_cutover-step` record says; None when there is none (or not one of ours)."""
+        return StepMark.from_set(await self._call(self._read_step, record))
 
     async def _submit(self, record: RecordSpec, batch: Mapping[str, Any]) -> tuple[str, int]:
         deadline = time.monotonic() + self.submit_timeout
@@ -281,6 +355,9 @@ class Route53Writer(Route53Calls):
     def _read_group(self, record: RecordSpec) -> list[ResourceRecordSetOutputTypeDef]:
         """The weighted record sets at the record's name (and type), as Route53 holds them."""
         return list_weighted_group(self._get_client(), record).sets
+
+    def _read_step(self, record: RecordSpec) -> ResourceRecordSetOutputTypeDef | None:
+        return read_step_set(self._get_client(), record)
 
     def _change(self, zone_id: str, batch: Mapping[str, Any]) -> str:
         answer = self._get_client().change_resource_record_sets(
@@ -354,6 +431,23 @@ def _check_weights(record: RecordSpec, weights: Mapping[str, int]) -> None:
         raise ValueError("weights must not all be 0 (Route53 would split the traffic evenly)")
 
 
+def _check_epoch(epoch: int | None, cas: bool) -> None:
+    if epoch is None:
+        return
+    if not cas:
+        raise ValueError("an epoch needs compare-and-swap writes: an UPSERT cannot be fenced")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(f"epoch: expected an integer >= 0, got {epoch!r}")
+
+
+def _epoch_text(epoch: int | None) -> str:
+    return "none" if epoch is None else str(epoch)
+
+
+def _lost_race(exc: Route53Error) -> bool:
+    return exc.code == "InvalidChangeBatch" and _LOST_RACE.search(exc.detail) is not None
+
+
 def _by_platform(
     record: RecordSpec, group: list[ResourceRecordSetOutputTypeDef]
 ) -> dict[str, ResourceRecordSetOutputTypeDef]:
@@ -401,6 +495,54 @@ def _change_batch(
             upsert.pop("ResourceRecords", None)
         changes.append({"Action": "UPSERT", "ResourceRecordSet": upsert})
     batch: dict[str, Any] = {"Changes": changes}
+    if comment:
+        batch["Comment"] = comment[:256]
+    return batch
+
+
+def _as_read(rrset: ResourceRecordSetOutputTypeDef) -> dict[str, Any]:
+    """A record set as a DELETE must give it: everything as listed; an alias without the TTL
+    and values some servers list for it (moto: TTL 0), which Route53 refuses on an alias."""
+    exact: dict[str, Any] = copy.deepcopy(dict(rrset))
+    if "AliasTarget" in exact:
+        exact.pop("TTL", None)
+        exact.pop("ResourceRecords", None)
+    return exact
+
+
+def _cas_batch(
+    record: RecordSpec,
+    sets: Mapping[str, ResourceRecordSetOutputTypeDef],
+    weights: Mapping[str, int],
+    step_set: ResourceRecordSetOutputTypeDef | None,
+    mark: StepMark,
+    comment: str | None,
+) -> dict[str, Any]:
+    """DELETE the weighted sets and the step record exactly as read, then CREATE their
+    successors: all DELETEs before the CREATEs, the order of Route53's own example of replacing
+    a record set in one batch (a CREATE of a set still there is refused)."""
+    deletes: list[dict[str, Any]] = []
+    creates: list[dict[str, Any]] = []
+    for platform, rrset in sets.items():
+        old = _as_read(rrset)
+        new = copy.deepcopy(old)
+        new["Weight"] = weights[platform]
+        deletes.append({"Action": "DELETE", "ResourceRecordSet": old})
+        creates.append({"Action": "CREATE", "ResourceRecordSet": new})
+    if step_set is not None:
+        deletes.append({"Action": "DELETE", "ResourceRecordSet": _as_read(step_set)})
+    creates.append(
+        {
+            "Action": "CREATE",
+            "ResourceRecordSet": {
+                "Name": step_record_name(record),
+                "Type": "TXT",
+                "TTL": STEP_TTL,
+                "ResourceRecords": [{"Value": mark.value()}],
+            },
+        }
+    )
+    batch: dict[str, Any] = {"Changes": deletes + creates}
     if comment:
         batch["Comment"] = comment[:256]
     return batch
