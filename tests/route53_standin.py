@@ -179,6 +179,8 @@ def _rrset_xml(rrset: Mapping[str, Any]) -> str:
             for v in rrset.get("ResourceRecords", [])
         )
         out.append("</ResourceRecords>")
+    if "HealthCheckId" in rrset:  # listed as Route53 lists it: a DELETE must repeat it
+        out.append(f"<HealthCheckId>{escape(rrset['HealthCheckId'])}</HealthCheckId>")
     out.append("</ResourceRecordSet>")
     return "".join(out)
 
