@@ -477,7 +477,7 @@ def test_a_step_mark_reads_back_what_it_wrote_and_nothing_foreign() -> None:
 # --- moto ----------------------------------------------------------------------------------------
 
 
-async def test_moto_takes_the_batch_for_an_alias_group_it_lists_with_a_ttl(
+async def test_moto_takes_the_compare_and_swap_batches_of_an_alias_group(
     r53: Any, moto_url: str, writers: Any
 ) -> None:
     created = r53.create_hosted_zone(Name="example.com", CallerReference=str(uuid.uuid4()))
@@ -494,6 +494,9 @@ async def test_moto_takes_the_batch_for_an_alias_group_it_lists_with_a_ttl(
     result = await writer.apply_weights(spec, {"heroku": 20, "aws": 80}, epoch=9)
 
     assert result.step == 2
+    # Route53 refuses a TTL or values beside an AliasTarget, in a DELETE as in a CREATE
+    alias = [c["ResourceRecordSet"] for c in result.change_batch["Changes"]][1]
+    assert "AliasTarget" in alias and "TTL" not in alias and "ResourceRecords" not in alias
     assert await writer.last_step(spec) == StepMark(2, 9, {"heroku": 20, "aws": 80})
     listed = r53.list_resource_record_sets(HostedZoneId=zone_id)["ResourceRecordSets"]
     weights = {r["SetIdentifier"]: r["Weight"] for r in listed if r.get("SetIdentifier")}

@@ -501,8 +501,8 @@ def _change_batch(
 
 
 def _as_read(rrset: ResourceRecordSetOutputTypeDef) -> dict[str, Any]:
-    """A record set as a DELETE must give it: everything as listed; an alias without the TTL
-    and values some servers list for it (moto: TTL 0), which Route53 refuses on an alias."""
+    """A record set as a DELETE must give it: everything as listed; an alias without a TTL or
+    values, which Route53 never lists for one and refuses on one (some stand-ins list TTL 0)."""
     exact: dict[str, Any] = copy.deepcopy(dict(rrset))
     if "AliasTarget" in exact:
         exact.pop("TTL", None)
