@@ -349,3 +349,31 @@ async def test_rollback_is_posted_in_the_incident_thread(
         assert d.stop() == 0
     finally:
         await slack.stop()
+
+
+async def test_with_an_ha_section_each_step_is_a_compare_and_swap_batch(
+    platforms: tuple[FakePlatform, FakePlatform], moto: Moto, start_shift: Any
+) -> None:
+    """Several replicas may write (issue 14): the step goes as DELETEs and CREATEs with the
+    `_cutover-step` record beside the shifted record, never as an UPSERT."""
+    client, zid = zone(moto, {"heroku": 100, "aws": 0}, ttl=1)
+    config = shift_config(platforms, moto, zid, steps="[10, 100]", mode="manual")
+    # nothing talks to the table yet (the lease is another slice): port 9 answers nobody
+    config += "ha:\n  vantage: test-a\n  region: eu-west-1\n  endpoint_url: http://127.0.0.1:9\n"
+    d = start_shift(config, "--allow-route53-writes")
+    await d.wait_ready()
+
+    await d.wait_shift(lambda data: data["state"] == "waiting_approval", timeout=90)
+    assert (await d.control("approve"))[0] == 200
+    await d.wait_shift(lambda data: data["share"] == 10 and data["state"] != "running")
+
+    sets = client.list_resource_record_sets(
+        HostedZoneId=zid, StartRecordName=f"_cutover-step.{NAME}.", StartRecordType="TXT"
+    )["ResourceRecordSets"]
+    assert sets[0]["Name"] == f"_cutover-step.{NAME}."
+    assert sets[0]["ResourceRecords"] == [
+        {"Value": '"cutover step=1 epoch=none to=heroku:90,aws:10"'}
+    ]
+    assert weights_in(moto, zid) == {"heroku": 90, "aws": 10}
+    assert "as step 1, epoch none" in d.log()
+    assert d.stop() == 0
