@@ -357,6 +357,11 @@ def test_iam_policies_in_the_readme_match_the_files() -> None:
             "route53:ChangeResourceRecordSets",
             "route53:GetChange",
         },
+        "route53-shift-ha-policy.json": {
+            "route53:ListResourceRecordSets",
+            "route53:ChangeResourceRecordSets",
+            "route53:GetChange",
+        },
         "cloudwatch-read-policy.json": {"cloudwatch:GetMetricData"},
     }
     assert {p.name for p in (root / "deploy" / "iam").glob("*.json")} == set(allowed)
