@@ -201,7 +201,7 @@ class Daemon:
         self.config_loaded_at = time.time()
         self._running: dict[str, _Running] = {}
         # when each check probes next: one timer for all checks, a task only per tick under way
-        self.schedule = Schedule(lambda coro, name: self.tasks.spawn(coro, name, PROBES))
+        self.schedule = Schedule()
         # the judge's latest verdicts per check, and the hysteresis it carries to the next
         self.evaluations: dict[str, Evaluation] = {}
         # every task the daemon starts belongs to it, in groups: PROBES, ROUTE53, WATCH, ...
@@ -988,7 +988,7 @@ class Daemon:
     def _unschedule(self, running: _Running) -> None:
         tick = self.schedule.cancel(running.slot)
         if tick is not None:
-            self.tasks.cancel([tick])
+            tick.cancel()
 
     async def _probe_tick(self, check: Check, state: CheckState) -> None:
         """One tick of a check (its schedule calls it): both platforms probed at the same
@@ -999,7 +999,16 @@ class Daemon:
         wall = time.time()
         series = list(state.series.values())
         try:
-            results = await asyncio.gather(*(self.prober.probe(s.spec) for s in series))
+            # the others' probes as tasks, the first one in this tick's own task: both start
+            # now, and a tick costs one task fewer than a gather of all (hundreds a second)
+            loop = asyncio.get_running_loop()
+            others = [loop.create_task(self.prober.probe(s.spec)) for s in series[1:]]
+            try:
+                results = [await self.prober.probe(series[0].spec)] if series else []
+                results += [await task for task in others]
+            finally:
+                for task in others:
+                    task.cancel()
             for s, result in zip(series, results, strict=True):
                 s.record(result, t, tick)
                 self.readiness.probed(check.name, s.platform, result.success, result.duration)

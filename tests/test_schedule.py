@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,18 +18,12 @@ ENV = {"PROBE_SECRET": "s3cret-header-value"}
 
 
 class Ticks:
-    """A schedule whose ticks are recorded (name, loop time) and spawned as plain tasks."""
+    """A schedule whose ticks are recorded: (name, loop time)."""
 
     def __init__(self) -> None:
-        self.tasks: list[asyncio.Task[None]] = []
-        self.schedule = Schedule(self.spawn)
+        self.schedule = Schedule()
         self.seen: list[tuple[str, float]] = []
         self.under_way: dict[str, int] = {}
-
-    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self.tasks.append(task)
-        return task
 
     def tick(self, name: str, takes: float = 0.0) -> Any:
         async def run() -> None:
@@ -52,9 +46,8 @@ async def ticks() -> AsyncIterator[Ticks]:
         yield t
     finally:
         runner.cancel()
-        for task in t.tasks:
-            task.cancel()
-        await asyncio.gather(runner, *t.tasks, return_exceptions=True)
+        await asyncio.gather(runner, return_exceptions=True)
+        assert all(n == 0 for n in t.under_way.values())  # its ticks were ended with it
 
 
 async def test_each_slot_ticks_on_its_own_grid(ticks: Ticks) -> None:
@@ -122,7 +115,24 @@ async def test_checks_waiting_are_not_tasks(platforms: tuple[FakePlatform, FakeP
     try:
         await asyncio.sleep(0.2)
         assert len(daemon.schedule) == 301
-        # the schedule itself and the few ticks under way; not one task per check
-        assert len(daemon.tasks.group(PROBES)) < 50
+        # the schedule's own task; not one task per check
+        assert len(daemon.tasks.group(PROBES)) == 1
     finally:
         await daemon.stop()
+
+
+async def test_a_tick_that_fails_is_logged_and_the_slot_goes_on(
+    ticks: Ticks, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = 0
+
+    async def broken() -> None:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("a bug of ours")
+
+    ticks.schedule.add("broken", 0.05, 0.0, broken, asyncio.get_running_loop().time())
+    await asyncio.sleep(0.3)
+    assert calls >= 2  # still on its schedule
+    assert "a probe tick ended with an unexpected error" in caplog.text
+    assert "a bug of ours" in caplog.text

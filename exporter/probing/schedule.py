@@ -8,19 +8,24 @@ heap; only a tick under way is a task (a few dozen at once at 1000 probes/s).
 A check's ticks never overlap: the next one is put on the heap when the current one ends, on
 the check's grid (`offset + k * interval`: the same phase across reloads and restarts). A tick
 that ended late skips the slots it missed instead of firing them in a burst.
+
+Ticks are hundreds a second, so their tasks are the schedule's own (a set and a callback), not
+the daemon's supervisor's (whose bookkeeping is for long-lived tasks); `run` ends them all when
+it is cancelled, and an unexpected error in one is logged with its traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+import logging
+from collections.abc import Awaitable, Callable
 
 __all__ = ["Schedule", "Slot"]
 
-Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
+log = logging.getLogger(__name__)
 
 
 class Slot:
@@ -45,14 +50,10 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 
 
 class Schedule:
-    """Runs each slot's tick at its times, from one task (`run`).
+    """Runs each slot's tick at its times, from one task (`run`)."""
 
-    `spawn(coro, name)` starts a tick's task: the daemon's supervisor, so that ticks are owned,
-    logged when they fail, and awaited when the daemon stops.
-    """
-
-    def __init__(self, spawn: Spawn) -> None:
-        self._spawn = spawn
+    def __init__(self) -> None:
+        self._ticks: set[asyncio.Task[None]] = set()  # under way
         self._heap: list[tuple[float, int, Slot]] = []
         self._order = itertools.count()  # ties in time go first come, first served
         self._waiter: asyncio.Future[None] | None = None
@@ -87,6 +88,17 @@ class Schedule:
             _wake(self._waiter)  # an earlier time than the one `run` sleeps until
 
     async def run(self) -> None:
+        """Until cancelled; then the ticks under way are cancelled and awaited."""
+        try:
+            await self._run()
+        finally:
+            ticks = list(self._ticks)
+            for task in ticks:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*ticks, return_exceptions=True)
+
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             heap = self._heap
@@ -105,7 +117,17 @@ class Schedule:
                 continue
             _, _, slot = heapq.heappop(heap)
             if not slot.cancelled:
-                slot.running = self._spawn(self._tick(slot), f"check:{slot.name}")
+                task = slot.running = loop.create_task(self._tick(slot))
+                self._ticks.add(task)
+                task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._ticks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error(
+                "a probe tick ended with an unexpected error",
+                exc_info=(type(error), error, error.__traceback__),
+            )
 
     async def _tick(self, slot: Slot) -> None:
         try:
