@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
+from exporter.store.lease import LeaseSnapshot
+from exporter.web.collector import lease_families
 from tests.conftest import ROOT, need_tool
 
 RULES_DIR = ROOT / "rules"
@@ -31,7 +37,14 @@ SPEC_ALERTS = {
     "CutoverExporterDown",
     "CutoverCertificateExpiringSoon",
     "CutoverNotificationsFailing",
+} | {
+    # several replicas (issue 14)
+    "CutoverNoLeader",
+    "CutoverLeaseErrors",
+    "CutoverVantageDown",
 }
+# what the HA rules read that the daemon does not export yet (the vantage combination's wiring)
+HA_METRICS_TO_COME = {"cutover_ha_vantage_healthy"}
 
 
 def rules() -> list[dict[str, Any]]:
@@ -126,6 +139,39 @@ def test_traffic_alert_joins_on_the_traffic_share() -> None:
     assert "on (job, instance, platform)" in expr
 
 
+def test_ha_rules_read_the_metrics_the_lease_exports() -> None:
+    """The HA alerts read cutover_ha_* series by the names the collector gives them (counters
+    with `_total`), and CutoverNoLeader is the leaderless flag every replica exports."""
+    registry = CollectorRegistry()
+    snap = LeaseSnapshot(
+        vantage="eu-west-1",
+        leader=False,
+        epoch=3,
+        owner=None,
+        leaderless_seconds=60.0,
+        leaderless_after=30.0,
+        errors={"timeout": 2},
+    )
+
+    class Lease(Collector):
+        def collect(self) -> Iterator[Metric]:
+            return lease_families(snap)
+
+    registry.register(Lease())
+    exported = {
+        line.split("{")[0].split(" ")[0]
+        for line in generate_latest(registry).decode().splitlines()
+        if line and not line.startswith("#")
+    }
+    used = set()
+    for rule in rules():
+        used |= set(re.findall(r"\bcutover_ha_[a-z_]+", yaml.safe_dump(rule)))
+    assert used - exported <= HA_METRICS_TO_COME, used - exported
+    assert {"cutover_ha_leaderless", "cutover_ha_lease_errors_total"} <= used
+    assert alerts()["CutoverNoLeader"]["expr"].strip() == "cutover_ha_leaderless == 1"
+    assert "cutover_ha_leaderless 1.0" in generate_latest(registry).decode()
+
+
 def test_exporter_down_covers_a_missing_target() -> None:
     expr = alerts()["CutoverExporterDown"]["expr"]
     assert 'absent(up{job="cutover"})' in expr and 'up{job="cutover"} == 0' in expr
@@ -151,6 +197,16 @@ def test_alertmanager_sends_to_slack_with_resolved_grouped_per_check() -> None:
     assert "slack_api_url_file" in config["global"], "the webhook URL stays out of the file"
 
 
+def test_one_replica_down_does_not_silence_the_others() -> None:
+    """With several replicas, CutoverExporterDown of one of them inhibits only that replica's
+    alerts: another replica's CutoverNoLeader or CutoverCandidateDown still goes out."""
+    config = yaml.safe_load(ALERTMANAGER.read_text())
+    (rule,) = [
+        r for r in config["inhibit_rules"] if 'alertname = "CutoverExporterDown"' in r["source_matchers"]
+    ]
+    assert set(rule["equal"]) == {"job", "instance"}
+
+
 @pytest.mark.parametrize(
     ("labels", "receiver"),
     [
@@ -158,6 +214,8 @@ def test_alertmanager_sends_to_slack_with_resolved_grouped_per_check() -> None:
         (["alertname=CutoverCandidateLatencyRegression", "check=health", "severity=warning"], "slack-migration"),
         (["alertname=CutoverExporterDown", "job=cutover", "severity=critical"], "slack-migration-critical"),
         (["alertname=CutoverRoute53Stale", "severity=warning"], "slack-migration"),
+        (["alertname=CutoverNoLeader", "job=cutover", "instance=cutover-0:9877", "severity=critical"], "slack-migration-critical"),
+        (["alertname=CutoverLeaseErrors", "job=cutover", "severity=warning"], "slack-migration"),
     ],
 )  # fmt: skip
 def test_alertmanager_routes(labels: list[str], receiver: str) -> None:
