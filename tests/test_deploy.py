@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 import subprocess
 import sys
@@ -12,10 +13,13 @@ from urllib.parse import urlparse
 
 import pytest
 import yaml
+from botocore import xform_name
 
 from tests.conftest import ROOT, daemon_env, need_tool
 
 KUBE = ROOT / "deploy" / "kubernetes"
+KUBE_HA = ROOT / "deploy" / "kubernetes-ha"
+IAM = ROOT / "deploy" / "iam"
 COMPOSE = ROOT / "deploy" / "compose"
 UNIT = ROOT / "deploy" / "systemd" / "cutover.service"
 RULES = ROOT / "rules" / "cutover.rules.yml"
@@ -73,18 +77,23 @@ def test_a_stale_prometheusrule_is_detected(tmp_path: Path) -> None:
     assert r.returncode == 0
 
 
-@pytest.fixture(scope="module")
-def rendered() -> dict[str, dict[str, Any]]:
-    """`kubectl kustomize deploy/kubernetes`, by kind (one object of each)."""
+def kustomize(path: Path) -> dict[str, dict[str, Any]]:
+    """`kubectl kustomize PATH`, by kind (one object of each)."""
     kubectl = need_tool("kubectl")
     r = subprocess.run(
-        [kubectl, "kustomize", str(KUBE)], capture_output=True, text=True, timeout=120
+        [kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=120
     )
     assert r.returncode == 0, r.stderr
     objects = [o for o in yaml.safe_load_all(r.stdout) if o]
     by_kind = {o["kind"]: o for o in objects}
     assert len(by_kind) == len(objects), [o["kind"] for o in objects]
     return by_kind
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, dict[str, Any]]:
+    """`kubectl kustomize deploy/kubernetes`, by kind (one object of each)."""
+    return kustomize(KUBE)
 
 
 def test_kustomize_renders_every_object(rendered: dict[str, dict[str, Any]]) -> None:
@@ -189,6 +198,235 @@ def test_irsa_annotation_and_note(rendered: dict[str, dict[str, Any]]) -> None:
     assert re.fullmatch(r"arn:aws:iam::\d{12}:role/[\w+=,.@-]+", arn)
     readme = (ROOT / "deploy" / "README.md").read_text()
     assert "IRSA" in readme and "route53-read-policy.json" in readme
+
+
+# -- Kubernetes with several replicas (deploy/kubernetes-ha) -------------------------------------
+
+HA_ENV = ("VANTAGE_REGION", "POD_NAME", "CUTOVER_VANTAGE")
+
+
+@pytest.fixture(scope="module")
+def rendered_ha() -> dict[str, dict[str, Any]]:
+    """`kubectl kustomize deploy/kubernetes-ha`, by kind (one object of each)."""
+    return kustomize(KUBE_HA)
+
+
+def expand(env: list[dict[str, Any]], pod_name: str) -> dict[str, str]:
+    """The container's environment as the kubelet makes it: `$(NAME)` is replaced by a variable
+    defined *earlier* in the list; the downward API's metadata.name is the pod's name."""
+    out: dict[str, str] = {}
+    for e in env:
+        if "value" in e:
+            out[e["name"]] = re.sub(
+                r"\$\((\w+)\)", lambda m: out.get(m.group(1), m.group(0)), e["value"]
+            )
+        elif e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
+            out[e["name"]] = pod_name
+    return out
+
+
+def test_ha_overlay_objects(rendered_ha: dict[str, dict[str, Any]]) -> None:
+    """The base's objects, its Deployment as a StatefulSet (stable replica names), and a
+    PodDisruptionBudget; all labelled like the base."""
+    assert set(rendered_ha) == {
+        "ServiceAccount",
+        "ConfigMap",
+        "StatefulSet",
+        "PodDisruptionBudget",
+        "Service",
+        "ServiceMonitor",
+        "PrometheusRule",
+    }
+    for obj in rendered_ha.values():
+        assert obj["metadata"]["labels"]["app.kubernetes.io/name"] == "cutover"
+    assert rendered_ha["PrometheusRule"]["spec"] == yaml.safe_load(RULES.read_text())
+
+
+def test_ha_pod_is_the_base_pod_plus_vantage_and_affinity(
+    rendered: dict[str, dict[str, Any]], rendered_ha: dict[str, dict[str, Any]]
+) -> None:
+    """Every probe (readiness on /-/ready: followers are ready like the leader), the security
+    context, resources, secrets and volumes come from the base unchanged."""
+    base = rendered["Deployment"]["spec"]["template"]
+    ha = rendered_ha["StatefulSet"]["spec"]["template"]
+    ha_pod = ha["spec"]
+    assert "affinity" in ha_pod and "affinity" not in base["spec"]
+    (c,) = ha_pod["containers"]
+    assert [e["name"] for e in c["env"][: len(HA_ENV)]] == list(HA_ENV)
+    assert c["readinessProbe"]["httpGet"] == {"path": "/-/ready", "port": "http-metrics"}
+
+    def without_ha(template: dict[str, Any]) -> dict[str, Any]:
+        t: dict[str, Any] = yaml.safe_load(yaml.safe_dump(template))
+        t["spec"].pop("affinity", None)
+        (container,) = t["spec"]["containers"]
+        container["env"] = [e for e in container["env"] if e["name"] not in HA_ENV]
+        for v in t["spec"]["volumes"]:
+            if "configMap" in v:  # the name carries the content's hash
+                v["configMap"]["name"] = v["configMap"]["name"].rsplit("-", 1)[0]
+        return t
+
+    assert without_ha(ha) == without_ha(base)
+
+
+def test_ha_replicas_disruption_budget_and_spread(rendered_ha: dict[str, dict[str, Any]]) -> None:
+    sts = rendered_ha["StatefulSet"]["spec"]
+    pod_labels = sts["template"]["metadata"]["labels"]
+    assert sts["replicas"] == 2
+    assert sts["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert sts["serviceName"] == rendered_ha["Service"]["metadata"]["name"]
+    # a rollout replaces one replica at a time; no Deployment strategy left over
+    assert sts["updateStrategy"]["type"] == "RollingUpdate" and "strategy" not in sts
+    assert sts["podManagementPolicy"] == "Parallel"
+
+    pdb = rendered_ha["PodDisruptionBudget"]["spec"]
+    assert pdb["minAvailable"] == 1 and "maxUnavailable" not in pdb
+    assert pdb["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert pdb["minAvailable"] < sts["replicas"], "a drain must be able to evict one"
+
+    anti = sts["template"]["spec"]["affinity"]["podAntiAffinity"]
+    (node,) = anti["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert node["topologyKey"] == "kubernetes.io/hostname"
+    assert node["labelSelector"]["matchLabels"].items() <= pod_labels.items()
+    (zone,) = anti["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert zone["podAffinityTerm"]["topologyKey"] == "topology.kubernetes.io/zone"
+    assert zone["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= pod_labels.items()
+
+
+def test_ha_each_replica_has_its_own_stable_vantage(
+    rendered_ha: dict[str, dict[str, Any]], rendered: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The StatefulSet's pods are NAME-0 and NAME-1 whatever restarts them: the vantage made of
+    the region and the pod's name is unique per replica and survives a rollout, and the
+    configuration with it passes `cutover check`."""
+    sts = rendered_ha["StatefulSet"]
+    (c,) = sts["spec"]["template"]["spec"]["containers"]
+    text = rendered_ha["ConfigMap"]["data"]["cutover.yml"]
+    config = yaml.safe_load(text)
+    assert config["ha"]["vantage"] == "${CUTOVER_VANTAGE}"
+    # the same migration as the base's, plus the ha section
+    base = yaml.safe_load(rendered["ConfigMap"]["data"]["cutover.yml"])
+    assert {k: v for k, v in config.items() if k != "ha"} == base
+
+    vantages = []
+    for ordinal in range(sts["spec"]["replicas"]):
+        env = expand(c["env"], f"{sts['metadata']['name']}-{ordinal}")
+        vantages.append(env["CUTOVER_VANTAGE"])
+        path = tmp_path / f"cutover-{ordinal}.yml"
+        path.write_text(text)
+        r = subprocess.run(
+            [sys.executable, "-m", "exporter", "check", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=daemon_env(SLACK_BOT_TOKEN="xoxb-test", CUTOVER_VANTAGE=env["CUTOVER_VANTAGE"]),
+            timeout=60,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"ha: vantage {env['CUTOVER_VANTAGE']}, table {config['ha']['table']}" in r.stdout
+    assert vantages == ["us-east-1-cutover-0", "us-east-1-cutover-1"]
+
+
+def test_ha_serviceaccount_role_and_table(rendered_ha: dict[str, dict[str, Any]]) -> None:
+    """IRSA: a placeholder role for Route53 and the table; the table is the one the DynamoDB
+    policies name."""
+    sa = rendered_ha["ServiceAccount"]
+    arn = sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+    assert re.fullmatch(r"arn:aws:iam::\d{12}:role/[\w+=,.@-]+", arn)
+    assert arn.endswith("/cutover-ha")
+    table = yaml.safe_load(rendered_ha["ConfigMap"]["data"]["cutover.yml"])["ha"]["table"]
+    for name in ("dynamodb-ha-policy.json", "dynamodb-ha-init-policy.json"):
+        (statement,) = json.loads((IAM / name).read_text())["Statement"]
+        assert statement["Resource"].endswith(f":table/{table}"), name
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    assert "kubernetes-ha" in readme and "dynamodb-ha-policy.json" in readme
+
+
+# -- IAM policies -------------------------------------------------------------------------------
+
+# IAM actions of DynamoDB (the Service Authorization Reference) that a policy here may name.
+# Not among them: TransactWriteItems, an API operation but no IAM action: a transaction is
+# authorised item by item (PutItem, UpdateItem, DeleteItem, ConditionCheckItem).
+DYNAMODB_ACTIONS = {
+    "dynamodb:ConditionCheckItem",
+    "dynamodb:CreateTable",
+    "dynamodb:DeleteItem",
+    "dynamodb:DescribeTable",
+    "dynamodb:DescribeTimeToLive",
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:Query",
+    "dynamodb:UpdateItem",
+    "dynamodb:UpdateTimeToLive",
+}
+# the admin side: what only `cutover ha init` needs
+TABLE_ADMIN = {"dynamodb:CreateTable", "dynamodb:UpdateTimeToLive"}
+
+
+def policy_actions(name: str) -> set[str]:
+    policy = json.loads((IAM / name).read_text())
+    assert policy["Version"] == "2012-10-17"
+    out: set[str] = set()
+    for st in policy["Statement"]:
+        assert st["Effect"] == "Allow" and "*" not in st["Resource"]
+        actions = st["Action"]
+        out |= {actions} if isinstance(actions, str) else set(actions)
+    return out
+
+
+def dynamodb_calls(path: Path) -> set[str]:
+    """The DynamoDB operations a module calls on a boto3 client (`client.put_item(...)`,
+    `self._get_client().get_item(...)`), as IAM actions."""
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("dynamodb")
+    by_method = {xform_name(op): op for op in model.operation_names}
+    found = re.findall(r"client(?:\(\))?\.(\w+)\(", path.read_text())
+    out: set[str] = set()
+    for method in found:
+        op = by_method.get(method)
+        if op == "TransactWriteItems":  # authorised per item; the fence is a ConditionCheck
+            out |= {"dynamodb:ConditionCheckItem"}
+        elif op is not None:
+            out.add(f"dynamodb:{op}")
+    return out
+
+
+def test_dynamodb_policies_name_real_actions_and_split_runtime_from_init() -> None:
+    runtime = policy_actions("dynamodb-ha-policy.json")
+    init = policy_actions("dynamodb-ha-init-policy.json")
+    assert runtime <= DYNAMODB_ACTIONS and init <= DYNAMODB_ACTIONS
+    assert not runtime & TABLE_ADMIN, "the replicas never create or reconfigure the table"
+    assert init == {
+        "dynamodb:CreateTable",
+        "dynamodb:DescribeTable",
+        "dynamodb:UpdateTimeToLive",
+        "dynamodb:DescribeTimeToLive",
+    }
+    assert {
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:ConditionCheckItem",
+        "dynamodb:Query",
+        "dynamodb:DescribeTable",
+    } == runtime
+
+
+def test_dynamodb_policies_allow_what_the_code_calls() -> None:
+    """What `cutover ha init` calls (exporter/store/dynamo.py) is in the init policy; what a
+    replica calls (every other module) is in the runtime policy."""
+    runtime = policy_actions("dynamodb-ha-policy.json")
+    init = policy_actions("dynamodb-ha-init-policy.json")
+    init_calls = dynamodb_calls(ROOT / "exporter" / "store" / "dynamo.py")
+    assert {"dynamodb:CreateTable", "dynamodb:UpdateTimeToLive"} <= init_calls
+    assert init_calls <= init
+    replica_calls: set[str] = set()
+    for path in (ROOT / "exporter").rglob("*.py"):
+        if path.name != "dynamo.py":
+            replica_calls |= dynamodb_calls(path)
+    assert {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"} <= replica_calls
+    assert replica_calls <= runtime, replica_calls - runtime
 
 
 # -- docker compose -----------------------------------------------------------------------------
@@ -363,6 +601,13 @@ def test_iam_policies_in_the_readme_match_the_files() -> None:
             "route53:GetChange",
         },
         "cloudwatch-read-policy.json": {"cloudwatch:GetMetricData"},
+        "dynamodb-ha-policy.json": DYNAMODB_ACTIONS - TABLE_ADMIN,
+        "dynamodb-ha-init-policy.json": {
+            "dynamodb:CreateTable",
+            "dynamodb:DescribeTable",
+            "dynamodb:UpdateTimeToLive",
+            "dynamodb:DescribeTimeToLive",
+        },
     }
     assert {p.name for p in (root / "deploy" / "iam").glob("*.json")} == set(allowed)
     for name, most in allowed.items():
