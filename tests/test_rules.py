@@ -163,7 +163,7 @@ def test_ha_rules_read_the_metrics_the_lease_exports() -> None:
         for line in generate_latest(registry).decode().splitlines()
         if line and not line.startswith("#")
     }
-    used = set()
+    used: set[str] = set()
     for rule in rules():
         used |= set(re.findall(r"\bcutover_ha_[a-z_]+", yaml.safe_dump(rule)))
     assert used - exported <= HA_METRICS_TO_COME, used - exported
@@ -202,7 +202,9 @@ def test_one_replica_down_does_not_silence_the_others() -> None:
     alerts: another replica's CutoverNoLeader or CutoverCandidateDown still goes out."""
     config = yaml.safe_load(ALERTMANAGER.read_text())
     (rule,) = [
-        r for r in config["inhibit_rules"] if 'alertname = "CutoverExporterDown"' in r["source_matchers"]
+        r
+        for r in config["inhibit_rules"]
+        if 'alertname = "CutoverExporterDown"' in r["source_matchers"]
     ]
     assert set(rule["equal"]) == {"job", "instance"}
 
