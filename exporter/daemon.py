@@ -47,6 +47,7 @@ from exporter.readiness.watch import News, Observed, ReadinessWatch, StepBegan, 
 from exporter.route53.plan import Notify, Observation, ShiftSettings
 from exporter.route53.read import RecordSpec, Route53Reader, Route53State, normalize_name
 from exporter.route53.runner import ShiftRunner
+from exporter.store.leadership import Leadership
 from exporter.store.local import StateDir
 from exporter.tasks import Supervisor
 from exporter.traffic.counts import ALL, OTHER, Tally
@@ -169,8 +170,8 @@ class _Running:
 # The daemon's task groups, in the order `stop` ends them.
 # TRAFFIC (the pollers and the judge) is replaced on a reload that changes traffic; DRAINS (the
 # ingester of POSTed bodies) lives as long as the daemon, whatever the reloads.
-PROBES, ROUTE53, WATCH, READINESS, TRAFFIC, DRAINS, SHIFT, SLACK = (
-    "probe", "route53", "watch", "readiness", "traffic", "drains", "shift", "slack"
+PROBES, ROUTE53, WATCH, READINESS, TRAFFIC, DRAINS, SHIFT, SLACK, HA = (
+    "probe", "route53", "watch", "readiness", "traffic", "drains", "shift", "slack", "ha"
 )  # fmt: skip
 # Real traffic is judged as often as the timeline fills a bucket.
 TRAFFIC_TICK = 5.0
@@ -217,6 +218,8 @@ class Daemon:
         self._alerts_saved = self.alerts.revision
         self._alerts_save_error: str | None = None
         self.notifier: Notifier | None = None
+        # this replica's part in an HA migration (`ha`): None for a single replica
+        self.leadership: Leadership | None = None
         # writes need both the config's `shift.enabled` and the command line's permission
         self.allow_route53_writes = allow_route53_writes and not dry_run
         self.shift: ShiftRunner | None = None
@@ -284,6 +287,7 @@ class Daemon:
             readiness=self.readiness.verdicts(),
             step_marks=self.readiness.step_marks(),
             step_history=self.readiness.history(),
+            lease=self.leadership.snapshot() if self.leadership is not None else None,
             shift=None
             if self.shift is None
             else ShiftView(
@@ -320,7 +324,18 @@ class Daemon:
 
     # -- lifecycle --------------------------------------------------------------------------
 
+    def may_act(self) -> bool:
+        """Whether this replica may change the migration now: always without `ha`, else
+        while it holds the lease."""
+        return self.leadership is None or self.leadership.may_act()
+
+    def _lease_epoch(self) -> int | None:
+        return self.leadership.epoch() if self.leadership is not None else None
+
     async def start(self) -> None:
+        if self.config.ha is not None:
+            self.leadership = Leadership(self.config)
+            self.tasks.spawn(self.leadership.run(), "ha-lease", HA)
         self.tasks.spawn(self.schedule.run(), "probe-schedule", PROBES)
         self._apply(self.config, previous={})
         self._apply_route53(self.config, previous=None)
@@ -358,6 +373,11 @@ class Daemon:
             await self.notifier.flush(timeout=5.0)
             await self.tasks.stop_group(SLACK)
             await self.notifier.aclose()
+        if self.leadership is not None:
+            # last: the lease is released once nothing of this replica can act any more
+            self.leadership.stop()
+            await self.tasks.stop_group(HA)
+            self.leadership.close()
         await self.tasks.aclose()
         if self._state_dir is not None:
             self._state_dir.close()
@@ -382,6 +402,8 @@ class Daemon:
             log.warning("listen address changes take effect only after a restart")
         if new.state_dir != self.config.state_dir:
             log.warning("state_dir changes take effect only after a restart")
+        if new.ha != self.config.ha or new.ha_migration != self.config.ha_migration:
+            log.warning("ha changes take effect only after a restart")
         self._apply(new, previous=self._running)
         self._apply_route53(new, previous=self.config)
         self._apply_traffic(new, previous=self.config)
@@ -905,6 +927,8 @@ class Daemon:
             relay=self._relay,
             tasks=self.tasks,
             compare_and_swap=cfg.ha is not None,
+            epoch=self._lease_epoch,
+            may_act=self.may_act,
         )
         if settings.dry_run:
             log.info(

@@ -45,6 +45,10 @@ class ShiftRunner:
     each step as a compare-and-swap batch naming the epoch `epoch()` returns at write time (the
     lease's; None until a lease is wired in). A lost race (StaleWrite) is a failed change like
     any other: the plan reads Route53 before deciding again, never sends the same batch.
+
+    `may_act` (the HA lease's, when `ha` is configured) gates everything that changes the
+    migration: a replica that does not lead neither steps the plan nor takes a person's
+    command, and a write decided while it led is not sent once it no longer does.
     """
 
     def __init__(
@@ -60,6 +64,7 @@ class ShiftRunner:
         writer: Route53Writer | None = None,
         compare_and_swap: bool = False,
         epoch: Callable[[], int | None] | None = None,
+        may_act: Callable[[], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.record = record
@@ -70,6 +75,7 @@ class ShiftRunner:
         self.writer = writer or Route53Writer(endpoint_url=endpoint_url, dry_run=settings.dry_run)
         self.compare_and_swap = compare_and_swap
         self._epoch = epoch
+        self._may_act = may_act or (lambda: True)
         self.changes: dict[str, int] = {}
         self.last_change: float | None = None
         self.last_rollback: float | None = None
@@ -99,6 +105,8 @@ class ShiftRunner:
     # -- driving ----------------------------------------------------------------------------
 
     def evaluate(self, now: float, observation: Observation) -> None:
+        if not self._may_act():
+            return  # the leader steps the plan; this replica watches
         self.perform(self.plan.step(now, observation))
 
     def control(self, action: str, who: str, reason: str | None = None) -> str:
@@ -108,6 +116,11 @@ class ShiftRunner:
         """
         now = time.time()
         text = reason or f"{action} by {who}"
+        if not self._may_act():
+            raise Refused(
+                "this replica does not lead the migration (ha): send the command to the leader "
+                "(cutover_ha_leader == 1)"
+            )
         try:
             if action == "pause":
                 actions = self.plan.pause(now, text)
@@ -170,6 +183,8 @@ class ShiftRunner:
             " [dry run: nothing is written]" if self.settings.dry_run else "",
         )
         try:
+            if not self._may_act():
+                raise Route53Error("other", "this replica lost the lease (ha): nothing written")
             # a dry run wrote nothing before either: Route53 still holds the real weights, not
             # the ones the plan pretends it wrote, so there is nothing to compare them with
             expected = None if self.settings.dry_run else action.expected

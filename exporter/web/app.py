@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -40,6 +40,9 @@ from exporter.web.guard import (
 from exporter.web.page import PageInfo, render_page
 from exporter.web.readiness import readiness_data, verdict_of
 from exporter.web.traffic import traffic_data
+
+if TYPE_CHECKING:  # rendering imports no AWS client
+    from exporter.store.lease import LeaseSnapshot
 
 log = logging.getLogger("cutover.web")
 
@@ -235,6 +238,20 @@ def status_data(backend: Backend) -> dict[str, Any]:
         if view.traffic is None
         else traffic_data(view.traffic, cfg.baseline, cfg.candidate),
         "notifications_pending": backend.notifications_pending(),
+        "ha": None if view.lease is None else ha_data(view.lease),
+    }
+
+
+def ha_data(lease: LeaseSnapshot) -> dict[str, Any]:
+    """The HA lease as this replica sees it: who leads, and since when nobody has."""
+    return {
+        "vantage": lease.vantage,
+        "leader": lease.leader,
+        "owner": lease.owner,
+        "epoch": lease.epoch,
+        "leaderless_seconds": round(lease.leaderless_seconds, 3),
+        "leaderless": lease.leaderless,
+        "lease_errors": dict(lease.errors),
     }
 
 

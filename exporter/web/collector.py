@@ -87,6 +87,8 @@ class View:
     # the last resolved incidents, oldest first, and links to incidents' Slack messages by id
     resolved: tuple[Incident, ...] = ()
     links: Mapping[str, str] = field(default_factory=dict)
+    # the HA lease as this replica sees it; None without `ha`
+    lease: LeaseSnapshot | None = None
 
     def shares_for(self, check: str) -> dict[str, float] | None:
         """Traffic share per platform of the record a check represents, once read."""
@@ -138,6 +140,8 @@ class StateCollector(Collector):
             yield from traffic_families(view.traffic)
         if view.readiness or view.step_marks:
             yield from readiness_families(view.readiness, view.step_marks)
+        if view.lease is not None:
+            yield from lease_families(view.lease)
 
 
 def readiness_families(

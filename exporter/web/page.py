@@ -803,6 +803,26 @@ def _split_chart(view: View, now: float) -> str:
 # -- the page ------------------------------------------------------------------------------------
 
 
+def _leader(view: View) -> str:
+    """Which replica leads an HA migration (nothing for a single replica): the one that posts
+    to Slack and writes Route53; a replica without a leader is said in red."""
+    lease = view.lease
+    if lease is None:
+        return ""
+    if lease.leader:
+        text = f"This replica ({lease.vantage}) leads the migration (lease epoch {lease.epoch})."
+        return f"<p class='sub'>{escape(text)}</p>"
+    if lease.leaderless:
+        text = (
+            f"No replica has held the lease for {lease.leaderless_seconds:.0f} s: nobody acts "
+            "on the migration (Slack, Route53). Check the DynamoDB table and the replicas."
+        )
+        return f"<p class='bad'>{escape(text)}</p>"
+    holder = lease.owner or "nobody yet"
+    text = f"This replica ({lease.vantage}) follows; the leader is {holder} (epoch {lease.epoch})."
+    return f"<p class='sub'>{escape(text)}</p>"
+
+
 def render_page(view: View, info: PageInfo) -> str:
     """The whole status page."""
     cfg = view.config
@@ -831,7 +851,8 @@ def render_page(view: View, info: PageInfo) -> str:
     )
     details = "".join(_details(view, s, outages, now) for s in states)
     body = (
-        _banners(view, info, outage_list)
+        _leader(view)
+        + _banners(view, info, outage_list)
         + _overview(view, states, outages, now)
         + _alerts(view, now)
         + _history(view, now)
