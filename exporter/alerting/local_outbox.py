@@ -1,0 +1,72 @@
+"""The outbox for one replica: `state_dir/slack-outbox.json`, rewritten whole at every change."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from exporter.alerting.outbox import Entry, OutboxRecord, OutboxState, Sent
+from exporter.store.local import StateFile
+
+__all__ = ["OUTBOX_FILE", "LocalOutboxStore"]
+
+OUTBOX_FILE = "slack-outbox.json"
+
+
+class LocalOutboxStore:
+    """An `OutboxStore` in one state file (atomic saves, a corrupt file set aside), or in memory
+    only without a state_dir. One process owns state_dir, so every claim succeeds."""
+
+    def __init__(self, state_dir: str | os.PathLike[str] | None) -> None:
+        path = Path(state_dir) / OUTBOX_FILE if state_dir else None
+        self._file: StateFile[OutboxRecord] | None = (
+            StateFile(path, OutboxRecord) if path is not None else None
+        )
+        self._state = OutboxState()
+
+    @property
+    def where(self) -> str | None:
+        return str(self._file.path) if self._file is not None else None
+
+    @property
+    def queue(self) -> Sequence[Entry]:
+        return self._state.queue
+
+    @property
+    def threads(self) -> Mapping[str, tuple[str, str]]:
+        return self._state.threads
+
+    def channel_id(self, channel: str) -> str | None:
+        return self._state.channels.get(channel)
+
+    def knows(self, key: str) -> bool:
+        return self._state.knows(key)
+
+    def load(self, now: float) -> None:
+        if self._file is None:
+            return
+        record = self._file.load(lambda record: record, now=now)
+        if record is not None:
+            self._state = OutboxState.of(record)
+
+    def append(self, entry: Entry) -> None:
+        self._state.queue.append(entry)
+        self._write()
+
+    def claim(self, entry: Entry, epoch: int) -> bool:
+        self._write()
+        return True
+
+    def finish(self, entry: Entry, sent: Sent | None) -> None:
+        self._state.finish(entry, sent)
+        self._write()
+
+    def save(self) -> None:
+        self._write()
+
+    def _write(self) -> None:
+        if self._file is None:
+            return
+        self._file.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file.save(self._state.record())
