@@ -24,6 +24,7 @@ from exporter.alerting.alerts import (
     Judged,
     Resolved,
 )
+from exporter.alerting.local_outbox import LocalOutboxStore
 from exporter.alerting.messages import (
     TRAFFIC_PREFIX,
     Context,
@@ -560,8 +561,12 @@ class Daemon:
                 self.notifier = None
             return
         if self.notifier is None:
+            # the outbox lives where the rest of the state does: state_dir, fixed until a restart
             self.notifier = Notifier(
-                settings, registry=self.registry, logger=logging.getLogger("cutover.slack")
+                settings,
+                store=LocalOutboxStore(self.state_dir),
+                registry=self.registry,
+                logger=logging.getLogger("cutover.slack"),
             )
         else:
             # unchanged settings change nothing: a reload must not cut a Retry-After short
