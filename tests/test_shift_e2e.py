@@ -15,6 +15,7 @@ import aiohttp
 import boto3
 import pytest
 
+from exporter.store import dynamo
 from tests.conftest import ROOT, DaemonProcess, FakePlatform, config_yaml, daemon_env, free_port
 from tests.test_route53_daemon import NAME, Moto, moto, set_weights, zone
 
@@ -355,11 +356,15 @@ async def test_with_an_ha_section_each_step_is_a_compare_and_swap_batch(
     platforms: tuple[FakePlatform, FakePlatform], moto: Moto, start_shift: Any
 ) -> None:
     """Several replicas may write (issue 14): the step goes as DELETEs and CREATEs with the
-    `_cutover-step` record beside the shifted record, never as an UPSERT."""
+    `_cutover-step` record beside the shifted record, never as an UPSERT, by the replica that
+    holds the lease (the only one here: its lease item in moto's DynamoDB), naming its epoch."""
     client, zid = zone(moto, {"heroku": 100, "aws": 0}, ttl=1)
+    table = boto3.client("dynamodb", endpoint_url=moto.url, region_name="eu-west-1")
+    dynamo.create_table(table, "cutover-ha", poll=0.1)
     config = shift_config(platforms, moto, zid, steps="[10, 100]", mode="manual")
-    # nothing talks to the table yet (the lease is another slice): port 9 answers nobody
-    config += "ha:\n  vantage: test-a\n  region: eu-west-1\n  endpoint_url: http://127.0.0.1:9\n"
+    config += (
+        f"ha:\n  vantage: test-a\n  region: eu-west-1\n  endpoint_url: {moto.url}\n  lease: 2s\n"
+    )
     d = start_shift(config, "--allow-route53-writes")
     await d.wait_ready()
 
@@ -371,9 +376,7 @@ async def test_with_an_ha_section_each_step_is_a_compare_and_swap_batch(
         HostedZoneId=zid, StartRecordName=f"_cutover-step.{NAME}.", StartRecordType="TXT"
     )["ResourceRecordSets"]
     assert sets[0]["Name"] == f"_cutover-step.{NAME}."
-    assert sets[0]["ResourceRecords"] == [
-        {"Value": '"cutover step=1 epoch=none to=heroku:90,aws:10"'}
-    ]
+    assert sets[0]["ResourceRecords"] == [{"Value": '"cutover step=1 epoch=1 to=heroku:90,aws:10"'}]
     assert weights_in(moto, zid) == {"heroku": 90, "aws": 10}
-    assert "as step 1, epoch none" in d.log()
+    assert "as step 1, epoch 1" in d.log()
     assert d.stop() == 0
