@@ -12,6 +12,8 @@
     ├── SlackError        Slack refused a test message for a reason a person must fix
     ├── SourceError       a traffic source's poll failed; `reason` labels the error metrics
     ├── DynamoError       a call to the HA table failed (not a lost race); `reason` labels metrics
+    │   └── OutboxStoreError  the Slack outbox in the table could not be read or written; also an
+    │                         OSError, so the Notifier treats it as a failed save of its file
     └── Refused           a shift control call (pause, resume, ...) that does not apply now
 
 Failing targets are not exceptions: a probe always returns a result with a reason. Failures of
@@ -135,6 +137,19 @@ class DynamoError(CutoverError):
 
     def __str__(self) -> str:
         return f"{self.reason} ({self.detail})"
+
+
+class OutboxStoreError(DynamoError, OSError):
+    """The HA table could not read or persist a change of the Slack outbox.
+
+    An OSError as well: the OutboxStore protocol says a change that cannot be persisted raises
+    OSError or ValueError, and the Notifier keeps such a change in memory and says so; callers
+    that count DynamoDB errors catch it as a DynamoError and read its `reason`.
+    """
+
+    def __init__(self, reason: str, detail: str, *, code: str | None = None) -> None:
+        super().__init__(reason, detail, code=code)
+        self.strerror = str(self)  # what the Notifier's log line shows of an OSError
 
 
 class SlackError(CutoverError):
