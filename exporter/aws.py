@@ -9,12 +9,19 @@ say) loads its own small file again.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any, cast
 
 import boto3
 from botocore.config import Config
 
-__all__ = ["make_client"]
+__all__ = ["credential_secrets", "make_client", "scrub"]
+
+# key ids (AKIA... long-term, ASIA... temporary) and request signatures an answer might echo
+_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA)[A-Z0-9]{12,}\b")
+_SIGNATURE = re.compile(r"(Signature=)[0-9a-fA-F]+")
+_MASK = "[redacted]"
 
 
 def make_client(
@@ -53,3 +60,20 @@ def forget_parsed_files(session: boto3.session.Session) -> None:
     cache = getattr(loader, "_cache", None)
     if isinstance(cache, dict):
         cache.clear()
+
+
+def scrub(text: str, secrets: Sequence[str] = ()) -> str:
+    """`text` (an AWS answer's error, say) without the given secret values, AWS key ids or
+    request signatures."""
+    for secret in sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True):
+        text = text.replace(secret, _MASK)
+    return _SIGNATURE.sub(rf"\1{_MASK}", _KEY_ID.sub(_MASK, text))
+
+
+def credential_secrets(credentials: Any) -> list[str]:
+    """The values of a botocore credentials object that must never be shown."""
+    try:
+        frozen = credentials.get_frozen_credentials()
+    except Exception:  # no credentials (or none yet), or refreshing them fails: nothing to hide
+        return []
+    return [v for v in (frozen.secret_key, frozen.token, frozen.access_key) if v]

@@ -22,7 +22,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from exporter import __version__
+from exporter import __version__, aws
 from exporter.alerting.slack import Notifier, SlackError
 from exporter.config import Config, format_duration, load_config, parse_duration, parse_listen
 from exporter.daemon import Daemon, slack_settings
@@ -612,7 +612,7 @@ def cmd_ha_init(args: argparse.Namespace) -> int:
         )
         ready = dynamo.create_table(client, ha.table)
     except Exception as exc:  # every failure is said in one line, without a secret
-        error = dynamo.classify(exc, dynamo.secrets_of(credentials))
+        error = dynamo.classify(exc, aws.credential_secrets(credentials))
         print(f"cutover: ha init: cannot create table {ha.table}: {error}", file=sys.stderr)
         return EXIT_ERROR
     print(ready.text())

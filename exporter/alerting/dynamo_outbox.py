@@ -44,6 +44,7 @@ from typing import Any, Final
 from botocore.exceptions import ClientError
 from pydantic import TypeAdapter, ValidationError
 
+from exporter import aws
 from exporter.alerting.outbox import (
     KEEP_DONE,
     KEEP_THREADS,
@@ -444,7 +445,7 @@ class DynamoOutboxStore:
         except _Refused:
             raise
         except Exception as e:
-            error = dynamo.classify(e, dynamo.secrets_of(self._credentials))
+            error = dynamo.classify(e, aws.credential_secrets(self._credentials))
             raise OutboxStoreError(error.reason, error.detail, code=error.code) from None
 
     def _get_client(self) -> Any:

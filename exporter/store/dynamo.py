@@ -10,7 +10,6 @@ boto3 calls here are blocking: the CLI calls them directly, the daemon from work
 
 from __future__ import annotations
 
-import re
 import shlex
 import time
 from collections.abc import Sequence
@@ -42,8 +41,6 @@ __all__ = [
     "create_table",
     "create_table_command",
     "make_client",
-    "scrub",
-    "secrets_of",
 ]
 
 DynamoReason = Literal[
@@ -71,26 +68,6 @@ _ACCESS_DENIED_CODES: Final = frozenset(
         "MissingAuthenticationTokenException",
     }
 )
-# key ids (AKIA... long-term, ASIA... temporary) and request signatures an answer might echo
-_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA)[A-Z0-9]{12,}\b")
-_SIGNATURE = re.compile(r"(Signature=)[0-9a-fA-F]+")
-_MASK = "[redacted]"
-
-
-def scrub(text: str, secrets: Sequence[str] = ()) -> str:
-    """`text` without the given secret values, AWS key ids or request signatures."""
-    for secret in sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True):
-        text = text.replace(secret, _MASK)
-    return _SIGNATURE.sub(rf"\1{_MASK}", _KEY_ID.sub(_MASK, text))
-
-
-def secrets_of(credentials: Any) -> list[str]:
-    """The values of a botocore credentials object that must never be shown."""
-    try:
-        frozen = credentials.get_frozen_credentials()
-    except Exception:  # no credentials (or none yet), or refreshing them fails: nothing to hide
-        return []
-    return [v for v in (frozen.secret_key, frozen.token, frozen.access_key) if v]
 
 
 def classify(exc: BaseException, secrets: Sequence[str] = ()) -> DynamoError:
@@ -117,19 +94,19 @@ def classify(exc: BaseException, secrets: Sequence[str] = ()) -> DynamoError:
         else:
             reason = "other"
         detail = f"{code}: {message}" if message else code
-        return DynamoError(reason, scrub(detail, secrets), code=code)
+        return DynamoError(reason, aws.scrub(detail, secrets), code=code)
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
         # without credentials every call is refused: the fix is the same as for a denial
-        return DynamoError("access_denied", scrub(str(exc), secrets), code=type(exc).__name__)
+        return DynamoError("access_denied", aws.scrub(str(exc), secrets), code=type(exc).__name__)
     if isinstance(exc, NoRegionError):
         return DynamoError("other", "no region: set ha.region, or AWS_REGION", code="NoRegion")
     if isinstance(exc, ReadTimeoutError | ConnectTimeoutError | TimeoutError):
-        return DynamoError("timeout", scrub(str(exc) or "timed out", secrets), code="Timeout")
+        return DynamoError("timeout", aws.scrub(str(exc) or "timed out", secrets), code="Timeout")
     if isinstance(exc, BotoConnectionError | HTTPClientError):
-        return DynamoError("unreachable", scrub(str(exc), secrets), code=type(exc).__name__)
+        return DynamoError("unreachable", aws.scrub(str(exc), secrets), code=type(exc).__name__)
     if isinstance(exc, BotoCoreError):
-        return DynamoError("other", scrub(f"{type(exc).__name__}: {exc}", secrets))
-    return DynamoError("other", scrub(f"{type(exc).__name__}: {exc}", secrets))
+        return DynamoError("other", aws.scrub(f"{type(exc).__name__}: {exc}", secrets))
+    return DynamoError("other", aws.scrub(f"{type(exc).__name__}: {exc}", secrets))
 
 
 def make_client(

@@ -41,6 +41,7 @@ from typing import Any, Final, Literal, TypeVar, cast
 
 from botocore.exceptions import ClientError
 
+from exporter import aws
 from exporter.errors import DynamoError
 from exporter.store import dynamo
 
@@ -413,7 +414,7 @@ class LeaseTable:
             return self._client
 
     def _secrets(self) -> list[str]:
-        return dynamo.secrets_of(self._credentials)
+        return aws.credential_secrets(self._credentials)
 
     def _read(self) -> LeaseItem | None:
         answer = self._get_client().get_item(

@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 import threading
 import time
 from bisect import bisect_right
@@ -140,10 +139,6 @@ _REFUSED_CODES: Final = frozenset(
         "MissingAuthenticationToken",
     }
 )
-# key ids (AKIA... long-term, ASIA... temporary) and request signatures an answer might echo
-_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA)[A-Z0-9]{12,}\b")
-_SIGNATURE = re.compile(r"(Signature=)[0-9a-fA-F]+")
-_MASK = "[redacted]"
 
 
 def latency_histogram(
@@ -261,9 +256,7 @@ def classify(exc: BaseException, secrets: Sequence[str] = ()) -> SourceError:
 
 def _scrub(text: str, secrets: Sequence[str]) -> str:
     """Keys, session tokens and signatures out of a text that an answer may have filled."""
-    for secret in sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True):
-        text = text.replace(secret, _MASK)
-    text = _SIGNATURE.sub(r"\1" + _MASK, _KEY_ID.sub(_MASK, text))
+    text = aws.scrub(text, secrets)
     return text if len(text) <= DETAIL_MAX else text[: DETAIL_MAX - 3] + "..."
 
 
@@ -467,11 +460,7 @@ class CloudWatchAlbSource(PollingSource):
             return self._client
 
     def _secrets(self) -> list[str]:
-        try:
-            frozen = self._credentials.get_frozen_credentials()
-        except Exception:  # no credentials, or refreshing them fails: nothing to hide
-            return []
-        return [v for v in (frozen.secret_key, frozen.token, frozen.access_key) if v]
+        return aws.credential_secrets(self._credentials)
 
     def _fetch(self, start: float, end: float, deadline: float) -> dict[float, dict[str, float]]:
         """GetMetricData for [start, end), every page; blocking, in a worker thread."""
