@@ -38,7 +38,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from botocore.exceptions import ClientError
@@ -52,6 +52,7 @@ from exporter.alerting.outbox import (
     OutboxState,
     QueuedRecord,
     Sent,
+    StateReads,
 )
 from exporter.errors import OutboxStoreError
 from exporter.store import dynamo
@@ -89,7 +90,7 @@ class _Refused(Exception):
     """A conditional write, or a transaction, was refused on its condition (a lost race)."""
 
 
-class DynamoOutboxStore:
+class DynamoOutboxStore(StateReads):
     """An `OutboxStore` in the HA table, shared by the replicas of one migration.
 
     Reads (`queue`, `threads`, `channel_id`, `knows`) answer from memory, as filled by `load`
@@ -135,20 +136,6 @@ class DynamoOutboxStore:
     @property
     def where(self) -> str | None:
         return f"DynamoDB table {self.table} ({self.pk})"
-
-    @property
-    def queue(self) -> Sequence[Entry]:
-        return self._state.queue
-
-    @property
-    def threads(self) -> Mapping[str, tuple[str, str]]:
-        return self._state.threads
-
-    def channel_id(self, channel: str) -> str | None:
-        return self._state.channels.get(channel)
-
-    def knows(self, key: str) -> bool:
-        return self._state.knows(key)
 
     # --- the table
 

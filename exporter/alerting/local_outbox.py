@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from exporter.alerting.outbox import Entry, OutboxRecord, OutboxState, Sent
+from exporter.alerting.outbox import Entry, OutboxRecord, OutboxState, Sent, StateReads
 from exporter.store.local import StateFile
 
 __all__ = ["OUTBOX_FILE", "LocalOutboxStore"]
@@ -14,7 +13,7 @@ __all__ = ["OUTBOX_FILE", "LocalOutboxStore"]
 OUTBOX_FILE = "slack-outbox.json"
 
 
-class LocalOutboxStore:
+class LocalOutboxStore(StateReads):
     """An `OutboxStore` in one state file (atomic saves, a corrupt file set aside), or in memory
     only without a state_dir. One process owns state_dir, so every claim succeeds."""
 
@@ -28,20 +27,6 @@ class LocalOutboxStore:
     @property
     def where(self) -> str | None:
         return str(self._file.path) if self._file is not None else None
-
-    @property
-    def queue(self) -> Sequence[Entry]:
-        return self._state.queue
-
-    @property
-    def threads(self) -> Mapping[str, tuple[str, str]]:
-        return self._state.threads
-
-    def channel_id(self, channel: str) -> str | None:
-        return self._state.channels.get(channel)
-
-    def knows(self, key: str) -> bool:
-        return self._state.knows(key)
 
     def load(self, now: float) -> None:
         if self._file is None:

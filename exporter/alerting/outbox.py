@@ -170,6 +170,26 @@ class OutboxState:
         return state
 
 
+class StateReads:
+    """The reads every OutboxStore answers from its in-memory OutboxState (`self._state`)."""
+
+    _state: OutboxState
+
+    @property
+    def queue(self) -> Sequence[Entry]:
+        return self._state.queue
+
+    @property
+    def threads(self) -> Mapping[str, tuple[str, str]]:
+        return self._state.threads
+
+    def channel_id(self, channel: str) -> str | None:
+        return self._state.channels.get(channel)
+
+    def knows(self, key: str) -> bool:
+        return self._state.knows(key)
+
+
 class OutboxStore(Protocol):
     """Where the outbox lives: local files for one replica, the HA table for several.
 
