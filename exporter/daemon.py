@@ -7,7 +7,7 @@ import functools
 import logging
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -37,31 +37,32 @@ from exporter.alerting.slack import Notifier, SlackSettings
 from exporter.config import Check, Config, load_config, probe_spec
 from exporter.errors import ConfigError, CorruptStateFile, Refused
 from exporter.judging.judge import Evaluation, JudgeSettings, judge
-from exporter.judging.traffic import TrafficEvaluation, TrafficSettings, judge_traffic
 from exporter.logs import REDACTOR
-from exporter.probing.history import SplitHistory
 from exporter.probing.probe import Prober
 from exporter.probing.schedule import Schedule, Slot
 from exporter.probing.state import CheckState, Series, both_failing
 from exporter.probing.window import Window
 from exporter.readiness.watch import News, Observed, ReadinessWatch, StepBegan, WatchSettings
 from exporter.route53.plan import Notify, Observation, ShiftSettings
-from exporter.route53.read import RecordSpec, Route53Reader, Route53State, normalize_name
+from exporter.route53.read import (
+    RecordSpec,
+    RecordWeights,
+    Route53Reader,
+    Route53State,
+    normalize_name,
+)
 from exporter.route53.runner import ShiftRunner
 from exporter.store.leadership import Leadership
 from exporter.store.local import StateDir
 from exporter.tasks import Supervisor
-from exporter.traffic.counts import ALL, OTHER, Tally
+from exporter.traffic.counts import ALL, OTHER
 from exporter.traffic.drain import Drains, drain_specs, routes_of
-from exporter.traffic.feeds import TrafficFeeds
-from exporter.traffic.routes import Routes
-from exporter.traffic.split import SplitStatus, SplitWatch, shares_of
 from exporter.traffic.timeline import Timeline
+from exporter.traffic.watch import TrafficWatch
 from exporter.web.collector import (
     BuildInfoCollector,
     ShiftView,
     StateCollector,
-    TrafficView,
     View,
     expected_error_ratio,
 )
@@ -96,14 +97,6 @@ def judge_settings(cfg: Config) -> JudgeSettings:
         errors_max_increase=j.errors.max_increase,
         down_after=j.down_after,
         window=j.window,
-    )
-
-
-def traffic_settings(cfg: Config) -> TrafficSettings | None:
-    if cfg.traffic is None:
-        return None
-    return TrafficSettings.from_judge(
-        judge_settings(cfg), cfg.traffic.min_requests, cfg.traffic.window
     )
 
 
@@ -176,10 +169,6 @@ PROBES, ROUTE53, WATCH, READINESS, TRAFFIC, DRAINS, SHIFT, SLACK, HA = (
 )  # fmt: skip
 # Real traffic is judged as often as the timeline fills a bucket.
 TRAFFIC_TICK = 5.0
-# The timeline keeps this much beyond the judged window: late reports, the split's minute.
-TRAFFIC_KEEP_MARGIN = 300.0
-# The measured split is over the last minute of traffic both platforms' sources reported.
-SPLIT_SPAN = 60.0
 
 
 class Daemon:
@@ -226,19 +215,13 @@ class Daemon:
         self.shift: ShiftRunner | None = None
         # real traffic: the timeline every source fills, the pollers, the verdicts per group
         self.timeline = Timeline()
-        self.traffic: TrafficFeeds | None = None
-        self.traffic_evaluations: dict[str, TrafficEvaluation] = {}
-        self._traffic_windows: dict[tuple[str, str], Tally] = {}
-        self._traffic_end: float | None = None
-        self._split: SplitWatch | None = None
-        self._split_status: SplitStatus | None = None
+        self.traffic = TrafficWatch(self.timeline, self.tasks, TRAFFIC)
         # the step ledger and the go/no-go verdict per migrated record (state_dir/readiness.json)
         self.readiness = ReadinessWatch(
             WatchSettings.of(config),
             path=self.state_dir / "readiness.json" if self.state_dir is not None else None,
             started=self.started,
         )
-        self._split_history = SplitHistory()
         self._outages: set[str] = set()  # checks whose two platforms both fail (logged once)
 
         self.reload_ok = Gauge(
@@ -284,7 +267,7 @@ class Daemon:
             resolved=tuple(self.alerts.resolved),
             links=self._links(),
             evaluations=self.evaluations,
-            traffic=self.traffic_view(),
+            traffic=self.traffic.view(),
             readiness=self.readiness.verdicts(),
             step_marks=self.readiness.step_marks(),
             step_history=self.readiness.history(),
@@ -361,8 +344,7 @@ class Daemon:
         self.readiness.save()
         await self.tasks.stop_group(TRAFFIC)
         await self.tasks.stop_group(DRAINS)
-        if self.traffic is not None:
-            await self.traffic.aclose()
+        await self.traffic.aclose()
         if self.route53 is not None:
             self.route53.close()
         self._save_alerts()
@@ -663,14 +645,21 @@ class Daemon:
             log.info("RESOLVED %s after %.0fs", incident.id, event.duration)
 
     def _context(self, state: CheckState) -> Context:
-        cfg = self.config
+        """A probed check's message context: its record's shares and the probes' error ratios."""
         view = self.view()
-        shares = view.shares_for(state.name)
+        ratios = {p: s.stats(view.now).error_ratio for p, s in state.series.items()}
+        return self._incident_context(view.shares_for(state.name), ratios)
+
+    def _incident_context(
+        self, shares: Mapping[str, float] | None, error_ratios: Mapping[str, float]
+    ) -> Context:
+        """What a message says besides the incident: the candidate's share of users and what
+        they see through DNS (both unknown without Route53 weights), and where to look."""
+        cfg = self.config
         share = expected = None
         if shares is not None:
             share = shares.get(cfg.candidate, 0.0)
-            ratios = {p: s.stats(view.now).error_ratio for p, s in state.series.items()}
-            expected = expected_error_ratio(shares, ratios)
+            expected = expected_error_ratio(shares, error_ratios)
         alerting = cfg.alerting
         return Context(
             baseline=cfg.baseline,
@@ -686,38 +675,8 @@ class Daemon:
 
     def _apply_traffic(self, cfg: Config, previous: Config | None) -> None:
         """Start, change or stop the traffic sources and their judging; the timeline stays."""
-        if (
-            previous is not None
-            and cfg.traffic == previous.traffic
-            and cfg.judge == previous.judge
-            and cfg.route53 == previous.route53
-        ):
-            return
-        self.tasks.cancel(self.tasks.group(TRAFFIC))
-        if self.traffic is not None:
-            self.tasks.spawn(self.traffic.aclose(), "traffic-close", TRAFFIC)
-            self.traffic = None
-        settings = traffic_settings(cfg)
-        if cfg.traffic is None or settings is None:
-            self.traffic_evaluations.clear()
-            self._traffic_windows.clear()
-            self._split = self._split_status = None
-            return
-        self.timeline.keep = max(self.timeline.keep, settings.window + TRAFFIC_KEEP_MARGIN)
-        routes = Routes([(g.name, g.path_regex) for g in cfg.traffic.routes])
-        self.traffic = TrafficFeeds(cfg.traffic, self.timeline, routes)
-        for name, run in self.traffic.runs():
-            self.tasks.spawn(run, name, TRAFFIC)
-        judged = set(self.traffic.route_groups())
-        for route in [r for r in self.traffic_evaluations if r not in judged]:
-            del self.traffic_evaluations[route]  # a group no longer judged: its hysteresis too
-        record = cfg.traffic_record()
-        old_record = previous.traffic_record() if previous is not None else None
-        if self._split is None or record != old_record:
-            tr = cfg.traffic
-            self._split = SplitWatch(tr.split_tolerance, tr.split_margin) if record else None
-            self._split_status = None
-        self.tasks.spawn(self._traffic_loop(), "traffic-judge", TRAFFIC)
+        if self.traffic.apply(cfg, previous, judge_settings(cfg)):
+            self.tasks.spawn(self._traffic_loop(), "traffic-judge", TRAFFIC)
 
     async def _traffic_loop(self) -> None:
         while True:
@@ -730,117 +689,28 @@ class Daemon:
             await asyncio.sleep(TRAFFIC_TICK)
 
     def _judge_traffic(self, now: float) -> None:
-        """Judge each route group over the span both platforms' sources have reported."""
-        cfg, feeds = self.config, self.traffic
-        settings = traffic_settings(cfg)
-        if feeds is None or settings is None:
-            return
-        platforms = (cfg.baseline, cfg.candidate)
-        end = feeds.covered_until(platforms)
-        self._traffic_end = end
-        windows: dict[tuple[str, str], Tally] = {}
-        for route in feeds.route_groups():
-            sides = [
-                self.timeline.series(p, route, end - settings.window, end) if end else []
-                for p in platforms
-            ]
-            evaluation = judge_traffic(
-                sides[0],
-                sides[1],
-                end if end is not None else now,
-                settings,
-                previous=self.traffic_evaluations.get(route),
-            )
-            self.traffic_evaluations[route] = evaluation
-            for platform, series in zip(platforms, sides, strict=True):
-                total = windows[(platform, route)] = Tally()
-                for _, tally in series:
-                    total.merge(tally)
+        """Judge real traffic, and feed each route group's verdict to its incidents."""
+        weights = self._traffic_weights()
+        shares = weights.platform_shares() if weights is not None else None
+        for verdict in self.traffic.judge(now, weights):
             self._advance_incidents(
-                f"{TRAFFIC_PREFIX}{route}",
-                evaluation,
-                lambda route=route: self._traffic_context(route, windows),  # type: ignore[misc]
-            )
-        self._traffic_windows = windows
-        if self._split is not None:
-            self._split_status = split = self._split.update(
-                now, self._traffic_shares(), self._measured_split(end), self._traffic_ttl()
-            )
-            candidate = cfg.candidate
-            self._split_history.add(
-                now,
-                (split.measured or {}).get(candidate),
-                None if split.weights is None else split.weights.get(candidate, 0.0),
+                verdict.check,
+                verdict.evaluation,
+                functools.partial(self._incident_context, shares, verdict.error_ratios),
             )
 
-    def _measured_split(self, end: float | None) -> dict[str, float] | None:
-        if end is None:
-            return None
-        requests = {
-            p: self.timeline.total(p, ALL, end - SPLIT_SPAN, end).requests
-            for p in (self.config.baseline, self.config.candidate)
-        }
-        return shares_of(requests)
-
-    def _traffic_record(self) -> RecordSpec | None:
+    def _traffic_weights(self) -> RecordWeights | None:
+        """The Route53 weights of the record real traffic is split by, once read."""
         record = self.config.traffic_record()
-        return self.records.get(record.key) if record is not None else None
-
-    def _traffic_shares(self) -> dict[str, float] | None:
-        """The Route53 shares of the record the traffic is split by, once read."""
-        spec = self._traffic_record()
+        spec = self.records.get(record.key) if record is not None else None
         if spec is None or self.route53 is None:
             return None
-        weights = self.route53.weights.get(spec)
-        return weights.platform_shares() if weights is not None else None
-
-    def _traffic_ttl(self) -> float | None:
-        spec = self._traffic_record()
-        weights = self.route53.weights.get(spec) if spec and self.route53 else None
-        return weights.ttl if weights is not None else None
-
-    def _traffic_context(self, route: str, windows: dict[tuple[str, str], Tally]) -> Context:
-        cfg = self.config
-        shares = self._traffic_shares()
-        share = expected = None
-        if shares is not None:
-            share = shares.get(cfg.candidate, 0.0)
-            ratios = {p: windows[(p, route)].error_ratio for p in (cfg.baseline, cfg.candidate)}
-            expected = expected_error_ratio(shares, ratios)
-        alerting = cfg.alerting
-        return Context(
-            baseline=cfg.baseline,
-            candidate=cfg.candidate,
-            candidate_share=share,
-            expected_error_ratio=expected,
-            dashboard_url=alerting.dashboard_url if alerting else None,
-            max_ratio=cfg.judge.latency.max_ratio,
-            max_error_increase=cfg.judge.errors.max_increase,
-        )
-
-    def traffic_view(self) -> TrafficView | None:
-        """Real traffic for a scrape or the page: live counters and sources, the last verdicts."""
-        cfg, feeds = self.config, self.traffic
-        if cfg.traffic is None or feeds is None:
-            return None
-        record = cfg.traffic_record()
-        return TrafficView(
-            roles={name: p.role for name, p in cfg.platforms.items()},
-            counters=dict(self.timeline.counters),
-            sources=[replace(s) for s in self.timeline.sources.values()],
-            source_errors=feeds.source_errors(),
-            windows=self._traffic_windows,
-            verdicts=dict(self.traffic_evaluations),
-            record=record.name if record is not None else None,
-            split=self._split_status,
-            window_end=self._traffic_end,
-            split_history=tuple(self._split_history.points()),
-        )
+        return self.route53.weights.get(spec)
 
     # -- readiness ----------------------------------------------------------------------------
 
     def _watch_settings(self, cfg: Config) -> WatchSettings:
-        return WatchSettings.of(cfg, self.traffic.route_groups() if self.traffic else ())
+        return WatchSettings.of(cfg, self.traffic.route_groups())
 
     def _observed(self) -> Observed:
         """What the step ledger reads at each tick."""
@@ -954,7 +824,7 @@ class Daemon:
             c.name for c in cfg.checks if (r := cfg.record_for(c)) is not None and r.key == key
         ]
         split = cfg.traffic_record()
-        if self.traffic is None or split is None or split.key != key:
+        if split is None or split.key != key:
             return probes
         # real traffic on the shifted record guards it as its probes do
         return probes + [f"{TRAFFIC_PREFIX}{route}" for route in self.traffic.route_groups()]
