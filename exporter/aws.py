@@ -9,14 +9,26 @@ say) loads its own small file again.
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Sequence
-from typing import Any, cast
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar, cast
 
 import boto3
 from botocore.config import Config
 
-__all__ = ["credential_secrets", "make_client", "scrub"]
+__all__ = [
+    "AwsCalls",
+    "CallTimedOut",
+    "CallsClosed",
+    "credential_secrets",
+    "make_client",
+    "scrub",
+]
+
+T = TypeVar("T")
 
 # key ids (AKIA... long-term, ASIA... temporary) and request signatures an answer might echo
 _KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA)[A-Z0-9]{12,}\b")
@@ -77,3 +89,94 @@ def credential_secrets(credentials: Any) -> list[str]:
     except Exception:  # no credentials (or none yet), or refreshing them fails: nothing to hide
         return []
     return [v for v in (frozen.secret_key, frozen.token, frozen.access_key) if v]
+
+
+class CallsClosed(Exception):
+    """The calls were closed (the daemon stops, or a reload replaced them)."""
+
+
+class CallTimedOut(Exception):
+    """No answer within the call's deadline; the worker thread goes on alone until botocore's
+    own read timeout ends it."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"no answer within {timeout:g}s")
+        self.timeout = timeout
+
+
+class AwsCalls:
+    """One AWS client's blocking calls, kept off the event loop.
+
+    The client is built lazily in a worker thread (loading a service model from disk would stall
+    the loop), and the calls run in a small thread pool of their own: a hung call must not
+    occupy the loop's default executor, which DNS resolution and `to_thread` share, nor the next
+    call. `close` releases both; a call still running in a thread finishes alone. Callers turn
+    `CallsClosed`, `CallTimedOut` and what their own function raises into their own errors.
+    """
+
+    def __init__(
+        self,
+        build: Callable[[], tuple[Any, Any]],
+        *,
+        name: str,
+        workers: int = 2,
+        client: Any | None = None,
+    ) -> None:
+        """`build` returns (client, credentials), as `make_client` does; a `client` handed in
+        (tests) is used instead and never closed here."""
+        self._build = build
+        self._client = client
+        self._owns_client = client is None
+        self._credentials: Any = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def client(self) -> Any:
+        """The client, built on first use. Blocking: call it from a worker thread."""
+        with self._lock:
+            if self._closed:
+                raise CallsClosed
+            if self._client is None:
+                self._client, self._credentials = self._build()
+            return self._client
+
+    def secrets(self) -> list[str]:
+        """What must never be shown of the client's credentials (see `scrub`)."""
+        return credential_secrets(self._credentials) if self._credentials is not None else []
+
+    async def run(self, fn: Callable[..., T], *args: Any, within: float | None = None) -> T:
+        """`fn(*args)` in a worker thread, answered `within` seconds if given; what `fn` raises
+        comes out as it is."""
+        if self._closed:
+            raise CallsClosed
+        loop = asyncio.get_running_loop()
+        try:
+            future = loop.run_in_executor(self._executor, fn, *args)
+        except RuntimeError as exc:  # the executor was shut down by close()
+            raise CallsClosed from exc
+        if within is None:
+            return await future
+        try:
+            done, _ = await asyncio.wait({future}, timeout=within)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        if not done:
+            future.cancel()  # its thread cannot be interrupted; nobody waits for it any more
+            raise CallTimedOut(within)
+        return future.result()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            if self._owns_client and self._client is not None:
+                self._client.close()
+            self._client = None

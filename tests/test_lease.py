@@ -453,7 +453,8 @@ async def test_a_leader_that_loses_its_endpoint_stops_acting_before_the_other_ta
     warnings = [
         r.getMessage()
         for r in caplog.records
-        if r.name == "exporter.store.lease" and "lease calls to table" in r.getMessage()
+        # a's own: b, close to the table, may see a slow answer on a busy machine too
+        if r.name == "exporter.store.lease" and "ha: a: lease calls to table" in r.getMessage()
     ]
     # logged when the calls started failing (and when the reason changed), not per attempt
     assert 1 <= len(warnings) <= 2 < failed, warnings

@@ -9,7 +9,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -328,9 +327,8 @@ def list_weighted_group(
 
 
 class Route53Calls:
-    """What the reader and the writer share: a lazily built boto3 client, their own small thread
-    pool (a hung call must not occupy the loop's default executor, which DNS resolution and
-    other modules' to_thread calls share), and a close that releases both."""
+    """What the reader and the writer share: their settings and their calls off the event loop
+    (`exporter.aws.AwsCalls`: a lazily built client in a small thread pool of their own)."""
 
     _what = "client"  # in "... is closed" errors
 
@@ -351,34 +349,26 @@ class Route53Calls:
         self.timeout = timeout
         self.max_attempts = max_attempts
         self.log = logger or logging.getLogger(type(self).__module__)
-        self._client: Route53Client | None = cast("Route53Client | None", client)
-        self._owns_client = client is None
-        self._client_lock = threading.Lock()
-        self._closed = False
-        self._executor = ThreadPoolExecutor(
-            max_workers=workers, thread_name_prefix=thread_name_prefix
+        self._calls = aws.AwsCalls(
+            lambda: (make_client(endpoint_url, timeout, max_attempts), None),
+            name=thread_name_prefix,
+            workers=workers,
+            client=client,
         )
 
+    @property
+    def _closed(self) -> bool:
+        return self._calls.closed
+
     def _get_client(self) -> Route53Client:
-        # Built lazily in a worker thread: creating a boto3 client loads service models from
-        # disk, which would stall the event loop if done in __init__ on the loop.
-        with self._client_lock:
-            if self._closed:
-                raise Route53Error("other", f"{self._what} is closed")
-            if self._client is None:
-                self._client = make_client(self.endpoint_url, self.timeout, self.max_attempts)
-            return self._client
+        try:
+            return cast("Route53Client", self._calls.client())
+        except aws.CallsClosed:
+            raise Route53Error("other", f"{self._what} is closed") from None
 
     def close(self) -> None:
         """Release threads and connections; a call still running in a thread finishes alone."""
-        if self._closed:
-            return
-        self._closed = True
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        with self._client_lock:
-            if self._owns_client and self._client is not None:
-                self._client.close()
-                self._client = None
+        self._calls.close()
 
 
 class Route53Reader(Route53Calls):
@@ -439,20 +429,16 @@ class Route53Reader(Route53Calls):
         if self._closed:
             raise Route53Error("other", "reader is closed")
         deadline = time.monotonic() + self.timeout
-        loop = asyncio.get_running_loop()
         try:
-            future = loop.run_in_executor(self._executor, self._read_blocking, record, deadline)
-        except RuntimeError as exc:  # executor shut down by close()
-            raise Route53Error("other", "reader is closed") from exc
-        try:
-            result = await asyncio.wait_for(future, self.timeout)
+            result = await self._calls.run(
+                self._read_blocking, record, deadline, within=self.timeout
+            )
         except Route53Error:
             raise
-        except TimeoutError as exc:
-            # The worker thread cannot be interrupted; botocore's own read timeout ends it.
-            raise Route53Error(
-                "timeout", f"no answer within {self.timeout:g}s", code="Timeout"
-            ) from exc
+        except aws.CallsClosed:
+            raise Route53Error("other", "reader is closed") from None
+        except aws.CallTimedOut as exc:
+            raise Route53Error("timeout", str(exc), code="Timeout") from None
         except Exception as exc:
             raise classify(exc) from exc
         if self.log.isEnabledFor(logging.DEBUG):

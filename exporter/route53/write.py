@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 from botocore.exceptions import ClientError, ReadTimeoutError, WaiterError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from exporter import aws
 from exporter.errors import Route53Error, StaleWrite, WeightsChanged
 from exporter.route53.read import (
     RecordSpec,
@@ -201,15 +202,12 @@ class Route53Writer(Route53Calls):
         No asyncio timeout here: botocore's connect/read timeouts bound every attempt, and
         the zone lock must stay held for as long as a call may still reach Route53.
         """
-        if self._closed:
-            raise Route53Error("other", "writer is closed")
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, fn, *args)
-        except RuntimeError as exc:
-            if self._closed:
-                raise Route53Error("other", "writer is closed") from exc
-            raise classify(exc) from exc
+            return await self._calls.run(fn, *args)
+        except Route53Error:
+            raise
+        except aws.CallsClosed:
+            raise Route53Error("other", "writer is closed") from None
         except Exception as exc:
             raise classify(exc) from exc
 

@@ -30,11 +30,9 @@ import asyncio
 import contextlib
 import logging
 import math
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final, Literal, TypeVar, cast
@@ -343,12 +341,13 @@ class LeaseTable:
         self.timeout = timeout
         self.key = {"pk": {"S": lease_pk(migration)}, "sk": {"S": LEASE_SK}}
         self._wall = wall
-        self._client = client
-        self._owns_client = client is None
-        self._credentials: Any = None
-        self._lock = threading.Lock()
-        self._closed = False
-        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ha-lease")
+        # one attempt: the lease retries on its own schedule, inside its deadlines, where
+        # botocore's backoff would sleep past them
+        self._calls = aws.AwsCalls(
+            lambda: dynamo.make_client(region, endpoint_url, timeout=timeout, max_attempts=1),
+            name="ha-lease",
+            client=client,
+        )
 
     def fence(self, epoch: int) -> dict[str, Any]:
         """A TransactWriteItems entry that holds only while this replica holds epoch `epoch`:
@@ -373,48 +372,25 @@ class LeaseTable:
 
     def close(self) -> None:
         """Release threads and connections; a call still running finishes alone."""
-        if self._closed:
-            return
-        self._closed = True
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        with self._lock:
-            if self._owns_client and self._client is not None:
-                self._client.close()
-                self._client = None
+        self._calls.close()
 
     async def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
-        if self._closed:
-            raise DynamoError("other", "lease table is closed")
-        loop = asyncio.get_running_loop()
         try:
-            future = loop.run_in_executor(self._executor, fn, *args)
-        except RuntimeError as exc:  # executor shut down by close()
-            raise DynamoError("other", "lease table is closed") from exc
-        try:
-            return await asyncio.wait_for(future, self.timeout)
-        except TimeoutError as exc:
-            # the worker cannot be interrupted; botocore's own read timeout ends it
-            raise DynamoError("timeout", f"no answer within {self.timeout:g}s") from exc
+            return await self._calls.run(fn, *args, within=self.timeout)
         except DynamoError:
             raise
+        except aws.CallsClosed:
+            raise DynamoError("other", "lease table is closed") from None
+        except aws.CallTimedOut as exc:
+            raise DynamoError("timeout", str(exc)) from None
         except Exception as exc:
-            raise dynamo.classify(exc, self._secrets()) from exc
+            raise dynamo.classify(exc, self._calls.secrets()) from exc
 
     def _get_client(self) -> Any:
-        # built lazily in a worker thread: loading the service model would stall the loop
-        with self._lock:
-            if self._closed:
-                raise DynamoError("other", "lease table is closed")
-            if self._client is None:
-                # one attempt: the lease retries on its own schedule, inside its deadlines,
-                # where botocore's backoff would sleep past them
-                self._client, self._credentials = dynamo.make_client(
-                    self.region, self.endpoint_url, timeout=self.timeout, max_attempts=1
-                )
-            return self._client
-
-    def _secrets(self) -> list[str]:
-        return aws.credential_secrets(self._credentials)
+        try:
+            return self._calls.client()
+        except aws.CallsClosed:
+            raise DynamoError("other", "lease table is closed") from None
 
     def _read(self) -> LeaseItem | None:
         answer = self._get_client().get_item(
@@ -520,6 +496,7 @@ class DynamoLease:
         self.errors: dict[str, int] = dict.fromkeys(dynamo.REASONS, 0)
         self._failing: DynamoError | None = None
         self._failing_since = 0.0
+        self._failing_reasons: set[str] = set()  # the reasons logged in this outage
         self._acting = False
         self._stopped = False
 
@@ -652,19 +629,23 @@ class DynamoLease:
 
     def _failed(self, exc: DynamoError) -> None:
         self.errors[exc.reason] = self.errors.get(exc.reason, 0) + 1
-        previous = self._failing
-        # keyed on the reason alone: an outage that shows as refused, then as no answer, is
-        # still one outage to the reader of the log
-        if previous is None or previous.reason != exc.reason:
-            self.log.warning("ha: lease calls to table %s fail: %s", self.table.table, exc)
-        if previous is None:
+        if self._failing is None:
             self._failing_since = self._clock()
+            self._failing_reasons.clear()
+        # each reason once an outage: one whose calls flap between refused and no answer is
+        # still one outage to the reader of the log
+        if exc.reason not in self._failing_reasons:
+            self._failing_reasons.add(exc.reason)
+            self.log.warning(
+                "ha: %s: lease calls to table %s fail: %s", self.vantage, self.table.table, exc
+            )
         self._failing = exc
 
     def _works(self) -> None:
         if self._failing is not None:
             self.log.info(
-                "ha: lease calls to table %s work again after %.0fs (%s)",
+                "ha: %s: lease calls to table %s work again after %.0fs (%s)",
+                self.vantage,
                 self.table.table,
                 max(0.0, self._clock() - self._failing_since),
                 self._failing,

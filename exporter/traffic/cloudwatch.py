@@ -38,14 +38,12 @@ statistics. botocore 1.44 speaks AWS JSON 1.0 to CloudWatch; the stand-in speaks
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import threading
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -400,11 +398,11 @@ class CloudWatchAlbSource(PollingSource):
         self.reported_until: float | None = None  # end of the last period reported
         self.api_calls = 0  # GetMetricData operations, botocore's retries not counted
         self._queries = _queries(load_balancer, target_group)
-        self._client: CloudWatchClient | None = None
-        self._credentials: Any = None
-        self._lock = threading.Lock()
-        self._closed = False
-        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"cloudwatch-{name}")
+        self._lock = threading.Lock()  # for api_calls
+        self._calls = aws.AwsCalls(
+            lambda: make_client(region, endpoint_url, timeout, max_attempts),
+            name=f"cloudwatch-{name}",
+        )
 
     def span(self, now: float) -> tuple[float, float]:
         """The periods to ask for at `now`: [start, end), every complete one not yet reported."""
@@ -413,22 +411,18 @@ class CloudWatchAlbSource(PollingSource):
         return max(first, end - self.max_periods * PERIOD), end
 
     async def poll(self, now: float) -> Poll:
-        if self._closed:
+        if self._calls.closed:
             raise SourceError("other", "source is closed")
         start, end = self.span(now)
         if start >= end:  # no period completed since the last poll: nothing to ask
             return Poll([], covered_until=self.reported_until or end)
         deadline = time.monotonic() + self.timeout
-        loop = asyncio.get_running_loop()
         try:
-            future = loop.run_in_executor(self._executor, self._fetch, start, end, deadline)
-        except RuntimeError as exc:  # executor shut down by close()
-            raise SourceError("other", "source is closed") from exc
-        try:
-            periods = await asyncio.wait_for(future, self.timeout)
-        except TimeoutError as exc:
-            # The worker thread cannot be interrupted; botocore's read timeout ends it.
-            raise SourceError("timeout", f"no answer within {self.timeout:g}s") from exc
+            periods = await self._calls.run(self._fetch, start, end, deadline, within=self.timeout)
+        except aws.CallsClosed:
+            raise SourceError("other", "source is closed") from None
+        except aws.CallTimedOut as exc:
+            raise SourceError("timeout", str(exc)) from None
         reports = []
         for period in sorted(periods):
             tally = period_tally(periods[period])
@@ -448,19 +442,10 @@ class CloudWatchAlbSource(PollingSource):
         return Poll(reports, covered_until=end)
 
     def _get_client(self) -> CloudWatchClient:
-        # Built lazily in a worker thread: creating a boto3 client reads service models from
-        # disk, which would stall the event loop.
-        with self._lock:
-            if self._closed:
-                raise SourceError("other", "source is closed")
-            if self._client is None:
-                self._client, self._credentials = make_client(
-                    self.region, self.endpoint_url, self.timeout, self.max_attempts
-                )
-            return self._client
-
-    def _secrets(self) -> list[str]:
-        return aws.credential_secrets(self._credentials)
+        try:
+            return cast("CloudWatchClient", self._calls.client())
+        except aws.CallsClosed:
+            raise SourceError("other", "source is closed") from None
 
     def _fetch(self, start: float, end: float, deadline: float) -> dict[float, dict[str, float]]:
         """GetMetricData for [start, end), every page; blocking, in a worker thread."""
@@ -497,21 +482,14 @@ class CloudWatchAlbSource(PollingSource):
         except SourceError:
             raise
         except (ClientError, BotoCoreError, TimeoutError) as exc:
-            raise classify(exc, self._secrets()) from None
+            raise classify(exc, self._calls.secrets()) from None
 
     async def aclose(self) -> None:
         self.close()
 
     def close(self) -> None:
         """Release threads and connections; a call still running in a thread finishes alone."""
-        if self._closed:
-            return
-        self._closed = True
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
+        self._calls.close()
 
 
 def build(
