@@ -533,13 +533,14 @@ class Traffic(_Model):
         return out
 
 
-_VANTAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+# a vantage's name: also what a replica accepts from another's report in the HA table
+VANTAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _MIGRATION_RE = re.compile(r"^[A-Za-z0-9*][A-Za-z0-9_.*:-]{0,199}$")
 MIN_LEASE = 2.0  # below, a renew every third of the lease is a round trip or two
 
 
 def _vantage(value: str) -> str:
-    if not _VANTAGE_RE.match(value):
+    if not VANTAGE_RE.match(value):
         raise ValueError(
             f"invalid vantage {value!r}: up to 63 letters, digits, '_', '.' and '-', e.g. a "
             "region such as eu-west-1"

@@ -54,6 +54,7 @@ from exporter.route53.read import (
 from exporter.route53.runner import ShiftRunner
 from exporter.store.leadership import Leadership
 from exporter.store.local import StateDir
+from exporter.store.vantages import OwnVantage, SharedVantages, Vantages
 from exporter.tasks import Supervisor
 from exporter.traffic.counts import ALL, OTHER
 from exporter.traffic.drain import Drains, drain_specs, routes_of
@@ -164,8 +165,9 @@ class _Running:
 # The daemon's task groups, in the order `stop` ends them.
 # TRAFFIC (the pollers and the judge) is replaced on a reload that changes traffic; DRAINS (the
 # ingester of POSTed bodies) lives as long as the daemon, whatever the reloads.
-PROBES, ROUTE53, WATCH, READINESS, TRAFFIC, DRAINS, SHIFT, SLACK, HA = (
-    "probe", "route53", "watch", "readiness", "traffic", "drains", "shift", "slack", "ha"
+PROBES, VANTAGES, ROUTE53, WATCH, READINESS, TRAFFIC, DRAINS, SHIFT, SLACK, HA = (
+    "probe", "vantages", "route53", "watch", "readiness", "traffic", "drains", "shift", "slack",
+    "ha",
 )  # fmt: skip
 # Real traffic is judged as often as the timeline fills a bucket.
 TRAFFIC_TICK = 5.0
@@ -210,6 +212,9 @@ class Daemon:
         self.notifier: Notifier | None = None
         # this replica's part in an HA migration (`ha`): None for a single replica
         self.leadership: Leadership | None = None
+        # where this replica's verdicts go: straight to the incidents (one replica), or into
+        # the rounds that combine every vantage's (`ha`); chosen in `start`
+        self.vantages: Vantages = OwnVantage()
         # writes need both the config's `shift.enabled` and the command line's permission
         self.allow_route53_writes = allow_route53_writes and not dry_run
         self.shift: ShiftRunner | None = None
@@ -272,6 +277,7 @@ class Daemon:
             step_marks=self.readiness.step_marks(),
             step_history=self.readiness.history(),
             lease=self.leadership.snapshot() if self.leadership is not None else None,
+            vantages=self.vantages.snapshot(),
             shift=None
             if self.shift is None
             else ShiftView(
@@ -319,7 +325,14 @@ class Daemon:
     async def start(self) -> None:
         if self.config.ha is not None:
             self.leadership = Leadership(self.config)
+            self.vantages = SharedVantages.of(
+                self.config,
+                writer=self.leadership.me,
+                checks=lambda: self._running.keys(),
+                leads=self.leadership.may_act,
+            )
             self.tasks.spawn(self.leadership.run(), "ha-lease", HA)
+        self.tasks.spawn(self.vantages.run(self._feed), "vantages", VANTAGES)
         self.tasks.spawn(self.schedule.run(), "probe-schedule", PROBES)
         self._apply(self.config, previous={})
         self._apply_route53(self.config, previous=None)
@@ -338,6 +351,8 @@ class Daemon:
     async def stop(self) -> None:
         await self.tasks.stop_group(PROBES)
         self._running.clear()
+        await self.tasks.stop_group(VANTAGES)
+        self.vantages.close()
         await self.tasks.stop_group(ROUTE53)
         await self.tasks.stop_group(WATCH)
         await self.tasks.stop_group(READINESS)
@@ -590,8 +605,18 @@ class Daemon:
             previous=self.evaluations.get(state.name),
         )
         self.evaluations[state.name] = evaluation
-        self._note_outage(state.name, both_failing(baseline, candidate, t))
-        self._advance_incidents(state.name, evaluation, lambda: self._context(state))
+        failing = both_failing(baseline, candidate, t)
+        self._note_outage(state.name, failing)
+        fed = self.vantages.judged(state.name, evaluation, failing)
+        if fed is not None:
+            self._advance_incidents(state.name, fed, lambda: self._context(state))
+
+    def _feed(self, check: str, evaluation: Judged) -> None:
+        """The vantages' combined verdicts on a check (`ha`), fed as its own would be."""
+        running = self._running.get(check)
+        if running is not None:
+            state = running.state
+            self._advance_incidents(check, evaluation, lambda: self._context(state))
 
     def _note_outage(self, check: str, failing: bool) -> None:
         """Say once when both platforms start failing a check, and once when that ends."""
@@ -720,6 +745,7 @@ class Daemon:
             incidents=self.alerts.incidents,
             shift=self.shift.plan if self.shift is not None else None,
             counters=self.timeline.counters,
+            vantages=self.vantages.waits,
         )
 
     def _announce(self, news: Sequence[News]) -> int:

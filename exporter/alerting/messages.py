@@ -121,6 +121,19 @@ def traffic_line(ctx: Context) -> str:
     return line + "."
 
 
+def vantages_line(figures: Mapping[str, Any]) -> str | None:
+    """Which vantages saw it, when several replicas watch (`ha`): the combination writes it into
+    the incident's figures, so that the message says it and a new leader's edit keeps it."""
+    seen = figures.get("vantages")
+    if not isinstance(seen, str) or not seen:
+        return None
+    source = figures.get("figures_from")
+    line = seen[0].upper() + seen[1:]
+    if isinstance(source, str) and source:
+        line += f" (the figures are {source}'s)"
+    return line + "."
+
+
 def _blocks(
     title: str, incident: Incident, ctx: Context, extra: str | None
 ) -> list[dict[str, Any]]:
@@ -143,6 +156,11 @@ def _blocks(
         },
         {"type": "section", "text": {"type": "mrkdwn", "text": f"*Users:* {traffic_line(ctx)}"}},
     ]
+    vantages = vantages_line(incident.figures)
+    if vantages:
+        blocks.append(
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"*Vantages:* {vantages}"}}
+        )
     if extra:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": extra}})
     blocks.append(
@@ -164,6 +182,9 @@ def _text(title: str, incident: Incident, ctx: Context, extra: str | None) -> st
         f"candidate / baseline: {comparison}",
         traffic_line(ctx),
     ]
+    vantages = vantages_line(incident.figures)
+    if vantages:
+        lines.append(f"Vantages: {vantages}")
     if extra:
         lines.append(extra)
     if ctx.dashboard_url:

@@ -32,6 +32,7 @@ __all__ = [
     "combine",
     "counts_requests",
     "error_increase",
+    "held",
     "judge_subject",
     "latency_ratios",
     "newcombe_difference",
@@ -873,6 +874,16 @@ class Combination:
             probes=(self._probes[0], self._probes[1]),
             requests=whole if whole is not None else (self._requests[0], self._requests[1]),
         )
+
+
+def held(verdict: Readiness, waits: Sequence[str]) -> Readiness:
+    """`verdict` with reasons from elsewhere to wait (the vantages of an HA migration): a GO
+    becomes a WAIT for them alone, a WAIT or a NO-GO adds them after its own."""
+    if not waits:
+        return verdict
+    if verdict.verdict is Verdict.GO:
+        return replace(verdict, verdict=Verdict.WAIT, reasons=tuple(waits))
+    return replace(verdict, reasons=(*verdict.reasons, *waits))
 
 
 def _telling(s: SubjectReadiness) -> float:

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -32,6 +32,7 @@ from exporter.judging.readiness import (
     ReadinessSettings,
     StepFacts,
     counts_requests,
+    held,
     judge_subject,
     readiness,
 )
@@ -139,6 +140,8 @@ class Observed:
     incidents: Sequence[Incident]  # open ones, pending and firing
     shift: ShiftPlan | None = None
     counters: Mapping[tuple[str, str, str], Counters] | None = None
+    # why the vantages (`ha`) hold a step of a record guarded by these checks; None: nothing does
+    vantages: Callable[[Collection[str]], Sequence[str]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +197,7 @@ class ReadinessWatch:
         self._verdicts: dict[str, Readiness] = {}
         self._counted: dict[tuple[str, str, str], _Seen] = {}
         self._last_tick: float | None = None
+        self._vantages: Callable[[Collection[str]], Sequence[str]] | None = None
         self._saved_at = clock()
         self._failures: dict[str, str] = {}  # record -> the verdict's last failure, logged once
         self._save_failure: str | None = None
@@ -251,6 +255,7 @@ class ReadinessWatch:
         of a migrated record, if any."""
         gap = 0.0 if self._last_tick is None else min(MAX_GAP, max(0.0, now - self._last_tick))
         self._last_tick = now
+        self._vantages = seen.vantages
         plan = seen.shift
         if plan is not None and normalize_name(plan.settings.record) != self.settings.shift_record:
             plan = None
@@ -574,7 +579,11 @@ class ReadinessWatch:
     def _take(self, record: str, step: Step, verdict_of: Callable[[], Readiness]) -> None:
         """Keep the verdict `verdict_of` gives (and tell Slack what it must hear of it)."""
         try:
-            verdict = self._verdicts[record] = verdict_of()
+            verdict = verdict_of()
+            if self._vantages is not None:
+                checks = self.settings.records.get(record, ())
+                verdict = held(verdict, self._vantages(checks))
+            self._verdicts[record] = verdict
         except Exception as exc:
             self._verdicts.pop(record, None)
             self._failed(record, exc)

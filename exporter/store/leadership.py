@@ -56,6 +56,11 @@ class Leadership:
     def may_act(self) -> bool:
         return self.lease.may_act()
 
+    @property
+    def me(self) -> str:
+        """This process's name in the table (the lease's owner, the reports' writer)."""
+        return self.lease.table.me
+
     def epoch(self) -> int | None:
         """The lease's epoch while this replica may act, else None."""
         return self.lease.lease.epoch if self.lease.may_act() else None

@@ -43,6 +43,7 @@ from exporter.web.traffic import traffic_data
 
 if TYPE_CHECKING:  # rendering imports no AWS client
     from exporter.store.lease import LeaseSnapshot
+    from exporter.store.vantages import VantagesSnapshot
 
 log = logging.getLogger("cutover.web")
 
@@ -238,12 +239,13 @@ def status_data(backend: Backend) -> dict[str, Any]:
         if view.traffic is None
         else traffic_data(view.traffic, cfg.baseline, cfg.candidate),
         "notifications_pending": backend.notifications_pending(),
-        "ha": None if view.lease is None else ha_data(view.lease),
+        "ha": None if view.lease is None else ha_data(view.lease, view.vantages),
     }
 
 
-def ha_data(lease: LeaseSnapshot) -> dict[str, Any]:
-    """The HA lease as this replica sees it: who leads, and since when nobody has."""
+def ha_data(lease: LeaseSnapshot, vantages: VantagesSnapshot | None = None) -> dict[str, Any]:
+    """The HA lease as this replica sees it: who leads, and since when nobody has; and every
+    vantage as it combined them last."""
     return {
         "vantage": lease.vantage,
         "leader": lease.leader,
@@ -252,6 +254,31 @@ def ha_data(lease: LeaseSnapshot) -> dict[str, Any]:
         "leaderless_seconds": round(lease.leaderless_seconds, 3),
         "leaderless": lease.leaderless,
         "lease_errors": dict(lease.errors),
+        "vantages": None if vantages is None else vantages_data(vantages),
+    }
+
+
+def vantages_data(snap: VantagesSnapshot) -> dict[str, Any]:
+    """Each vantage's health and last report, and whether the vantages let a step advance."""
+    return {
+        "round_seconds": snap.interval,
+        "confirm": snap.confirm,
+        "quorum": snap.quorum,
+        "may_advance": snap.may_advance,
+        "reasons": list(snap.reasons),
+        "list": [
+            {
+                "vantage": line.vantage,
+                "health": line.health,
+                "healthy": line.healthy,
+                "last_report_age_seconds": round(line.age, 3),
+                "round": line.round,
+                "impaired_checks": list(line.impaired_checks),
+            }
+            for line in snap.lines
+        ],
+        "report_errors": dict(snap.errors),
+        "failing": snap.failing,
     }
 
 

@@ -31,6 +31,7 @@ from exporter.traffic.timeline import Counters, SourceStatus
 
 if TYPE_CHECKING:  # rendering imports no AWS client
     from exporter.store.lease import LeaseSnapshot
+    from exporter.store.vantages import VantagesSnapshot
 
 TRAFFIC_QUANTILES = (0.5, 0.9, 0.95, 0.99)
 
@@ -89,6 +90,8 @@ class View:
     links: Mapping[str, str] = field(default_factory=dict)
     # the HA lease as this replica sees it; None without `ha`
     lease: LeaseSnapshot | None = None
+    # every vantage as this replica combined them last; None without `ha`
+    vantages: VantagesSnapshot | None = None
 
     def shares_for(self, check: str) -> dict[str, float] | None:
         """Traffic share per platform of the record a check represents, once read."""
@@ -142,6 +145,8 @@ class StateCollector(Collector):
             yield from readiness_families(view.readiness, view.step_marks)
         if view.lease is not None:
             yield from lease_families(view.lease)
+        if view.vantages is not None:
+            yield from vantage_families(view.vantages)
 
 
 def readiness_families(
@@ -290,6 +295,31 @@ def lease_families(snap: LeaseSnapshot) -> Iterator[Metric]:
         "1 when no leader has shown itself to this replica for longer than two leases.",
         value=1.0 if snap.leaderless else 0.0,
     )
+
+
+def vantage_families(snap: VantagesSnapshot) -> Iterator[Metric]:
+    """The vantages of an HA migration. The health of each comes from the leader alone (its
+    combination decides; one series per vantage keeps CutoverVantageDown to one alert each);
+    every replica counts its own failed report calls."""
+    if snap.leader:
+        healthy = GaugeMetricFamily(
+            "cutover_ha_vantage_healthy",
+            "1 while the vantage reports (every round, at most two rounds ago), 0 once it is "
+            "silent; exported by the leader, from its last combination of the vantages.",
+            labels=["vantage"],
+        )
+        for line in snap.lines:
+            healthy.add_metric([line.vantage], 1.0 if line.healthy else 0.0)
+        yield healthy
+    errors = CounterMetricFamily(
+        "cutover_ha_report_errors",
+        "This replica's failed vantage report calls to DynamoDB, by reason; too_large: its "
+        "report did not fit an item; corrupt: a report item it refused to read.",
+        labels=["reason"],
+    )
+    for reason, count in snap.errors.items():
+        errors.add_metric([reason], float(count))
+    yield errors
 
 
 class BuildInfoCollector(Collector):

@@ -387,6 +387,13 @@ def _figures(incident: Incident, view: View) -> str:
     return ""
 
 
+def _figures_and_vantages(incident: Incident, view: View) -> str:
+    """The figures, and which vantages saw it when several watch (`ha`)."""
+    text = _figures(incident, view)
+    seen = incident.figures.get("vantages")
+    return f"{text} · {seen}" if isinstance(seen, str) and seen else text
+
+
 def _slack(incident: Incident, view: View) -> str:
     link = view.links.get(incident.id)
     return f"<a href='{escape(link)}'>Slack</a>" if link else "<span class='muted'>–</span>"
@@ -408,7 +415,8 @@ def _alerts(view: View, now: float) -> str:
             f"<tr{' class=warn' if css == 'bad' else ''}><td class='l'>{escape(i.check)}</td>"
             f"<td class='l'>{escape(i.signal)}</td><td class='l {css}'>{state}</td>"
             f"<td class='l'>{_when(i.started_at, now)}</td>"
-            f"<td class='l'>{escape(_figures(i, view))}</td><td>{_slack(i, view)}</td></tr>"
+            f"<td class='l'>{escape(_figures_and_vantages(i, view))}</td>"
+            f"<td>{_slack(i, view)}</td></tr>"
         )
     return (
         "<h2>Alerts</h2><table><tr><th class='l'>check</th><th class='l'>signal</th>"
@@ -823,6 +831,62 @@ def _leader(view: View) -> str:
     return f"<p class='sub'>{escape(text)}</p>"
 
 
+_HEALTH_CSS = {"healthy": "ok", "impaired": "amber", "silent": "bad"}
+
+
+def _vantages(view: View) -> str:
+    """Each vantage of an HA migration: healthy, impaired (both platforms fail some checks
+    there) or silent (dropped out), its last report's age; and whether they let steps advance."""
+    snap = view.vantages
+    if snap is None:
+        return ""
+    whose = (
+        "as this replica, the leader, combined them"
+        if snap.leader
+        else "as this replica combined them; the leader's combination decides"
+    )
+    rules = (
+        f"a report every {snap.interval:.3g} s; a regression fires when {snap.confirm} healthy "
+        f"vantages see it, or one on two rounds in a row; a step advances when {snap.quorum} "
+        "agree there is none"
+        if snap.lines
+        else f"a report every {snap.interval:.3g} s"
+    )
+    rows = []
+    for line in snap.lines:
+        name = line.vantage + (" (this replica)" if line.vantage == snap.vantage else "")
+        health = "silent: dropped out" if line.health == "silent" else line.health
+        rows.append(
+            f"<tr><td class='l'>{escape(name)}</td>"
+            f"<td class='l {_HEALTH_CSS[line.health]}'>{escape(health)}</td>"
+            f"<td>{line.age:.0f} s ago</td><td>{line.round}</td>"
+            f"<td class='l'>{escape(', '.join(line.impaired_checks)) or '–'}</td></tr>"
+        )
+    table = (
+        "<table class='vantages'><tr><th class='l'>vantage</th><th class='l'>health</th>"
+        "<th>last report</th><th>round</th><th class='l'>impaired for</th></tr>"
+        + "".join(rows)
+        + "</table>"
+        if rows
+        else ""
+    )
+    if snap.may_advance:
+        gate = "<p class='ok'>The vantages agree: nothing holds a step.</p>"
+    else:
+        gate = (
+            "<p class='amber'>Steps wait for the vantages:</p><ul class='vantage-reasons'>"
+            + "".join(f"<li>{escape(r)}</li>" for r in snap.reasons)
+            + "</ul>"
+        )
+    failing = f"<p class='bad'>Reports fail: {escape(snap.failing)}</p>" if snap.failing else ""
+    return (
+        f"<h2>Vantages</h2><p class='sub'>{escape(whose)}; {escape(rules)}.</p>"
+        + failing
+        + table
+        + gate
+    )
+
+
 def render_page(view: View, info: PageInfo) -> str:
     """The whole status page."""
     cfg = view.config
@@ -853,6 +917,7 @@ def render_page(view: View, info: PageInfo) -> str:
     body = (
         _leader(view)
         + _banners(view, info, outage_list)
+        + _vantages(view)
         + _overview(view, states, outages, now)
         + _alerts(view, now)
         + _history(view, now)
