@@ -54,6 +54,26 @@ def test_firing_message_has_both_sides_ratio_and_link() -> None:
     assert "<https://g.example/d/x|dashboard>" in n.blocks[-1]["elements"][0]["text"]
 
 
+def test_several_vantages_the_message_says_which_saw_it_and_whose_figures() -> None:
+    seen = incident()
+    seen.figures.update(
+        vantages="seen from us-east-1 on 2 rounds in a row", figures_from="us-east-1"
+    )
+    (n,) = notifications(Fired(seen), ctx())
+    line = "Vantages: Seen from us-east-1 on 2 rounds in a row (the figures are us-east-1's)."
+    assert line in n.text.splitlines()
+    assert n.blocks is not None
+    assert {"type": "mrkdwn", "text": f"*{line.replace(': ', ':* ', 1)}"} in [
+        b.get("text") for b in n.blocks
+    ]
+    # the edit that resolves it keeps the line (a new leader edits from the incident's figures)
+    edit, _ = notifications(Resolved(seen, 300.0), ctx())
+    assert line in edit.text.splitlines()
+    # a single replica's message has no such line
+    (plain,) = notifications(Fired(incident()), ctx())
+    assert "Vantages" not in plain.text
+
+
 def test_no_traffic_means_no_users_affected_and_lower_severity() -> None:
     c = ctx(candidate_share=0.0, expected_error_ratio=0.0)
     (n,) = notifications(Fired(incident("errors")), c)

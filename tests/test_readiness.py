@@ -24,6 +24,7 @@ from exporter.judging.readiness import (
     SubjectReadiness,
     Verdict,
     error_increase,
+    held,
     newcombe_difference,
     order_ranks,
     pts,
@@ -293,6 +294,16 @@ def test_wait_on_the_hold() -> None:
     assert result.verdict is Verdict.WAIT
     assert result.reasons == ("12 more minutes",)
     assert result.held_for == 18 * MINUTE
+
+
+def test_the_vantages_hold_a_go_and_add_to_a_wait() -> None:
+    waits = ("only 1 of 2 vantages healthy (us-east-1 silent for 40 s)",)
+    go = readiness(facts(clean(3600)), START + 31 * MINUTE, SETTINGS)
+    held_go = held(go, waits)
+    assert (held_go.verdict, held_go.reasons) == (Verdict.WAIT, waits)
+    wait = readiness(facts(clean()), START + 18 * MINUTE, SETTINGS)
+    assert held(wait, waits).reasons == ("12 more minutes", *waits)
+    assert held(go, ()) is go
 
 
 def test_wait_on_too_few_probes_and_requests() -> None:

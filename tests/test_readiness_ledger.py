@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -632,3 +633,40 @@ def test_a_past_steps_summary_keeps_the_deciding_subjects_only() -> None:
     kept = past.readiness["subjects"]
     # (10 probes a side bound nothing yet: every subject has something missing)
     assert len(kept) == watch_module.SUMMARY_SUBJECTS and kept[0]["missing"]
+
+
+def test_the_vantages_hold_a_go_per_record_and_the_news_waits_for_them() -> None:
+    """With several vantages (`ha`), a GO needs them too: their reasons turn it into a WAIT,
+    asked for each record with the checks guarding it; Slack hears of the GO once they agree."""
+    from exporter.readiness.watch import HoldCompleted
+
+    asked: list[tuple[str, ...]] = []
+    silent = ("only 1 of 2 vantages healthy (us-east-1 silent for 40 s)",)
+    holding = True
+
+    def vantages(checks: Any) -> tuple[str, ...]:
+        asked.append(tuple(checks))
+        return silent if holding else ()
+
+    def seen() -> Observed:
+        return replace(observed(90, 10), vantages=vantages)
+
+    clock = Clock()
+    w = make(None, clock)
+    w.tick(clock.t, seen())
+    probe(w, 3000)
+    clock.t += 601  # past the 10 min hold
+    w.tick(clock.t, seen())
+    (verdict,) = w.verdicts()
+    assert verdict.verdict is Verdict.WAIT and verdict.reasons == silent
+    assert set(asked) == {("health",)}  # the record's own checks, not `orders` or `elsewhere`
+    assert not [
+        n for n in w.news if isinstance(n, HoldCompleted) and n.readiness.verdict.value == "GO"
+    ]
+
+    holding = False
+    clock.t += 5
+    w.tick(clock.t, seen())
+    (verdict,) = w.verdicts()
+    assert verdict.verdict is Verdict.GO, verdict.reasons
+    assert any(isinstance(n, HoldCompleted) and n.readiness.verdict is Verdict.GO for n in w.news)

@@ -16,7 +16,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from exporter.store.lease import LeaseSnapshot
-from exporter.web.collector import lease_families
+from exporter.store.vantages import VantageLine, VantagesSnapshot
+from exporter.web.collector import lease_families, vantage_families
 from tests.conftest import ROOT, need_tool
 
 RULES_DIR = ROOT / "rules"
@@ -43,8 +44,8 @@ SPEC_ALERTS = {
     "CutoverLeaseErrors",
     "CutoverVantageDown",
 }
-# what the HA rules read that the daemon does not export yet (the vantage combination's wiring)
-HA_METRICS_TO_COME = {"cutover_ha_vantage_healthy"}
+# what the HA rules read that the daemon does not export yet
+HA_METRICS_TO_COME: set[str] = set()
 
 
 def rules() -> list[dict[str, Any]]:
@@ -153,9 +154,26 @@ def test_ha_rules_read_the_metrics_the_lease_exports() -> None:
         errors={"timeout": 2},
     )
 
+    vantages = VantagesSnapshot(
+        vantage="eu-west-1",
+        leader=True,  # the leader exports the vantages' health
+        interval=5.0,
+        confirm=1,
+        quorum=2,
+        lines=(
+            VantageLine("eu-west-1", "healthy", 1.0, 7),
+            VantageLine("us-east-1", "silent", 40.0, 3),
+        ),
+        may_advance=False,
+        reasons=("only 1 of 2 vantages healthy (us-east-1 silent for 40 s)",),
+        errors={"timeout": 0},
+        failing=None,
+    )
+
     class Lease(Collector):
         def collect(self) -> Iterator[Metric]:
-            return lease_families(snap)
+            yield from lease_families(snap)
+            yield from vantage_families(vantages)
 
     registry.register(Lease())
     exported = {
@@ -170,6 +188,10 @@ def test_ha_rules_read_the_metrics_the_lease_exports() -> None:
     assert {"cutover_ha_leaderless", "cutover_ha_lease_errors_total"} <= used
     assert alerts()["CutoverNoLeader"]["expr"].strip() == "cutover_ha_leaderless == 1"
     assert "cutover_ha_leaderless 1.0" in generate_latest(registry).decode()
+    assert alerts()["CutoverVantageDown"]["expr"].strip() == "cutover_ha_vantage_healthy == 0"
+    assert (
+        'cutover_ha_vantage_healthy{vantage="us-east-1"} 0.0' in generate_latest(registry).decode()
+    )
 
 
 def test_exporter_down_covers_a_missing_target() -> None:
