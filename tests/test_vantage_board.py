@@ -300,3 +300,29 @@ async def test_a_report_too_big_for_an_item_is_not_written(ddb: Any, migration: 
         assert await b.read(T0) == []  # nothing was written
     finally:
         b.close()
+
+
+async def test_two_replicas_reporting_as_one_vantage_are_told_apart(
+    ddb: Any, migration: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = board(ddb, migration, EU)
+    second = DynamoVantageBoard(
+        table=TABLE,
+        migration=migration,
+        vantage=EU,
+        writer="eu-west-1#other",
+        calls=dynamo.Calls(region="us-east-1", endpoint_url=None, timeout=5.0, client=ddb),
+    )
+    try:
+        await first.publish(report_of(EU, T0))
+        assert len(await first.read(T0)) == 1
+        assert not [r for r in caplog.records if r.name == "cutover.ha"]
+        await second.publish(report_of(EU, T0 + 1))
+        with caplog.at_level(logging.WARNING, logger="cutover.ha"):
+            await first.read(T0 + 1)
+            await first.read(T0 + 2)
+        (warning,) = [r.getMessage() for r in caplog.records if "another replica" in r.getMessage()]
+        assert "another replica (eu-west-1#other) reports as vantage eu-west-1" in warning
+    finally:
+        first.close()
+        second.close()

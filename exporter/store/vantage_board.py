@@ -26,6 +26,7 @@ import logging
 import math
 import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from exporter.config import VANTAGE_RE
@@ -108,9 +109,53 @@ class DynamoVantageBoard:
     async def publish(self, report: VantageReport) -> None:
         if report.vantage != self.vantage:
             raise ValueError(f"a report of {report.vantage} on {self.vantage}'s board")
+        # encoded and compressed in the worker too: thousands of checks take milliseconds
+        await self._call(lambda client: self._put(client, report))
+        self._published = True  # from now on, our own item is the one we wrote
+
+    async def read(self, now: float) -> list[VantageReport]:
+        # inflated and parsed in the worker: a hostile item must not hold the event loop
+        reports, refused = await self._call(lambda client: self._read(client, now))
+        for sk, why in refused.items():
+            self.errors["corrupt"] += 1
+            if self._refused.get(sk) != why:
+                self.log.warning(
+                    "ha: refused the vantage report item %s in %s: %s; that vantage counts as "
+                    "not reporting",
+                    sk,
+                    self.where,
+                    why,
+                )
+        for sk in self._refused.keys() - refused.keys():
+            self.log.info("ha: the vantage report item %s in %s is readable again", sk, self.where)
+        self._refused = refused
+        twins = {r.writer for r in reports if r.report.vantage == self.vantage} - {self.writer}
+        if self._published and twins and self._twin not in twins:
+            self._twin = min(twins)
+            self.log.warning(
+                "ha: another replica (%s) reports as vantage %s in %s: each replica needs a "
+                "vantage of its own (ha.vantage), or they overwrite each other's reports",
+                self._twin,
+                self.vantage,
+                self.where,
+            )
+        return [r.report for r in reports]
+
+    def close(self) -> None:
+        self.calls.close()
+
+    # -- the table (in a worker thread)
+
+    async def _call(self, fn: Any) -> Any:
+        try:
+            return await self.calls(fn)
+        except DynamoError as exc:
+            self.errors[exc.reason] = self.errors.get(exc.reason, 0) + 1
+            raise
+
+    def _put(self, client: Any, report: VantageReport) -> None:
         body = zlib.compress(json.dumps(report.to_dict(), allow_nan=False).encode(), 6)
         if len(body) > MAX_ITEM_BYTES:
-            self.errors["too_large"] += 1
             raise DynamoError(
                 "too_large",
                 f"the report of round {report.round} is {len(body)} bytes compressed, more than "
@@ -126,14 +171,12 @@ class DynamoVantageBoard:
             "report": {"B": body},
             dynamo.TTL_ATTRIBUTE: {"N": str(math.ceil(report.at + self.expires_after))},
         }
-        await self._call(lambda client: client.put_item(TableName=self.table, Item=item))
-        self._published = True  # from now on, our own item is the one we wrote
+        client.put_item(TableName=self.table, Item=item)
 
-    async def read(self, now: float) -> list[VantageReport]:
-        items = await self._call(self._query)
-        reports: list[VantageReport] = []
+    def _read(self, client: Any, now: float) -> tuple[list[_Read], dict[str, str]]:
+        reports: list[_Read] = []
         refused: dict[str, str] = {}
-        for item in items:
+        for item in self._query(client):
             sk = _text(item, "sk")
             try:
                 report = self._report_of(sk, item, now)
@@ -141,33 +184,8 @@ class DynamoVantageBoard:
                 refused[sk] = _why(exc)
                 continue
             if report is not None:
-                reports.append(report)
-        for sk, why in refused.items():
-            self.errors["corrupt"] += 1
-            if self._refused.get(sk) != why:
-                self.log.warning(
-                    "ha: refused the vantage report item %s in %s: %s; that vantage counts as "
-                    "not reporting",
-                    sk,
-                    self.where,
-                    why,
-                )
-        for sk in self._refused.keys() - refused.keys():
-            self.log.info("ha: the vantage report item %s in %s is readable again", sk, self.where)
-        self._refused = refused
-        return reports
-
-    def close(self) -> None:
-        self.calls.close()
-
-    # -- the table
-
-    async def _call(self, fn: Any) -> Any:
-        try:
-            return await self.calls(fn)
-        except DynamoError as exc:
-            self.errors[exc.reason] = self.errors.get(exc.reason, 0) + 1
-            raise
+                reports.append(_Read(report, _text(item, "writer")))
+        return reports, refused
 
     def _query(self, client: Any) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
@@ -208,18 +226,13 @@ class DynamoVantageBoard:
             raise ValueError(f"report: vantage {report.vantage!r} in {name!r}'s item")
         if report.at > now + self.expires_after:
             raise ValueError(f"report: written {report.at - now:.0f}s in the future")
-        writer = _text(item, "writer")
-        twin = self._published and name == self.vantage and writer != self.writer
-        if twin and self._twin != writer:
-            self._twin = writer
-            self.log.warning(
-                "ha: another replica (%s) reports as vantage %s in %s: each replica needs a "
-                "vantage of its own (ha.vantage), or they overwrite each other's reports",
-                writer,
-                name,
-                self.where,
-            )
         return report
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    report: VantageReport
+    writer: str
 
 
 def _text(item: Mapping[str, Any], name: str) -> str:
