@@ -440,3 +440,37 @@ def test_every_valid_report_round_trips(given_reports: list[VantageReport]) -> N
     for report in given_reports:
         raw = json.loads(json.dumps(report.to_dict(), allow_nan=False))
         assert VantageReport.from_dict(raw) == report
+
+
+# --- what the incidents are fed ---------------------------------------------------------------
+
+
+def test_the_incidents_follow_the_combination_and_an_outage_neither_fires_nor_clears() -> None:
+    from exporter.alerting.alerts import Alerts, AlertSettings, Fired, Phase, Resolved
+    from exporter.judging.vantage_verdicts import combined_evaluation
+
+    alerts = Alerts(AlertSettings(for_=0.0, resolve_after=0.0))
+    eu, us = Writer(EU), Writer(US)
+
+    def feed(at: float, eu_sees: CheckReport, us_sees: CheckReport) -> list[object]:
+        reports = [eu.write(at, health=eu_sees), us.write(at, health=us_sees)]
+        fed = combined_evaluation(combine(reports, at, SETTINGS), "health", None, EU)
+        assert fed is not None
+        return list(alerts.update("health", fed, at))
+
+    assert feed(T0, check(REGRESSED), check()) == []  # one round, one vantage: pending
+    incident = alerts.get("health", "latency")
+    assert incident is not None and incident.phase is Phase.PENDING
+    assert incident.figures["vantages"] == "seen from eu-west-1 for one round, 2 vantages needed"
+    (fired,) = feed(T0 + INTERVAL, check(REGRESSED), check())  # its second round: fires
+    assert isinstance(fired, Fired)
+    # both platforms fail from both vantages: an outage keeps the incident as it is
+    for i in range(2, 5):
+        assert feed(T0 + i * INTERVAL, check(REGRESSED, True), check(OK, True)) == []
+        assert alerts.firing() == (incident,) and incident.clear_since is None
+    # clean from both: it resolves (resolve_after 0)
+    (resolved,) = feed(T0 + 5 * INTERVAL, check(), check())
+    assert isinstance(resolved, Resolved) and alerts.firing() == ()
+    # no healthy vantage reports the check: nothing to feed
+    silent = combine([eu.write(T0, health=check())], T0 + 10 * INTERVAL, SETTINGS)
+    assert combined_evaluation(silent, "health", None, EU) is None
