@@ -7,18 +7,14 @@ forgotten after a migration empties itself. DynamoDB deletes expired items late 
 readers skip an item past its `expires` themselves; nothing finer is decided on the wall clock of
 another machine.
 
-boto3 calls here are blocking: the CLI calls them directly, the daemon from worker threads
-(`Calls`, for the parts built after the lease, which has its own).
+boto3 calls here are blocking: the CLI calls them directly, the daemon through `Calls`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import shlex
-import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar, get_args
 
@@ -233,9 +229,9 @@ _T = TypeVar("_T")
 
 
 class Calls:
-    """The daemon's way to call DynamoDB: blocking boto3 calls in worker threads, each with a
-    deadline, the client built lazily in a worker (loading botocore's service model would stall
-    the event loop). Every failure comes back as a DynamoError without secrets."""
+    """The daemon's way to call DynamoDB: `await calls(fn)` runs `fn(client)` off the event loop
+    (`exporter.aws.AwsCalls`) with a deadline; every failure comes back as a DynamoError without
+    secrets."""
 
     def __init__(
         self,
@@ -252,54 +248,29 @@ class Calls:
         self.region = region
         self.endpoint_url = endpoint_url
         self.timeout = timeout
-        self.max_attempts = max_attempts
-        self._client = client
-        self._owns_client = client is None
-        self._credentials: Any = None
-        self._lock = threading.Lock()
-        self._closed = False
-        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix=threads)
+        self._calls = aws.AwsCalls(
+            lambda: make_client(region, endpoint_url, timeout=timeout, max_attempts=max_attempts),
+            name=threads,
+            client=client,
+        )
 
     async def __call__(self, fn: Callable[[Any], _T]) -> _T:
         """`fn(client)` in a worker; raises DynamoError (a timeout when no answer came in time:
         the worker goes on until botocore's own read timeout ends it)."""
-        if self._closed:
-            raise DynamoError("other", "the table's client is closed")
-        loop = asyncio.get_running_loop()
         try:
-            future = loop.run_in_executor(self._executor, self._run, fn)
-        except RuntimeError as exc:  # executor shut down by close()
-            raise DynamoError("other", "the table's client is closed") from exc
-        try:
-            return await asyncio.wait_for(future, self.timeout)
-        except TimeoutError as exc:
-            raise DynamoError("timeout", f"no answer within {self.timeout:g}s") from exc
+            return await self._calls.run(self._run, fn, within=self.timeout)
         except DynamoError:
             raise
+        except aws.CallsClosed:
+            raise DynamoError("other", "the table's client is closed") from None
+        except aws.CallTimedOut as exc:
+            raise DynamoError("timeout", str(exc)) from None
         except Exception as exc:
-            raise classify(exc, aws.credential_secrets(self._credentials)) from exc
+            raise classify(exc, self._calls.secrets()) from exc
 
     def close(self) -> None:
         """Release threads and connections; a call still running finishes alone."""
-        if self._closed:
-            return
-        self._closed = True
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        with self._lock:
-            if self._owns_client and self._client is not None:
-                self._client.close()
-                self._client = None
+        self._calls.close()
 
     def _run(self, fn: Callable[[Any], _T]) -> _T:
-        with self._lock:
-            if self._closed:
-                raise DynamoError("other", "the table's client is closed")
-            if self._client is None:
-                self._client, self._credentials = make_client(
-                    self.region,
-                    self.endpoint_url,
-                    timeout=self.timeout,
-                    max_attempts=self.max_attempts,
-                )
-            client = self._client
-        return fn(client)
+        return fn(self._calls.client())
