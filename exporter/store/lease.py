@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -35,11 +36,10 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Final, Literal, TypeVar, cast
+from typing import Any, Final, Literal, cast
 
 from botocore.exceptions import ClientError
 
-from exporter import aws
 from exporter.errors import DynamoError
 from exporter.store import dynamo
 
@@ -70,7 +70,6 @@ LEASE_SK: Final = "lease"
 EXPIRES_AFTER: Final = 7 * 86400.0
 _ATTEMPTS_KEPT: Final = 16
 
-_T = TypeVar("_T")
 OpKind = Literal["read", "create", "takeover", "renew", "release"]
 
 
@@ -343,10 +342,13 @@ class LeaseTable:
         self._wall = wall
         # one attempt: the lease retries on its own schedule, inside its deadlines, where
         # botocore's backoff would sleep past them
-        self._calls = aws.AwsCalls(
-            lambda: dynamo.make_client(region, endpoint_url, timeout=timeout, max_attempts=1),
-            name="ha-lease",
+        self._calls = dynamo.Calls(
+            region=region,
+            endpoint_url=endpoint_url,
+            timeout=timeout,
+            max_attempts=1,
             client=client,
+            threads="ha-lease",
         )
 
     def fence(self, epoch: int) -> dict[str, Any]:
@@ -364,42 +366,21 @@ class LeaseTable:
 
     async def read(self) -> LeaseItem | None:
         """The item by a strongly consistent read; raises DynamoError."""
-        return await self._call(self._read)
+        return await self._calls(self._read)
 
     async def write(self, op: Op) -> LostRace | None:
         """Send a create, takeover, renew or release; None when accepted. Raises DynamoError."""
-        return await self._call(self._write, op)
+        return await self._calls(functools.partial(self._write, op=op))
 
     def close(self) -> None:
         """Release threads and connections; a call still running finishes alone."""
         self._calls.close()
 
-    async def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
-        try:
-            return await self._calls.run(fn, *args, within=self.timeout)
-        except DynamoError:
-            raise
-        except aws.CallsClosed:
-            raise DynamoError("other", "lease table is closed") from None
-        except aws.CallTimedOut as exc:
-            raise DynamoError("timeout", str(exc)) from None
-        except Exception as exc:
-            raise dynamo.classify(exc, self._calls.secrets()) from exc
-
-    def _get_client(self) -> Any:
-        try:
-            return self._calls.client()
-        except aws.CallsClosed:
-            raise DynamoError("other", "lease table is closed") from None
-
-    def _read(self) -> LeaseItem | None:
-        answer = self._get_client().get_item(
-            TableName=self.table, Key=self.key, ConsistentRead=True
-        )
+    def _read(self, client: Any) -> LeaseItem | None:
+        answer = client.get_item(TableName=self.table, Key=self.key, ConsistentRead=True)
         return _item_of(answer.get("Item"))
 
-    def _write(self, op: Op) -> LostRace | None:
-        client = self._get_client()
+    def _write(self, client: Any, op: Op) -> LostRace | None:
         expires = {"N": str(int(self._wall() + EXPIRES_AFTER))}
         values: dict[str, Any] = {":new": {"S": op.version}, ":x": expires}
         try:
