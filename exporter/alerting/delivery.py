@@ -232,15 +232,16 @@ class SlackDelivery:
         self,
         entry: Entry,
         *,
-        claim: Callable[[], None] | None = None,
+        claim: Callable[[], Awaitable[None]] | None = None,
         thread: tuple[str, str] | None = None,
         channel_id: str | None = None,
     ) -> Sent | None:
         """One attempt at `entry`; raises Failure. The top-level message it made or found, if any.
 
-        `claim` is called right before a message that may land goes out; without it (a test
-        message) nothing is recorded: no look-up, no metadata, no message learnt. `thread` is
-        the incident's message and `channel_id` the configured channel's known id.
+        `claim` is awaited right before a message that may land goes out (whatever it raises
+        ends the attempt before anything is sent); without it (a test message) nothing is
+        recorded: no look-up, no metadata, no message learnt. `thread` is the incident's message
+        and `channel_id` the configured channel's known id.
         """
         record = claim is not None
         if self.settings.webhook_url is not None:
@@ -276,7 +277,7 @@ class SlackDelivery:
         if found is None:
             if claim is not None:
                 # in flight: after a crash from here on, the message may or may not be in Slack
-                claim()
+                await claim()
             metadata = None
             if record and not entry.plain and not self.metadata_off:
                 metadata = {"event_type": METADATA_EVENT, "event_payload": {"key": n.key}}
@@ -290,7 +291,9 @@ class SlackDelivery:
             return None
         return Sent(target, found[0], found[1], thread=n.action != "reply" or opens)
 
-    async def _send_webhook(self, entry: Entry, claim: Callable[[], None] | None) -> None:
+    async def _send_webhook(
+        self, entry: Entry, claim: Callable[[], Awaitable[None]] | None
+    ) -> None:
         if self._hook is None:
             self._hook = AsyncWebhookClient(
                 self.settings.webhook_url or "", timeout=self.timeout, retry_handlers=[]
@@ -298,7 +301,7 @@ class SlackDelivery:
         n = entry.n
         blocks = None if entry.plain or n.blocks is None else [dict(b) for b in n.blocks]
         if claim is not None:
-            claim()
+            await claim()
         response = await _guarded(self._hook.send(text=n.text, blocks=blocks), webhook=True)
         if response.status_code != 200:
             raise _webhook_failure(response)

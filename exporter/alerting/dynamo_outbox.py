@@ -129,6 +129,10 @@ class DynamoOutboxStore(StateReads):
         self._lock = threading.Lock()
         self._state = OutboxState()
         self._stored: dict[str, _Flags] = {}  # key -> the flags the table has for it
+        # changes whose write failed, written again by `save`: an appended entry's item, and a
+        # finish's transaction (the next leader must find the message's thread, not post anew)
+        self._unappended: dict[str, dict[str, Any]] = {}
+        self._unfinished: dict[str, list[dict[str, Any]]] = {}
         self._order = 0  # the last `order` given to an appended entry (ns)
 
     # --- reads, from memory
@@ -176,6 +180,9 @@ class DynamoOutboxStore(StateReads):
                     _why(e),
                 )
         state = OutboxState()
+        # a finish this store could not write yet is done all the same: `save` writes it
+        queued = [q for q in queued if q[1].n.key not in self._unfinished]
+        done.extend((math.inf, key) for key in self._unfinished)
         queued.sort(key=lambda q: (q[0], q[1].n.key))
         state.queue = [entry for _, entry, _ in queued]
         state.done = dict.fromkeys(name for _, name in sorted(done)[-KEEP_DONE:])
@@ -187,12 +194,19 @@ class DynamoOutboxStore(StateReads):
 
     def append(self, entry: Entry) -> None:
         """Queue `entry`; in the table only if no replica queued its key already (then the
-        stored item is kept, and `entry` takes its flags: it may be in flight already)."""
+        stored item is kept, and `entry` takes its flags: it may be in flight already).
+
+        An entry the table cannot hold raises ValueError before anything changes; a failed
+        write keeps it in memory and `save` writes it again."""
+        order = max(time.time_ns(), self._order + 1)
+        item = self._item_of(entry, order)
+        self._order = order
         self._state.queue.append(entry)
-        self._order = max(time.time_ns(), self._order + 1)
-        item = self._item_of(entry, self._order)
         try:
             self._call(self._put_new, item)
+        except OutboxStoreError:
+            self._unappended[entry.n.key] = item
+            raise
         except _Refused as lost:
             stored = lost.args[0] if lost.args else None
             if isinstance(stored, Mapping):
@@ -275,21 +289,48 @@ class DynamoOutboxStore(StateReads):
                 writes.append(self._put(item))
             channel = {**self._key(CHANNEL, sent.channel), "id": {"S": sent.channel_id}}
             writes.append(self._put({**channel, dynamo.TTL_ATTRIBUTE: expires}))
+        self._unappended.pop(entry.n.key, None)
+        self._unfinished[entry.n.key] = writes
+        self._write_finish(entry.n.key)
+
+    def _write_finish(self, key: str) -> None:
         try:
-            self._call(self._transact, writes)
+            self._call(self._transact, self._unfinished[key])
         except _Refused:
             # nothing here is conditional: a refusal means the same items were being written
-            # by another call at that instant (TransactionConflict); the outcome is the same
+            # by another call at that instant (TransactionConflict); `save` writes it again
             raise OutboxStoreError(
                 "other", "finish refused by a concurrent transaction", code="Conflict"
             ) from None
+        del self._unfinished[key]
 
     def save(self) -> None:
         """Write the flags (`plain`, `repost`, `unsure_since`) of each queued entry whose
         flags changed since the table last had them; an entry that another replica finished
-        meanwhile is not brought back."""
+        meanwhile is not brought back. Appends and finishes whose write failed are written
+        first (a finish again whole: its key, the message's thread and channel)."""
         failure: OutboxStoreError | None = None
+        for key in list(self._unfinished):
+            try:
+                self._write_finish(key)
+            except OutboxStoreError as e:
+                failure = failure or e
+        for key, item in list(self._unappended.items()):
+            try:
+                self._call(self._put_new, item)
+            except _Refused:
+                pass  # another replica queued it meanwhile: theirs is kept
+            except OutboxStoreError as e:
+                failure = failure or e
+                continue
+            del self._unappended[key]
+            entry = next((e for e in self._state.queue if e.n.key == key), None)
+            if entry is not None:
+                # the flags written with it; any change since is written below
+                self._stored[key] = _flags(self._entry_of(key, item)[1])
         for entry in list(self._state.queue):
+            if entry.n.key in self._unappended:
+                continue  # not in the table: an update would find nothing
             flags = _flags(entry)
             if self._stored.get(entry.n.key) == flags:
                 continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -40,7 +41,11 @@ class LocalOutboxStore(StateReads):
         self._write()
 
     def claim(self, entry: Entry, epoch: int) -> bool:
-        self._write()
+        # one process owns state_dir, so nobody else can hold the outbox: the claim holds even
+        # when the file cannot be written (then a crash from here on may send it twice, as
+        # every change that cannot be saved; the next save says that it fails)
+        with contextlib.suppress(OSError, ValueError):
+            self._write()
         return True
 
     def finish(self, entry: Entry, sent: Sent | None) -> None:

@@ -233,7 +233,9 @@ class OutboxStore(Protocol):
         """Persist `entry` as in flight (its `unsure_since` set) before it goes out.
 
         False: the store refuses, because another writer holds the outbox under a later lease
-        epoch; `entry` must not be sent. A store without leases always claims.
+        epoch; `entry` must not be sent. A store without leases always claims. Raises OSError or
+        ValueError when the outcome is unknown (the lease's fence was not checked): `entry` is
+        not sent then, and is claimed again later.
         """
         ...
 
@@ -243,5 +245,6 @@ class OutboxStore(Protocol):
         ...
 
     def save(self) -> None:
-        """Persist what changed in the queued entries (`plain`, `repost`, `unsure_since`)."""
+        """Persist what changed in the queued entries (`plain`, `repost`, `unsure_since`), and
+        every change of this store whose own persisting failed before (an append, a finish)."""
         ...

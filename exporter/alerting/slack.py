@@ -1,8 +1,10 @@
 """Slack delivery from a persisted outbox: in order, retried; at-least-once if an answer is lost.
 
-`Notifier` coordinates three parts it does not implement: an `OutboxStore` (where the outbox
-lives), a `SlackDelivery` (talking to Slack) and a `Pacer` (when the next attempt may start);
-it owns the delivery loop, the decisions after a failure, and the metrics.
+`Notifier` coordinates parts it does not implement: an `OutboxStore` (where the outbox lives)
+and how its calls are made (`StoreCalls`: inline for a local file, in a thread with a deadline
+for the HA table), a `Gate` (may this replica deliver now, under which lease epoch), a
+`SlackDelivery` (talking to Slack) and a `Pacer` (when the next attempt may start); it owns the
+delivery loop, the decisions after a failure, and the metrics.
 """
 
 from __future__ import annotations
@@ -30,14 +32,24 @@ from exporter.alerting.local_outbox import LocalOutboxStore
 from exporter.alerting.outbox import ACTIONS, Entry, Notification, OutboxStore, Sent
 from exporter.alerting.pacing import Pacer
 from exporter.errors import CorruptStateFile, SlackError
+from exporter.store.calls import Inline, StoreCalls
+from exporter.store.leadership import ALWAYS, Gate
 
 __all__ = ["Notification", "Notifier", "SlackError", "SlackSettings"]
 
 T = TypeVar("T")
+# a store that cannot be read or written is tried again this soon at most (s): a new leader must
+# not sit out a long backoff once the table answers again
+STORE_MAX_BACKOFF = 5.0
 
 
 class _Held(Exception):
     """The store refused a claim: another writer holds the outbox under a later lease epoch."""
+
+
+class _Unclaimed(Exception):
+    """The claim's outcome is unknown (the store call failed or timed out), or this replica no
+    longer acts: the message is not sent now."""
 
 
 class Notifier:
@@ -50,6 +62,14 @@ class Notifier:
     read the channel (channels:history / groups:history): each new message carries its key as
     message metadata, and before sending a doubtful one again the notifier looks for that key in
     the channel or thread. Edits are idempotent and simply repeated.
+
+    Several replicas (a `gate` on the HA lease, a store in the table called in a thread): only
+    the replica that may act delivers, each claim is fenced on its lease epoch, and a claim whose
+    store call fails sends nothing (its outcome is unknown). The outbox is (re)loaded from the
+    store whenever this replica starts acting under a new epoch, and nothing is delivered, nor
+    appended, until that load succeeded: the previous leader's queue, its unconfirmed claims
+    (looked for in Slack before they are sent again) and its messages (edited and replied to)
+    are this replica's from then on.
     """
 
     def __init__(
@@ -64,6 +84,8 @@ class Notifier:
         max_backoff: float = 60.0,
         min_backoff: float = 1.0,
         timeout: int = 30,
+        gate: Gate = ALWAYS,
+        calls: StoreCalls | None = None,
     ) -> None:
         self._settings = settings
         self._clock = clock
@@ -75,8 +97,15 @@ class Notifier:
         self._pacer = Pacer(
             min_interval=min_interval, min_backoff=min_backoff, max_backoff=max_backoff
         )
-        # the lease epoch this notifier delivers under, for the store's claims (0: no lease)
-        self.epoch = 0
+        self._gate = gate
+        self._calls: StoreCalls = calls if calls is not None else Inline()
+        # the lease epoch under which the store's memory was loaded (None: not loaded yet);
+        # another epoch means another replica may have delivered meanwhile: load again
+        self._loaded_epoch: int | None = None
+        # notifications enqueued while the store is called in a thread: appended by the loop
+        self._incoming: list[Entry] = []
+        self._dirty = False  # a change the store does not have yet: the loop saves it
+        self._store_streak = 0  # store calls failed in a row (the loop's backoff)
 
         self._parked: Failure | None = None
         self._held = False  # the store refused a claim: another writer delivers now
@@ -85,6 +114,7 @@ class Notifier:
         self._running = False
         self._wake = asyncio.Event()  # something to deliver, or settings changed
         self._reset = asyncio.Event()  # settings changed: cut a backoff short
+        self._lease = asyncio.Event()  # the lease changed hands: cut a store's backoff short
         self._changed = asyncio.Event()  # the queue shrank or the outbox parked: for flush()
 
         self._delivered = Counter(
@@ -106,8 +136,11 @@ class Notifier:
             registry=registry,
         )
         self._init_series()
-        self._load()
-        self._pending.labels(self._label).set(len(self._store.queue))
+        if not self._calls.deferred:
+            self._load()
+            self._loaded_epoch = self._gate.epoch()
+        self._set_pending()
+        gate.on_change(self._lease_changed)
 
     # --- public interface
 
@@ -119,24 +152,36 @@ class Notifier:
         """
         if n.action not in ACTIONS:
             raise ValueError(f"notification {n.key}: unknown action {n.action!r}")
-        if self._store.knows(n.key):
+        if self._store.knows(n.key) or self._incoming_has(n.key):
             return False
         if not n.created:
             n = replace(n, created=self._clock())
         entry = Entry(n, unsure_since=n.created if doubtful else None)
         if n.blocks is not None:
             json.dumps(n.blocks)  # blocks that cannot be saved fail here, not in the loop
-        self._persist(lambda: self._store.append(entry), None)
+        if self._calls.deferred:
+            self._incoming.append(entry)  # the loop appends it once the outbox is loaded
+            self._set_pending()
+        else:
+            self._persist_inline(lambda: self._store.append(entry), None)
         self._wake.set()
         return True
 
     def accept(self, n: Notification, *, doubtful: bool = False) -> bool:
-        """Queue `n` (idempotently, like `enqueue`); True once the outbox file holds it.
+        """Queue `n` (idempotently, like `enqueue`); True once the outbox's store holds it.
 
-        False while the outbox cannot be saved: whoever owes `n` keeps it and asks again.
+        False while it does not (the outbox cannot be saved, or a store called in a thread has
+        not appended it yet): whoever owes `n` keeps it and asks again.
         """
         self.enqueue(n, doubtful=doubtful)
-        return not self._save_failing
+        return not self._save_failing and not self._incoming_has(n.key)
+
+    def _lease_changed(self) -> None:
+        self._lease.set()
+        self._wake.set()
+
+    def _incoming_has(self, key: str) -> bool:
+        return any(e.n.key == key for e in self._incoming)
 
     async def run(self) -> None:
         """Deliver the outbox, oldest first, until cancelled."""
@@ -147,6 +192,8 @@ class Notifier:
             if self._store.threads:
                 await self._delivery.learn_workspace()  # links to the messages of earlier runs
             while True:
+                if not await self._ready():
+                    continue
                 if not self._store.queue or self._parked is not None or self._held:
                     self._wake.clear()
                     await self._wake.wait()
@@ -158,13 +205,117 @@ class Notifier:
         finally:
             self._running = False
 
+    async def _ready(self) -> bool:
+        """This replica may deliver, its outbox is loaded under the current epoch and the store
+        has every change; False after waiting (for the lease, or a failed store's backoff)."""
+        epoch = self._gate.epoch()
+        if epoch is None:
+            # not acting: what is enqueued here waits for this replica to lead
+            self._wake.clear()
+            await self._wake.wait()
+            return False
+        if epoch != self._loaded_epoch:
+            return await self._reload(epoch)
+        if self._dirty:
+            self._dirty = False
+            await self._persist(self._store.save, None)
+            if self._dirty:
+                await self._store_backoff()
+                return False
+        while self._incoming:
+            entry = self._incoming[0]
+            if self._store.knows(entry.n.key):
+                self._incoming.pop(0)  # queued (or delivered) already, by another replica
+                continue
+            try:
+                await self._calls(lambda entry=entry: self._store.append(entry))  # type: ignore[misc]
+            except ValueError as e:
+                self._incoming.pop(0)
+                self._set_pending()
+                self.log.error("notification %s cannot be queued, dropped: %s", entry.n.key, e)
+                continue
+            except OSError as e:
+                # in the store's memory now, maybe not in the store: the next save puts it there
+                self._incoming.pop(0)
+                self._store_failed(e)
+                self._dirty = True
+                await self._store_backoff()
+                return False
+            self._incoming.pop(0)
+            self._store_works()
+        return True
+
+    async def _reload(self, epoch: int) -> bool:
+        """Load the outbox as the store has it now (another replica may have delivered since
+        this one last did); nothing is delivered until this succeeds."""
+        try:
+            if self._dirty:
+                await self._calls(self._store.save)  # what this replica owes the store first
+                self._dirty = False
+            await self._calls(lambda: self._store.load(self._clock()))
+        except (OSError, ValueError) as e:
+            if self._store_streak == 0:
+                self.log.error(
+                    "cannot load the Slack outbox from %s (%s): nothing is delivered until it "
+                    "loads; trying again",
+                    self._store.where,
+                    getattr(e, "strerror", None) or e,
+                )
+            self._store_streak += 1
+            await self._store_backoff(count=False)
+            return False
+        self._loaded_epoch = epoch
+        self._held = False
+        self._store_works()
+        self._save_failing = False
+        self._set_pending()
+        self.log.info(
+            "delivering from the Slack outbox in %s (epoch %d): %d notification(s) waiting",
+            self._store.where,
+            epoch,
+            len(self._store.queue),
+        )
+        if self._store.threads:
+            await self._delivery.learn_workspace()
+        return True
+
+    async def _store_backoff(self, *, count: bool = True) -> None:
+        """Wait before the store is tried again: doubling from min_backoff, up to a few seconds,
+        cut short when the lease changes hands."""
+        if count:
+            self._store_streak += 1
+        delay = min(
+            STORE_MAX_BACKOFF,
+            self._pacer.min_backoff * 2 ** max(0, self._store_streak - 1),
+        )
+        self._lease.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._lease.wait(), delay)
+
+    def _store_failed(self, e: BaseException) -> None:
+        if not self._save_failing:
+            self.log.error(
+                "cannot save the Slack outbox to %s (%s): notifications are kept in memory only "
+                "and a restart would lose them",
+                self._store.where,
+                getattr(e, "strerror", None) or e,
+            )
+        self._save_failing = True
+
+    def _store_works(self) -> None:
+        self._store_streak = 0
+        if self._save_failing and not self._dirty:
+            self.log.info("the Slack outbox is saved to %s again", self._store.where)
+            self._save_failing = False
+
     async def flush(self, timeout: float) -> bool:  # noqa: ASYNC109 - the daemon's shutdown budget
         """Wait until the outbox is empty (True), or parked, held or `timeout` passed (False)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self._store.queue:
+        while self._store.queue or self._incoming:
             remaining = deadline - loop.time()
-            if self._parked is not None or self._held or remaining <= 0:
+            stuck = self._parked is not None or self._held or self._gate.epoch() is None
+            if stuck or remaining <= 0:
                 return False
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
@@ -172,7 +323,7 @@ class Notifier:
         return True
 
     def pending(self) -> int:
-        return len(self._store.queue)
+        return len(self._store.queue) + len(self._incoming)
 
     def thread_of(self, incident: str) -> tuple[str, str] | None:
         """(channel id, ts) of the incident's message, once Slack has it."""
@@ -240,8 +391,14 @@ class Notifier:
             return
 
     async def aclose(self) -> None:
-        """Save the outbox one last time; slack-sdk opens a session per request, none to close."""
-        self._save()
+        """Save the outbox one last time (only while acting: a replica that no longer leads
+        must not write over the leader's flags); slack-sdk opens a session per request."""
+        if not self._calls.deferred:
+            self._save()
+        elif self._dirty and self._gate.epoch() == self._loaded_epoch is not None:
+            self._dirty = False
+            await self._persist(self._store.save, None)
+        self._calls.close()
 
     # --- delivery
 
@@ -254,18 +411,33 @@ class Notifier:
         self._delivered.labels(self._label)
         for reason in REASONS:
             self._failures.labels(self._label, reason)
-        self._pending.labels(self._label).set(len(self._store.queue))
+        self._set_pending()
+
+    def _set_pending(self) -> None:
+        self._pending.labels(self._label).set(self.pending())
 
     async def _pace(self) -> None:
         delay = self._pacer.delay(asyncio.get_running_loop().time())
         if delay > 0:
             await asyncio.sleep(delay)
 
-    def _claim(self, entry: Entry) -> None:
-        """`entry` goes out now: after a crash from here on, it may or may not be in Slack."""
+    async def _claim(self, entry: Entry) -> None:
+        """`entry` goes out now: after a crash from here on, it may or may not be in Slack.
+
+        Raises _Held when the store refuses (another writer holds the outbox), _Unclaimed when
+        the claim's outcome is unknown or this replica no longer acts: nothing is sent then.
+        """
+        epoch = self._gate.epoch()
+        if epoch is None or epoch != self._loaded_epoch:
+            raise _Unclaimed("this replica does not act under the epoch its outbox was loaded in")
         entry.unsure_since = entry.unsure_since or time.time()
-        if not self._persist(lambda: self._store.claim(entry, self.epoch), True):
-            raise _Held
+        try:
+            claimed = await self._calls(lambda: self._store.claim(entry, epoch))
+        except (OSError, ValueError) as e:
+            raise _Unclaimed(getattr(e, "strerror", None) or str(e)) from None
+        self._store_works()
+        if not claimed:
+            raise _Held(epoch)
 
     async def _attempt(self, entry: Entry) -> None:
         generation = self._generation
@@ -279,22 +451,36 @@ class Notifier:
                     thread=self._store.threads.get(entry.n.incident),
                     channel_id=self._store.channel_id(self._settings.channel or ""),
                 )
-            except (Failure, _Held, asyncio.CancelledError):
+            except (Failure, _Held, _Unclaimed, asyncio.CancelledError):
                 raise
             except Exception as e:
                 # a surprise from slack-sdk must not end delivery: count it and retry later
                 code = f"unexpected {type(e).__name__}"
                 raise Failure("retry", "other", code, maybe_sent=True) from None
-        except _Held:
+        except _Held as held:
             entry.unsure_since = unsure_before
             self._held = True
             self.log.warning(
-                "the Slack outbox is held by another writer (epoch %d here): notification %s "
+                "the Slack outbox is held by another writer (epoch %s here): notification %s "
                 "not sent",
-                self.epoch,
+                held.args[0] if held.args else "?",
                 entry.n.key,
             )
             self._changed.set()
+            return
+        except _Unclaimed as unclaimed:
+            entry.unsure_since = unsure_before
+            if self._gate.epoch() is None:
+                return  # no longer acting: the loop waits for the lease
+            if self._store_streak == 0:
+                self.log.warning(
+                    "notification %s not sent: its claim could not be written to %s (%s); "
+                    "trying again",
+                    entry.n.key,
+                    self._store.where,
+                    unclaimed,
+                )
+            await self._store_backoff()
             return
         except Failure as f:
             self._pacer.attempted(asyncio.get_running_loop().time())
@@ -306,7 +492,7 @@ class Notifier:
             elif f.kind == "park":
                 self._park(f)
             elif f.kind == "reject":
-                self._reject(entry, f)
+                await self._reject(entry, f)
             else:
                 await self._backoff(f)
             return
@@ -314,12 +500,12 @@ class Notifier:
         self._delivered.labels(self._label).inc()
         if streak := self._pacer.succeeded():
             self.log.info("Slack delivery works again after %d failed attempt(s)", streak)
-        self._finish(entry, sent)
+        await self._finish(entry, sent)
         if self._delivery.workspace is None and entry.n.action == "post":
             await self._delivery.learn_workspace()
 
-    def _finish(self, entry: Entry, sent: Sent | None = None) -> None:
-        self._persist(lambda: self._store.finish(entry, sent), None)
+    async def _finish(self, entry: Entry, sent: Sent | None = None) -> None:
+        await self._persist(lambda: self._store.finish(entry, sent), None)
         self._changed.set()
 
     def _park(self, f: Failure) -> None:
@@ -333,7 +519,7 @@ class Notifier:
         self._save()
         self._changed.set()
 
-    def _reject(self, entry: Entry, f: Failure) -> None:
+    async def _reject(self, entry: Entry, f: Failure) -> None:
         n = entry.n
         if f.code in METADATA_CODES and not self._delivery.metadata_off:
             self.log.warning(
@@ -365,7 +551,7 @@ class Notifier:
                 f.code,
                 n.text[:300],
             )
-            self._finish(entry)
+            await self._finish(entry)
 
     async def _backoff(self, f: Failure) -> None:
         delay = self._pacer.failed(f.retry_after)
@@ -391,29 +577,40 @@ class Notifier:
 
     # --- persistence
 
-    def _persist(self, change: Callable[[], T], default: T) -> T:
-        """`change` to the store; when it cannot be persisted, `default`, said once in the log."""
+    async def _persist(self, change: Callable[[], T], default: T) -> T:
+        """`change` to the store through its calls; when it cannot be persisted, `default`,
+        said once in the log (and, for a store called in a thread, saved again by the loop)."""
+        try:
+            result = await self._calls(change)
+        except (OSError, ValueError) as e:
+            self._store_failed(e)
+            if self._calls.deferred:
+                self._dirty = True
+            result = default
+        else:
+            self._store_works()
+        self._set_pending()
+        return result
+
+    def _persist_inline(self, change: Callable[[], T], default: T) -> T:
+        """`_persist` for a store called inline, from synchronous code."""
         try:
             result = change()
         except (OSError, ValueError) as e:
-            if not self._save_failing:
-                self.log.error(
-                    "cannot save the Slack outbox to %s (%s): notifications are kept in memory only "
-                    "and a restart would lose them",
-                    self._store.where,
-                    getattr(e, "strerror", None) or e,
-                )
-            self._save_failing = True
+            self._store_failed(e)
             result = default
         else:
-            if self._save_failing:
-                self.log.info("the Slack outbox is saved to %s again", self._store.where)
-                self._save_failing = False
-        self._pending.labels(self._label).set(len(self._store.queue))
+            self._store_works()
+        self._set_pending()
         return result
 
     def _save(self) -> None:
-        self._persist(self._store.save, None)
+        """Persist the queued entries' flags: at once inline, else by the loop."""
+        if self._calls.deferred:
+            self._dirty = True
+            self._wake.set()
+        else:
+            self._persist_inline(self._store.save, None)
 
     def _load(self) -> None:
         try:

@@ -11,11 +11,43 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from exporter.config import Config
 from exporter.store.lease import DynamoLease, LeaseSnapshot, LeaseTable
 
-__all__ = ["Leadership"]
+__all__ = ["ALWAYS", "Always", "Gate", "Leadership"]
+
+
+class Gate(Protocol):
+    """What a part that acts (the Notifier, the daemon's incidents) asks of the lease."""
+
+    def may_act(self) -> bool: ...
+
+    def epoch(self) -> int | None:
+        """The lease's epoch while this replica may act, else None."""
+        ...
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call `callback` whenever this replica starts or stops acting."""
+        ...
+
+
+class Always:
+    """One replica alone: it always acts, under epoch 0, and that never changes."""
+
+    def may_act(self) -> bool:
+        return True
+
+    def epoch(self) -> int | None:
+        return 0
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        pass
+
+
+ALWAYS = Always()
 
 # a lease call may take at most this long (and at most a third of the lease): a hung call must
 # not outlast the window in which its answer could still keep this replica acting
@@ -64,6 +96,14 @@ class Leadership:
     def epoch(self) -> int | None:
         """The lease's epoch while this replica may act, else None."""
         return self.lease.lease.epoch if self.lease.may_act() else None
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        self.lease.on_change(callback)
+
+    def fence(self, epoch: int) -> dict[str, Any]:
+        """A TransactWriteItems ConditionCheck that holds only while this replica holds the
+        lease under `epoch`: the stores' writes are made in one transaction with it."""
+        return self.lease.table.fence(epoch)
 
     def snapshot(self) -> LeaseSnapshot:
         return self.lease.snapshot()

@@ -480,6 +480,11 @@ class DynamoLease:
         self._failing_reasons: set[str] = set()  # the reasons logged in this outage
         self._acting = False
         self._stopped = False
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (on the event loop) whenever this replica starts or stops acting."""
+        self._listeners.append(callback)
 
     def may_act(self) -> bool:
         """Whether this replica may act now (see Lease.may_act)."""
@@ -584,6 +589,11 @@ class DynamoLease:
         if acting == self._acting:
             return
         self._acting = acting
+        for callback in self._listeners:
+            try:
+                callback()
+            except Exception:  # a listener's bug must not end the lease loop
+                self.log.exception("ha: a listener of the lease failed")
         migration = self.table.migration
         if acting:
             self.log.info(
