@@ -12,8 +12,12 @@
     ├── SlackError        Slack refused a test message for a reason a person must fix
     ├── SourceError       a traffic source's poll failed; `reason` labels the error metrics
     ├── DynamoError       a call to the HA table failed (not a lost race); `reason` labels metrics
-    │   └── OutboxStoreError  the Slack outbox in the table could not be read or written; also an
-    │                         OSError, so the Notifier treats it as a failed save of its file
+    │   ├── OutboxStoreError  the Slack outbox in the table could not be read or written; also an
+    │   │                     OSError, so the Notifier treats it as a failed save of its file
+    │   └── StateStoreError   a state document (incidents, the shift plan) in the table could not
+    │                         be read or written; also an OSError, as a state file's failure
+    ├── Fenced            a write to the HA table was refused: this replica no longer holds the
+    │                     lease under the epoch it wrote with (a lost race, not a failure)
     └── Refused           a shift control call (pause, resume, ...) that does not apply now
 
 Failing targets are not exceptions: a probe always returns a result with a reason. Failures of
@@ -150,6 +154,19 @@ class OutboxStoreError(DynamoError, OSError):
     def __init__(self, reason: str, detail: str, *, code: str | None = None) -> None:
         super().__init__(reason, detail, code=code)
         self.strerror = str(self)  # what the Notifier's log line shows of an OSError
+
+
+class StateStoreError(DynamoError, OSError):
+    """The HA table could not read or write a state document (incidents, the shift plan)."""
+
+    def __init__(self, reason: str, detail: str, *, code: str | None = None) -> None:
+        super().__init__(reason, detail, code=code)
+        self.strerror = str(self)
+
+
+class Fenced(CutoverError):
+    """A write to the HA table was refused by the lease's fence: another replica holds the lease
+    now (or a later epoch wrote the item). Nothing was written; the new leader's state stands."""
 
 
 class SlackError(CutoverError):

@@ -16,7 +16,8 @@ from exporter.alerting.dynamo_outbox import DynamoOutboxStore
 from exporter.alerting.outbox import Entry, Notification, Sent
 from exporter.errors import DynamoError, OutboxStoreError
 from exporter.store import dynamo
-from exporter.store.lease import LeaseTable, lease_pk
+from exporter.store.lease import lease_pk
+from tests import ha_helpers
 from tests.conftest import free_port
 from tests.outbox_contract import CHECKS, OpenStore
 
@@ -60,23 +61,11 @@ def raw(ddb: Any, migration: str, sk: str) -> dict[str, Any] | None:
 
 
 def put_lease(ddb: Any, migration: str, owner: str, epoch: int) -> None:
-    """The lease item as a holder's takeover writes it (what LeaseTable.fence checks)."""
-    ddb.put_item(
-        TableName=TABLE,
-        Item={
-            "pk": {"S": lease_pk(migration)},
-            "sk": {"S": "lease"},
-            "owner": {"S": owner},
-            "epoch": {"N": str(epoch)},
-            "version": {"S": uuid.uuid4().hex},
-        },
-    )
+    ha_helpers.put_lease(ddb, TABLE, migration, owner, epoch)
 
 
 def fence_of(migration: str, me: str) -> Callable[[int], dict[str, Any]]:
-    table = LeaseTable(table=TABLE, migration=migration, me=me, vantage="here", lease=2.0)
-    table.close()  # only its fence is used: no calls, no threads
-    return table.fence
+    return ha_helpers.fence_of(TABLE, migration, me)
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)

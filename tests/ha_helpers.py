@@ -1,0 +1,31 @@
+"""Helpers for tests of items in the HA table (moto's DynamoDB): the lease item as a holder
+writes it, and the fence a holder's transactions carry."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from exporter.store.lease import LeaseTable, lease_pk
+
+
+def put_lease(ddb: Any, table: str, migration: str, owner: str, epoch: int) -> None:
+    """The lease item as a holder's takeover writes it (what LeaseTable.fence checks)."""
+    ddb.put_item(
+        TableName=table,
+        Item={
+            "pk": {"S": lease_pk(migration)},
+            "sk": {"S": "lease"},
+            "owner": {"S": owner},
+            "epoch": {"N": str(epoch)},
+            "version": {"S": uuid.uuid4().hex},
+        },
+    )
+
+
+def fence_of(table: str, migration: str, me: str) -> Callable[[int], dict[str, Any]]:
+    """The fence of replica `me`: a ConditionCheck on the lease item, without a lease loop."""
+    lease = LeaseTable(table=table, migration=migration, me=me, vantage="here", lease=2.0)
+    lease.close()  # only its fence is used: no calls, no threads
+    return lease.fence
