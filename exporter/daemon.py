@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -18,12 +19,14 @@ from exporter import __version__
 from exporter.alerting.alerts import (
     Alerts,
     AlertSettings,
+    AlertsRecord,
     Event,
     Fired,
     Incident,
     Judged,
     Resolved,
 )
+from exporter.alerting.dynamo_outbox import DynamoOutboxStore
 from exporter.alerting.local_outbox import LocalOutboxStore
 from exporter.alerting.messages import (
     TRAFFIC_PREFIX,
@@ -32,7 +35,7 @@ from exporter.alerting.messages import (
     shift_notifications,
 )
 from exporter.alerting.migration import readiness_notification, step_notification
-from exporter.alerting.outbox import Notification
+from exporter.alerting.outbox import Notification, OutboxStore
 from exporter.alerting.slack import Notifier, SlackSettings
 from exporter.config import Check, Config, load_config, probe_spec
 from exporter.errors import ConfigError, CorruptStateFile, Refused
@@ -52,7 +55,9 @@ from exporter.route53.read import (
     normalize_name,
 )
 from exporter.route53.runner import ShiftRunner
-from exporter.store.leadership import Leadership
+from exporter.store.calls import Inline, StoreCalls, Threaded
+from exporter.store.documents import Document, DocumentStore, DynamoDocuments, LocalDocuments
+from exporter.store.leadership import ALWAYS, Gate, Leadership
 from exporter.store.local import StateDir
 from exporter.store.vantages import OwnVantage, SharedVantages, Vantages
 from exporter.tasks import Supervisor
@@ -155,6 +160,59 @@ def _offset(name: str, interval: float) -> float:
     return (zlib.crc32(name.encode()) / 2**32) * interval
 
 
+@dataclass(frozen=True, slots=True)
+class Stores:
+    """Where the state lives, chosen once where the daemon is composed: state_dir's files for
+    one replica (or memory only, without a state_dir), the HA table for several."""
+
+    documents: DocumentStore | None  # incidents and the shift plan; None: memory only
+    outbox: OutboxStore  # the Slack outbox
+    gate: Gate  # whether, and under which lease epoch, this replica acts
+    calls: Callable[[str], StoreCalls]  # how each user's store calls are made (by its name)
+
+
+# a call to the HA table on the daemon's behalf waits at most this long (s; at most the lease)
+HA_CALL_TIMEOUT = 5.0
+
+
+def compose_stores(cfg: Config, state_dir: Path | None, leadership: Leadership | None) -> Stores:
+    """The stores of this replica: in the HA table under the lease when there is one, else in
+    state_dir as they always were."""
+    if leadership is None or cfg.ha is None:
+        return Stores(
+            documents=LocalDocuments(state_dir) if state_dir is not None else None,
+            outbox=LocalOutboxStore(state_dir),
+            gate=ALWAYS,
+            calls=lambda _name: Inline(),
+        )
+    ha = cfg.ha
+    timeout = min(HA_CALL_TIMEOUT, ha.lease)
+    endpoint_url = str(ha.endpoint_url) if ha.endpoint_url is not None else None
+    # botocore's own timeouts: a call (two attempts) ends about when its caller stops waiting
+    documents = DynamoDocuments(
+        table=ha.table,
+        migration=leadership.migration,
+        fence=leadership.fence,
+        region=ha.region,
+        endpoint_url=endpoint_url,
+        timeout=timeout / 2,
+    )
+    outbox = DynamoOutboxStore(
+        table=ha.table,
+        migration=leadership.migration,
+        fence=leadership.fence,
+        region=ha.region,
+        endpoint_url=endpoint_url,
+        timeout=timeout / 2,
+    )
+    return Stores(
+        documents=documents,
+        outbox=outbox,
+        gate=leadership,
+        calls=lambda name: Threaded(timeout, f"ha-{name}"),
+    )
+
+
 @dataclass(slots=True)
 class _Running:
     check: Check
@@ -206,12 +264,31 @@ class Daemon:
         # locked for this process alone: StateDirError names the other daemon holding it
         self._state_dir = StateDir.open(config.state_dir) if config.state_dir else None
         self.state_dir = self._state_dir.path if self._state_dir is not None else None
+        # this replica's part in an HA migration (`ha`): None for a single replica
+        self.leadership = Leadership(config) if config.ha is not None else None
+        self.stores = compose_stores(config, self.state_dir, self.leadership)
+        # the epoch under which this replica loaded the shared incidents and plan (HA), and
+        # what wakes the task that loads them: the lease changed, or a new plan needs loading
+        self._synced_epoch: int | None = None
+        self._lease_news = asyncio.Event()
+        if self.leadership is not None:
+            self.leadership.on_change(self._lease_news.set)
+        self._alerts_doc: Document[AlertsRecord] | None = (
+            Document(
+                self.stores.documents,
+                "alerts",
+                AlertsRecord,
+                self.stores.calls("alerts"),
+                what="alert state",
+                on_saved=self._alerts_written,
+                logger=log,
+            )
+            if self.stores.documents is not None
+            else None
+        )
         self.alerts = self._load_alerts(config)
         self._alerts_saved = self.alerts.revision
-        self._alerts_save_error: str | None = None
         self.notifier: Notifier | None = None
-        # this replica's part in an HA migration (`ha`): None for a single replica
-        self.leadership: Leadership | None = None
         # where this replica's verdicts go: straight to the incidents (one replica), or into
         # the rounds that combine every vantage's (`ha`); chosen in `start`
         self.vantages: Vantages = OwnVantage()
@@ -322,9 +399,15 @@ class Daemon:
     def _lease_epoch(self) -> int | None:
         return self.leadership.epoch() if self.leadership is not None else None
 
+    def leads(self) -> bool:
+        """Whether this replica changes the incidents and the shift plan now: always without
+        `ha`; else while it acts and holds them as the table had them when it took the lease."""
+        if self.leadership is None:
+            return True
+        return self.leadership.may_act() and self._synced_epoch == self.leadership.epoch()
+
     async def start(self) -> None:
-        if self.config.ha is not None:
-            self.leadership = Leadership(self.config)
+        if self.leadership is not None:
             self.vantages = SharedVantages.of(
                 self.config,
                 writer=self.leadership.me,
@@ -332,6 +415,7 @@ class Daemon:
                 leads=self.leadership.may_act,
             )
             self.tasks.spawn(self.leadership.run(), "ha-lease", HA)
+            self.tasks.spawn(self._follow_lease(self.leadership), "ha-state", HA)
         self.tasks.spawn(self.vantages.run(self._feed), "vantages", VANTAGES)
         self.tasks.spawn(self.schedule.run(), "probe-schedule", PROBES)
         self._apply(self.config, previous={})
@@ -366,6 +450,10 @@ class Daemon:
         await self.tasks.stop_group(SHIFT)
         if self.shift is not None:
             await self.shift.aclose()
+        if self._alerts_doc is not None:
+            # saved in the background in the table: written before the lease is let go
+            await self._alerts_doc.flush(timeout=5.0)
+            await self._alerts_doc.aclose()
         if self.notifier is not None:
             # a short grace to deliver what is queued; the rest waits on disk for the next start
             await self.notifier.flush(timeout=5.0)
@@ -499,42 +587,98 @@ class Daemon:
 
     # -- alerts and notifications ---------------------------------------------------------
 
-    def _alerts_path(self) -> Path | None:
-        return self.state_dir / "alerts.json" if self.state_dir is not None else None
-
     def _load_alerts(self, cfg: Config) -> Alerts:
-        path = self._alerts_path()
-        if path is None:
+        doc = self._alerts_doc
+        if doc is None or doc.deferred:
+            # in the table: loaded when this replica takes the lease (_follow_lease)
             return Alerts(alert_settings(cfg))
         try:
-            alerts = Alerts.load(path, alert_settings(cfg), now=time.time())
+            alerts = doc.load_now(lambda r: Alerts.from_record(r, alert_settings(cfg)), time.time())
         except CorruptStateFile as exc:
             # the file was moved aside; starting empty beats not starting at all
             log.error("alert state unreadable, starting without it: %s", exc)
             return Alerts(alert_settings(cfg))
+        if alerts is None:
+            return Alerts(alert_settings(cfg))
+        self._log_loaded(alerts)
+        return alerts
+
+    @staticmethod
+    def _log_loaded(alerts: Alerts) -> None:
         if alerts.incidents:
             log.info("alert state loaded: %d open incident(s)", len(alerts.incidents))
         if alerts.owed:
             log.info("alert state loaded: %d notification(s) still owed", len(alerts.owed))
-        return alerts
 
     def _save_alerts(self) -> None:
-        """Save the incidents and what they owe; a failure is logged, never raised."""
-        path = self._alerts_path()
-        if path is None:
+        """Save the incidents and what they owe (only the replica that leads); a failure is
+        logged by the document, never raised."""
+        if self._alerts_doc is None or not self.leads():
             return
+        revision = self.alerts.revision
+        if self._alerts_doc.save(self.alerts.record(), self._lease_epoch(), tag=revision):
+            self._alerts_saved = revision
+
+    def _alerts_written(self, revision: int) -> None:
+        """A background save reached the table: what it owes may go to the outbox now."""
+        self._alerts_saved = revision
+        self._settle_alerts()
+
+    async def _follow_lease(self, leadership: Leadership) -> None:
+        """Each time this replica takes the lease, load the incidents and the shift plan as the
+        table has them (the previous leader may have changed them) before it changes either."""
+        changed = self._lease_news
+        failures = 0
+        while True:
+            epoch = leadership.epoch()
+            if epoch is not None and epoch != self._synced_epoch:
+                if await self._take_over(epoch, quiet=failures > 0):
+                    failures = 0
+                    continue
+                failures += 1
+                changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), min(5.0, 0.5 * 2**failures))
+                continue
+            if epoch is None and self._alerts_doc is not None:
+                self._alerts_doc.drop()  # not this replica's to write any more
+            changed.clear()
+            await changed.wait()
+
+    async def _take_over(self, epoch: int, *, quiet: bool = False) -> bool:
+        settings = alert_settings(self.config)
+        alerts: Alerts | None = None
         try:
-            self.alerts.save(path)
-        except Exception as exc:  # whatever it is, the probe loops must go on
-            text = f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
-            if text != self._alerts_save_error:
-                log.error("cannot save alert state to %s: %s", path, text)
-            self._alerts_save_error = text
-            return
+            if self._alerts_doc is not None:
+                await self._alerts_doc.flush(timeout=5.0)  # this replica's own last save
+                try:
+                    alerts = await self._alerts_doc.load(
+                        lambda r: Alerts.from_record(r, settings), time.time()
+                    )
+                except CorruptStateFile as exc:
+                    log.error("ha: alert state unreadable, leading without it: %s", exc)
+            if self.shift is not None:
+                await self.shift.take_over()
+        except OSError as exc:
+            if not quiet:
+                log.error(
+                    "ha: cannot read the incidents and shift plan from the table (%s): this "
+                    "replica leads but changes neither until it can",
+                    exc,
+                )
+            return False
+        if self._lease_epoch() != epoch:
+            return False  # lost the lease meanwhile: what was read may be stale already
+        self.alerts = alerts if alerts is not None else Alerts(settings)
         self._alerts_saved = self.alerts.revision
-        if self._alerts_save_error is not None:
-            log.info("alert state is saved to %s again", path)
-            self._alerts_save_error = None
+        self._synced_epoch = epoch
+        log.info("ha: leading under epoch %d with the table's incidents and plan", epoch)
+        self._log_loaded(self.alerts)
+        # what the previous leader left owed may have reached Slack before it stopped
+        self._settle_alerts(doubtful=True)
+        if self.shift is not None:
+            self.shift.settle(doubtful=True)
+        return True
 
     def _forget_removed_checks(self, cfg: Config) -> list[Incident]:
         names = {c.name for c in cfg.checks} | traffic_checks(cfg)
@@ -558,12 +702,15 @@ class Daemon:
                 self.notifier = None
             return
         if self.notifier is None:
-            # the outbox lives where the rest of the state does: state_dir, fixed until a restart
+            # the outbox lives where the rest of the state does (state_dir or the HA table),
+            # fixed until a restart
             self.notifier = Notifier(
                 settings,
-                store=LocalOutboxStore(self.state_dir),
+                store=self.stores.outbox,
                 registry=self.registry,
                 logger=logging.getLogger("cutover.slack"),
+                gate=self.stores.gate,
+                calls=self.stores.calls("outbox"),
             )
         else:
             # unchanged settings change nothing: a reload must not cut a Retry-After short
@@ -582,8 +729,11 @@ class Daemon:
         return {n.key for n in owed if self.notifier.accept(n, doubtful=doubtful)}
 
     def _settle_alerts(self, doubtful: bool = False) -> None:
-        """Pass what the incidents owe to the outbox, and forget what it holds."""
-        if self.alerts.owed:
+        """Pass what the incidents owe to the outbox, and forget what it holds; not before
+        the state that owes them is saved (a background save in the table: once it is done)."""
+        if not self.leads():
+            return
+        if self.alerts.owed and not (self._alerts_doc is not None and self._alerts_doc.busy):
             held = self._relay(self.alerts.owed, doubtful)
             if held:
                 self.alerts.settle(held)
@@ -640,6 +790,8 @@ class Daemon:
         outbox), the messages are still owed at the next start, and the outbox takes each
         key once.
         """
+        if not self.leads():
+            return  # a follower judges; the leader keeps the shared incidents
         events = self.alerts.update(check, evaluation, time.time())
         for event in events:
             self._log_event(event)
@@ -819,17 +971,23 @@ class Daemon:
         if settings is None or cfg.shift is None or cfg.route53 is None:
             return
         record = self.records[normalize_name(cfg.shift.record)]
+        if self.leadership is not None and self._synced_epoch is not None:
+            # a new plan while leading: it is the table's to load, with the incidents
+            self._synced_epoch = None
+            self._lease_news.set()
         self.shift = ShiftRunner(
             settings,
             record,
-            state_path=self.state_dir / "shift.json" if self.state_dir is not None else None,
+            state_path=None,
+            documents=self.stores.documents,
+            calls=self.stores.calls("shift"),
             endpoint_url=cfg.route53.endpoint_url,
             render=self._shift_notifications,
             relay=self._relay,
             tasks=self.tasks,
             compare_and_swap=cfg.ha is not None,
             epoch=self._lease_epoch,
-            may_act=self.may_act,
+            may_act=self.leads,
         )
         if settings.dry_run:
             log.info(

@@ -21,6 +21,8 @@ import pytest
 from aiohttp import web
 from moto.server import ThreadedMotoServer
 
+from exporter.store import dynamo
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -284,6 +286,9 @@ def start_daemon(tmp_path: Path) -> Iterator[object]:
 # -- AWS: fake credentials and moto's server on 127.0.0.1 (per test module) -------------------
 
 
+HA_TABLE = "cutover-ha"
+
+
 @pytest.fixture(scope="module")
 def aws_env() -> Iterator[None]:
     """Fake credentials and no way for boto3 to reach anything but 127.0.0.1."""
@@ -314,3 +319,10 @@ def moto_url(aws_env: None) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def r53(moto_url: str) -> Any:
     return boto3.client("route53", endpoint_url=moto_url)
+
+
+@pytest.fixture(scope="module")
+def ha_table(moto_url: str) -> str:
+    """The HA table in this module's moto server (each test takes a migration of its own)."""
+    dynamo.create_table(boto3.client("dynamodb", endpoint_url=moto_url), HA_TABLE, poll=0.1)
+    return HA_TABLE

@@ -3,6 +3,7 @@ writes it, and the fence a holder's transactions carry."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -29,3 +30,12 @@ def fence_of(table: str, migration: str, me: str) -> Callable[[int], dict[str, A
     lease = LeaseTable(table=table, migration=migration, me=me, vantage="here", lease=2.0)
     lease.close()  # only its fence is used: no calls, no threads
     return lease.fence
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Wait (with a deadline) until `predicate()` holds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)

@@ -26,28 +26,14 @@ from exporter.store.vantage_board import DynamoVantageBoard
 from exporter.tasks import Supervisor
 from exporter.web.app import ha_data
 from exporter.web.page import PageInfo, render_page
-from tests.conftest import FakePlatform, config_yaml
+from tests.conftest import HA_TABLE, FakePlatform, config_yaml
+from tests.ha_helpers import wait_until
 from tests.test_page import text_of
 from tests.test_route53_cas import API
 
 ENV = {"PROBE_SECRET": "s3cret-header-value"}
-TABLE = "cutover-ha-daemon"
 
 pytestmark = pytest.mark.usefixtures("aws_env")
-
-
-@pytest.fixture(scope="module")
-def table(moto_url: str) -> str:
-    dynamo.create_table(boto3.client("dynamodb", endpoint_url=moto_url), TABLE, poll=0.1)
-    return TABLE
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -58,14 +44,14 @@ def migration() -> str:
 
 @pytest.fixture
 async def replicas(
-    platforms: tuple[FakePlatform, FakePlatform], moto_url: str, table: str, migration: str
+    platforms: tuple[FakePlatform, FakePlatform], moto_url: str, ha_table: str, migration: str
 ) -> AsyncIterator[Callable[..., Daemon]]:
     baseline, candidate = platforms
     started: list[Daemon] = []
 
     def start(vantage: str, lease: str = "2s") -> Daemon:
         text = config_yaml(baseline.url, candidate.url, interval="1s", timeout="500ms") + (
-            f"ha: {{vantage: {vantage}, table: {table}, region: us-east-1, "
+            f"ha: {{vantage: {vantage}, table: {ha_table}, region: us-east-1, "
             f"endpoint_url: '{moto_url}', lease: {lease}, migration: {migration}}}\n"
         )
         daemon = Daemon(parse_config(text, env=ENV))
@@ -182,7 +168,11 @@ class Elsewhere:
         client = boto3.client("dynamodb", endpoint_url=moto_url)
         calls = dynamo.Calls(region="us-east-1", endpoint_url=None, timeout=5.0, client=client)
         self.board = DynamoVantageBoard(
-            table=TABLE, migration=migration, vantage=vantage, writer=f"{vantage}#test", calls=calls
+            table=HA_TABLE,
+            migration=migration,
+            vantage=vantage,
+            writer=f"{vantage}#test",
+            calls=calls,
         )
         self.vantage = vantage
         self.report: VantageReport | None = None

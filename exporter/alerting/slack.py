@@ -214,8 +214,8 @@ class Notifier:
             self._wake.clear()
             await self._wake.wait()
             return False
-        if epoch != self._loaded_epoch:
-            return await self._reload(epoch)
+        if epoch != self._loaded_epoch and not await self._reload(epoch):
+            return False
         if self._dirty:
             self._dirty = False
             await self._persist(self._store.save, None)

@@ -17,11 +17,14 @@ from exporter.route53.plan import (
     Refused,
     SetWeights,
     ShiftPlan,
+    ShiftRecord,
     ShiftSettings,
     dry,
 )
 from exporter.route53.read import RecordSpec, Route53Error
 from exporter.route53.write import Route53Writer
+from exporter.store.calls import Inline, StoreCalls
+from exporter.store.documents import Document, DocumentStore, LocalDocuments
 from exporter.tasks import Supervisor
 
 log = logging.getLogger("cutover.shift")
@@ -30,7 +33,12 @@ CONTROLS = ("pause", "resume", "approve", "rollback")
 
 
 class ShiftRunner:
-    """Owns the plan, its state file and the writer; the daemon feeds it observations.
+    """Owns the plan, its state document and the writer; the daemon feeds it observations.
+
+    The plan is the `shift` document of `documents` (state_dir's shift.json, or the HA table;
+    `state_path` names a file directly), through `calls`: a store called in a thread is not
+    loaded here but by `take_over`, when this replica takes the lease, and its saves happen in
+    the background (the owed news wait for them).
 
     Writes run in their own tasks so that an evaluation never waits for Route53 (a rollback
     must be decided while a step still waits for INSYNC); the writer serialises changes per
@@ -65,10 +73,27 @@ class ShiftRunner:
         compare_and_swap: bool = False,
         epoch: Callable[[], int | None] | None = None,
         may_act: Callable[[], bool] | None = None,
+        documents: DocumentStore | None = None,
+        calls: StoreCalls | None = None,
     ) -> None:
         self.settings = settings
         self.record = record
-        self.state_path = state_path
+        if documents is None and state_path is not None:
+            documents = LocalDocuments(state_path.parent)
+        name = state_path.stem if state_path is not None else "shift"
+        self.document: Document[ShiftRecord] | None = (
+            Document(
+                documents,
+                name,
+                ShiftRecord,
+                calls or Inline(),
+                what="the shift plan",
+                on_saved=lambda _tag: self.settle(),
+                logger=log,
+            )
+            if documents is not None
+            else None
+        )
         self._render = render
         self._relay = relay
         self._tasks = tasks
@@ -82,25 +107,43 @@ class ShiftRunner:
         self._writes: set[asyncio.Task[None]] = set()
         self.plan = self._load()
 
+    def _build(self, record: ShiftRecord) -> ShiftPlan:
+        return ShiftPlan.from_record(record, self.settings, time.time())
+
     def _load(self) -> ShiftPlan:
-        if self.state_path is None:
-            return ShiftPlan(self.settings)
+        doc = self.document
+        if doc is None or doc.deferred:
+            return ShiftPlan(self.settings)  # in the table: loaded by take_over
         try:
-            plan = ShiftPlan.load(self.state_path, self.settings, now=time.time())
+            plan = doc.load_now(self._build, time.time())
         except CorruptStateFile as exc:
             log.error("shift state unreadable, starting the plan afresh: %s", exc)
+            return ShiftPlan(self.settings)
+        if plan is None:
             return ShiftPlan(self.settings)
         log.info("shift plan loaded: %s", plan.status(time.time()).state.value)
         return plan
 
-    def save(self) -> None:
-        if self.state_path is None:
+    async def take_over(self) -> None:
+        """The plan as its store has it now (this replica takes the lease; the previous leader
+        may have moved it). Raises OSError when the store cannot be read; an unreadable plan
+        is set aside and a new one started."""
+        if self.document is None:
             return
         try:
-            self.plan.save(self.state_path)
-        except Exception as exc:  # whatever it is, the plan goes on in memory
-            text = f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
-            log.error("cannot save the shift plan to %s: %s", self.state_path, text)
+            plan = await self.document.load(self._build, time.time())
+        except CorruptStateFile as exc:
+            log.error("shift state unreadable, starting the plan afresh: %s", exc)
+            plan = None
+        self.plan = plan if plan is not None else ShiftPlan(self.settings)
+        log.info("shift plan loaded: %s", self.plan.status(time.time()).state.value)
+
+    def save(self) -> None:
+        """Save the plan, only while this replica acts (a follower's plan is not the
+        migration's); a failure is logged by the document and the plan goes on in memory."""
+        if self.document is None or not self._may_act():
+            return
+        self.document.save(self.plan.record(), self._epoch() if self._epoch is not None else None)
 
     # -- driving ----------------------------------------------------------------------------
 
@@ -158,10 +201,13 @@ class ShiftRunner:
     def settle(self, doubtful: bool = False) -> None:
         """Hand the notifications the plan owes to the outbox; forget those it holds.
 
-        `doubtful` at start-up: they may have reached Slack just before a crash.
+        `doubtful` at start-up: they may have reached Slack just before a crash. Not while the
+        plan's save is under way: the news never reaches the outbox before its state is saved.
         """
-        if not self.plan.owed:
+        if not self.plan.owed or not self._may_act():
             return
+        if self.document is not None and self.document.busy:
+            return  # settled again once saved
         held = self._relay(self.plan.owed, doubtful)
         if held:
             self.plan.owed = [n for n in self.plan.owed if n.key not in held]
@@ -219,4 +265,7 @@ class ShiftRunner:
     async def aclose(self) -> None:
         await self._tasks.stop(list(self._writes))
         self.save()
+        if self.document is not None:
+            await self.document.flush(timeout=5.0)
+            await self.document.aclose()
         self.writer.close()

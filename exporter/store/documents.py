@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import functools
 import logging
 import os
@@ -297,6 +298,11 @@ class Document(Generic[T]):
         return self.store.where(self.name)
 
     @property
+    def deferred(self) -> bool:
+        """Loaded by awaiting `load`, saved in the background: a store called in a thread."""
+        return self._calls.deferred
+
+    @property
     def busy(self) -> bool:
         """A save was asked for and has not reached the store yet."""
         return self._pending is not None or self._writing
@@ -326,7 +332,8 @@ class Document(Generic[T]):
                 return False
             self._works()
             return True
-        self._pending = (content, epoch, tag)
+        # a copy: the caller goes on changing its objects while the worker thread writes
+        self._pending = (copy.deepcopy(content), epoch, tag)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(
                 self._write(), name=f"save-{self.name}"
@@ -347,10 +354,12 @@ class Document(Generic[T]):
         return not self.busy
 
     async def aclose(self) -> None:
+        """Stop a background save still under way, and the store's calls."""
         if self._writer is not None and not self._writer.done():
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
+        self._calls.close()
 
     async def _write(self) -> None:
         delay = RETRY_MIN
