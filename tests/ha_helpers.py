@@ -8,6 +8,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from botocore.exceptions import EndpointConnectionError
+
 from exporter.store.lease import LeaseTable, lease_pk
 
 
@@ -39,3 +41,23 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> No
     while not predicate():
         assert loop.time() < deadline, "condition not met in time"
         await asyncio.sleep(0.02)
+
+
+class Unreachable:
+    """A DynamoDB client whose calls named in `down` fail as a dead network does."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.down: set[str] = set()
+        self.failed: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        call = getattr(self.client, name)
+        if name not in self.down:
+            return call
+
+        def fail(*args: Any, **kw: Any) -> Any:
+            self.failed.append(name)
+            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+
+        return fail

@@ -252,3 +252,38 @@ def test_an_unreachable_table_raises_an_oserror_without_credentials(
     with pytest.raises(OutboxStoreError):
         store.claim(entry, 0)
     assert "testing" not in str(caught.value)  # the fixture's secret key and token
+
+
+def test_save_writes_again_an_append_and_a_finish_whose_write_failed(
+    ddb: Any, migration: str
+) -> None:
+    """A finish that never reached the table would leave the next leader without the
+    message's thread (it would post anew instead of editing): `save` writes it again."""
+    client = ha_helpers.Unreachable(ddb)
+    store = loaded(opener(client, migration)())  # type: ignore[arg-type]
+    posted = fire("inc-1")
+    store.append(posted)
+    client.down = {"transact_write_items", "put_item"}
+    with pytest.raises(OutboxStoreError):
+        store.finish(posted, Sent("#alerts", "C0123", "111.222", thread=True))
+    later = fire("inc-2")
+    with pytest.raises(OutboxStoreError):
+        store.append(later)
+    assert (
+        raw(ddb, migration, "thread#inc-1") is None
+        and raw(ddb, migration, "outbox#inc-2:fire") is None
+    )
+    assert [e.n.key for e in loaded(store).queue] == ["inc-2:fire"], "memory keeps both changes"
+
+    client.down = set()
+    store.save()
+    assert raw(ddb, migration, "outbox#inc-1:fire") is None
+    assert raw(ddb, migration, "sent#inc-1:fire") is not None
+    thread = raw(ddb, migration, "thread#inc-1")
+    assert thread is not None and (thread["channel"], thread["ts"]) == (
+        {"S": "C0123"},
+        {"S": "111.222"},
+    )
+    again = loaded(opener(ddb, migration)())
+    assert [e.n.key for e in again.queue] == ["inc-2:fire"] and again.knows("inc-1:fire")
+    assert again.threads["inc-1"] == ("C0123", "111.222")

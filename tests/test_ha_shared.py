@@ -18,7 +18,6 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.exceptions import EndpointConnectionError
 from prometheus_client import CollectorRegistry
 
 from exporter.alerting.alerts import Phase
@@ -33,7 +32,7 @@ from exporter.store.documents import LocalDocuments
 from exporter.store.leadership import ALWAYS
 from exporter.store.lease import lease_pk
 from tests.conftest import FakePlatform, config_yaml
-from tests.ha_helpers import fence_of, put_lease, wait_until
+from tests.ha_helpers import Unreachable, fence_of, put_lease, wait_until
 from tests.slack_standin import SlackStandIn
 
 ENV = {"PROBE_SECRET": "s3cret-header-value"}
@@ -112,7 +111,7 @@ async def test_a_new_leader_resolves_the_old_leaders_incident_by_editing_its_mes
     await a.start()
     await wait_until(a.leads)
     await b.start()
-    await wait_until(lambda: all(r.state.probed for r in b._running.values()))
+    await wait_until(lambda: b.ready)
 
     candidate.status = 503
     await wait_until(lambda: len(slack.top_level()) == 1)
@@ -195,26 +194,6 @@ class Lease:
 
     def on_change(self, callback: Callable[[], None]) -> None:
         pass
-
-
-class Unreachable:
-    """A DynamoDB client whose calls named in `down` fail as a dead network does."""
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-        self.down: set[str] = set()
-        self.failed: list[str] = []
-
-    def __getattr__(self, name: str) -> Any:
-        call = getattr(self.client, name)
-        if name not in self.down:
-            return call
-
-        def fail(*args: Any, **kw: Any) -> Any:
-            self.failed.append(name)
-            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
-
-        return fail
 
 
 async def test_a_claim_whose_table_call_fails_is_not_sent_until_it_succeeds(

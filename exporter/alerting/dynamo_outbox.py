@@ -180,8 +180,14 @@ class DynamoOutboxStore(StateReads):
                     _why(e),
                 )
         state = OutboxState()
-        # a finish this store could not write yet is done all the same: `save` writes it
+        # a finish this store could not write yet is done all the same, and an append not
+        # written yet is queued all the same: `save` writes both
         queued = [q for q in queued if q[1].n.key not in self._unfinished]
+        keys = {q[1].n.key for q in queued}
+        for key, unwritten in self._unappended.items():
+            if key not in keys:
+                order, entry = self._entry_of(key, unwritten)
+                queued.append((order, entry, _flags(entry)))
         done.extend((math.inf, key) for key in self._unfinished)
         queued.sort(key=lambda q: (q[0], q[1].n.key))
         state.queue = [entry for _, entry, _ in queued]
@@ -189,7 +195,9 @@ class DynamoOutboxStore(StateReads):
         state.threads = {name: where for _, name, where in sorted(threads)[-KEEP_THREADS:]}
         state.channels = channels
         self._state = state
-        self._stored = {entry.n.key: flags for _, entry, flags in queued}
+        self._stored = {
+            entry.n.key: flags for _, entry, flags in queued if entry.n.key not in self._unappended
+        }
         self._order = max([self._order, *(order for order, _, _ in queued)])
 
     def append(self, entry: Entry) -> None:
