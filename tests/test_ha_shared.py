@@ -20,7 +20,7 @@ import boto3
 import pytest
 from prometheus_client import CollectorRegistry
 
-from exporter.alerting.alerts import Phase
+from exporter.alerting.alerts import AlertsRecord, Phase
 from exporter.alerting.dynamo_outbox import DynamoOutboxStore
 from exporter.alerting.local_outbox import LocalOutboxStore
 from exporter.alerting.outbox import Entry, Notification
@@ -143,6 +143,7 @@ async def test_a_leader_that_loses_the_table_stops_and_the_next_one_finds_its_un
     replicas: Callable[[str], Daemon],
     platforms: tuple[FakePlatform, FakePlatform],
     slack: SlackStandIn,
+    moto_url: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """a's reply reaches Slack but its answer never comes back; then a loses the lease (its
@@ -165,6 +166,7 @@ async def test_a_leader_that_loses_the_table_stops_and_the_next_one_finds_its_un
     await wait_until(lambda: len(slack.replies(post.ts)) == 1)
 
     assert a.leadership is not None
+    stale = a._lease_epoch()
     a.leadership.lease.table.close()  # a's lease calls fail from now: it stops acting
     await wait_until(lambda: not a.may_act(), timeout=5.0)
     await wait_until(b.leads, timeout=10.0)
@@ -175,6 +177,14 @@ async def test_a_leader_that_loses_the_table_stops_and_the_next_one_finds_its_un
     assert len(slack.replies(post.ts)) == 1, "the inherited reply was found, not sent again"
     assert any(c.method == "conversations.replies" for c in slack.calls)
     assert not a.leads(), "a, without the lease, changes no shared state"
+
+    # a late write of the old leader (paused mid-save, say) is refused by the fence
+    assert a._alerts_doc is not None
+    a._alerts_doc.save(AlertsRecord(version=1, incidents=[]), stale)
+    assert await a._alerts_doc.flush(5.0)
+    assert "not written under epoch" in caplog.text
+    saved = state_item(moto_url, b, "alerts")
+    assert saved is not None and json.loads(saved["body"]["S"])["resolved"] != []
 
 
 # -- the outbox in the table, alone --------------------------------------------------------------
