@@ -22,13 +22,10 @@ OSError, as the protocol asks of a change that cannot be persisted), its detail 
 credentials; a value the table cannot hold raises ValueError. Either way the change stays in
 memory. A refused claim is no error: `claim` returns False.
 
-The methods are synchronous, as the protocol is today, and block for at most about
-`max_attempts` x (connect + read timeout). The Notifier calls its store on the event loop, so
-before this store is wired in, those calls must move off the loop: `Notifier._persist` (and its
-callers `enqueue`, `_claim`, `_finish`, `_save`, `_load`) would run the store's method in a
-worker thread (`asyncio.to_thread`), which makes `enqueue` a coroutine or lets it hand the
-append to the delivery loop. The Notifier must also stop treating a claim that raised as
-claimed (its `_persist(..., True)` default): here a raise means the fence was not checked.
+The methods are synchronous, as the protocol is, and block for at most about `max_attempts` x
+(connect + read timeout): the daemon hands the Notifier this store with `Threaded` calls
+(exporter/store/calls.py), so that they run in a worker thread with a deadline, never on the
+event loop. A claim that raises means the fence was not checked: the Notifier does not send.
 """
 
 from __future__ import annotations
