@@ -19,8 +19,9 @@ they reach the table); `expires` is wall-clock seconds, refreshed at every write
 
 Errors: a call that fails raises OutboxStoreError (a DynamoError with its `reason`, and an
 OSError, as the protocol asks of a change that cannot be persisted), its detail scrubbed of
-credentials; a value the table cannot hold raises ValueError. Either way the change stays in
-memory. A refused claim is no error: `claim` returns False.
+credentials, and the change stays in memory (a failed append or finish is written again by
+the next `save`); a value the table cannot hold raises ValueError before anything changes. A
+refused claim is no error: `claim` returns False.
 
 The methods are synchronous, as the protocol is, and block for at most about `max_attempts` x
 (connect + read timeout): the daemon hands the Notifier this store with `Threaded` calls
