@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,20 +103,23 @@ class FakePlatform:
         return f"http://127.0.0.1:{self.port}"
 
 
+async def serve_platform(platform: FakePlatform) -> web.AppRunner:
+    """Serve `platform` on a free port of 127.0.0.1 from the running loop; clean the runner up."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", platform.handle)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    platform.port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", platform.port)
+    await site.start()
+    return runner
+
+
 @pytest.fixture
 async def platforms() -> AsyncIterator[tuple[FakePlatform, FakePlatform]]:
     """Two local platforms (baseline, candidate) served from the test's event loop."""
     made = (FakePlatform(), FakePlatform())
-    runners = []
-    for platform in made:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", platform.handle)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await runner.setup()
-        platform.port = free_port()
-        site = web.TCPSite(runner, "127.0.0.1", platform.port)
-        await site.start()
-        runners.append(runner)
+    runners = [await serve_platform(platform) for platform in made]
     yield made
     for runner in runners:
         await runner.cleanup()
@@ -151,7 +154,15 @@ checks:
 class DaemonProcess:
     """`python -m exporter run` in a subprocess, with its log captured to a file."""
 
-    def __init__(self, config: Path, port: int, log: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        config: Path,
+        port: int,
+        log: Path,
+        env: dict[str, str],
+        flags: Sequence[str] = (),
+        preexec_fn: Callable[[], object] | None = None,
+    ) -> None:
         self.config, self.port, self.log_path = config, port, log
         self._log = log.open("wb")
         self.proc = subprocess.Popen(
@@ -166,11 +177,13 @@ class DaemonProcess:
                 f"127.0.0.1:{port}",
                 "--log-level",
                 "debug",
+                *flags,
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
             cwd=ROOT,
+            preexec_fn=preexec_fn,
         )
 
     @property

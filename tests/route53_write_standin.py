@@ -37,6 +37,8 @@ from tests.route53_standin import NS, Failure, StandIn, _error, route53_escape
 
 _CHANGE_PATH = re.compile(r"^/2013-04-01/hostedzone/([^/]+)/rrset/?$")
 _GET_CHANGE_PATH = re.compile(r"^/2013-04-01/change/([^/?]+)")
+# an endpoint URL ending in /as/<caller> tells the writers apart (the HA tests' replicas)
+_CALLER_PREFIX = re.compile(r"^/as/([A-Za-z0-9_.-]+)(/.*)$")
 _Q = f"{{{NS}}}"
 
 
@@ -48,6 +50,7 @@ class Gate:
 
     arrived: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
+    timeout: float = 10.0  # released by itself after this long (keep it under the client's)
 
 
 PRIOR_REQUEST = Failure(
@@ -80,7 +83,9 @@ class PendingChange:
 class WriteStandIn(StandIn):
     """`calls` lists every request in order: ("list", zone), ("change", zone, id or error code),
     ("get_change", id, status). `batches` holds each accepted ChangeBatch, parsed; `refused`
-    each batch answered InvalidChangeBatch, with Route53's message under "error"."""
+    each batch answered InvalidChangeBatch, with Route53's message under "error". Both record
+    when the stand-in decided ("at", time.monotonic()) and who sent it ("caller": the name in an
+    endpoint URL ending in `/as/<name>`, else None)."""
 
     pending_polls: int = 0  # each change answers PENDING to this many GetChange calls
     pending_seconds: float = 0.0  # and stays PENDING at least this long
@@ -109,11 +114,13 @@ class WriteStandIn(StandIn):
                     self.wfile.write(data)
 
             def do_GET(self) -> None:
-                self._send(*standin.answer(self.path))
+                _, path = _caller(self.path)
+                self._send(*standin.answer(path))
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                self._send(*standin.answer_post(self.path, self.rfile.read(length)))
+                caller, path = _caller(self.path)
+                self._send(*standin.answer_post(path, self.rfile.read(length), caller))
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -152,7 +159,7 @@ class WriteStandIn(StandIn):
             self.calls.append(("get_change", change_id, status))
             return 200, _change_info("GetChangeResponse", change, status)
 
-    def answer_post(self, path: str, body: bytes) -> tuple[int, str]:
+    def answer_post(self, path: str, body: bytes, caller: str | None = None) -> tuple[int, str]:
         match = _CHANGE_PATH.match(path)
         if match is None:
             return 404, _error("NotFound", f"no route for POST {path}")
@@ -161,7 +168,7 @@ class WriteStandIn(StandIn):
             gate, self.hold_next_change = self.hold_next_change, None
         if gate is not None:
             gate.arrived.set()
-            gate.release.wait(10.0)  # under the client's read timeout
+            gate.release.wait(gate.timeout)
         now = time.monotonic()
         with self._wlock:
             failure = self.change_fail_next.pop(0) if self.change_fail_next else None
@@ -182,7 +189,9 @@ class WriteStandIn(StandIn):
             applied, problems = _apply_batch(zone, batch["Changes"])
             if problems:
                 message = "[" + ", ".join(problems) + "]"
-                self.refused.append({"zone": zone_id, "error": message, **batch})
+                self.refused.append(
+                    {"zone": zone_id, "error": message, "at": now, "caller": caller, **batch}
+                )
                 self.calls.append(("change", zone_id, "InvalidChangeBatch"))
                 return 400, _error("InvalidChangeBatch", message)
             # a new list, not an edit: a listing running meanwhile sees before or after, whole
@@ -193,7 +202,7 @@ class WriteStandIn(StandIn):
                 change_id, zone_id, now, self.pending_polls, self.pending_seconds
             )
             self.changes[change_id] = pending
-            self.batches.append({"zone": zone_id, **batch})
+            self.batches.append({"zone": zone_id, "at": now, "caller": caller, **batch})
             self.calls.append(("change", zone_id, change_id))
             status = pending.status(now)
             return 200, _change_info("ChangeResourceRecordSetsResponse", pending, status)
@@ -206,6 +215,11 @@ class WriteStandIn(StandIn):
                 for r in self.zones[zone]
                 if route53_escape(r["Name"]) == route53_escape(name)
             }
+
+
+def _caller(path: str) -> tuple[str | None, str]:
+    match = _CALLER_PREFIX.match(path)
+    return (match.group(1), match.group(2)) if match else (None, path)
 
 
 def _change_info(root: str, change: PendingChange, status: str) -> str:

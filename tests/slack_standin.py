@@ -6,6 +6,7 @@
     AsyncWebhookClient(standin.webhook_url)
     standin.fail_next("ratelimited", 2)   # the next 2 message calls answer 429 + Retry-After
     standin.top_level(), standin.replies(ts), standin.message_calls()
+    standin.url_as("replica-a")      # the same Slack; each call it gets is marked with the caller
     await standin.stop()
 
 Faults (`fail_next`), applied in order to message calls (chat.postMessage, chat.update, webhook):
@@ -59,6 +60,7 @@ class Call:
     text: str | None = None
     blocks: list[Any] | None = None
     metadata: dict[str, Any] | None = None
+    caller: str | None = None  # the name in a base_url from url_as(name), else None
 
 
 @dataclass
@@ -103,6 +105,10 @@ class SlackStandIn:
     def webhook_url(self) -> str:
         return f"http://127.0.0.1:{self.port}{self.webhook_path}"
 
+    def url_as(self, caller: str) -> str:
+        """A base_url whose calls the stand-in marks with `caller` (one per HA replica)."""
+        return f"http://127.0.0.1:{self.port}/as/{caller}/api/"
+
     def fail_next(self, fault: str, times: int = 1) -> None:
         self.faults.extend([fault] * times)
 
@@ -119,6 +125,7 @@ class SlackStandIn:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)
+        app.router.add_route("*", "/as/{caller}/api/{method}", self._api)
         app.router.add_post(self.webhook_path, self._webhook)
         app.router.add_post("/services/{rest:.*}", self._unknown_webhook)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
@@ -236,6 +243,7 @@ class SlackStandIn:
             text=params.get("text"),
             blocks=params.get("blocks"),
             metadata=params.get("metadata"),
+            caller=request.match_info.get("caller"),
         )
         self.calls.append(call)
         if request.headers.get("Authorization") != f"Bearer {self.token}":
