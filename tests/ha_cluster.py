@@ -28,12 +28,14 @@ import contextlib
 import ctypes
 import json
 import re
+import shutil
 import signal
 import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -71,6 +73,10 @@ STEPS = "[" + ", ".join(str(p) for p in range(5, 101, 5)) + "]"
 Mode = Literal["pass", "drop", "hang"]
 _PR_SET_PDEATHSIG = 1
 _TARGET = re.compile(rb"(?i)x-amz-target:[ \t]*[\w.]*?\.(\w+)")
+# the daemon's log lines (exporter/logs.py, exporter/store/lease.py) that start and end a term
+_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+\s+\S+ (.*)$")
+_LEADS = re.compile(r"^ha: \S+ leads migration \S+ \(epoch (\d+)\)")
+_ENDS = re.compile(r"^ha: \S+ (?:stops acting for|lost the lease of) migration ")
 
 
 # -- DynamoDB, one door per replica ------------------------------------------------------------
@@ -228,6 +234,7 @@ class Replica(DaemonProcess):
     def __init__(self, name: str, config: Path, log: Path, flags: Sequence[str]) -> None:
         self.name = name
         self.paused = False
+        self.killed_at: float | None = None  # time.time() of a kill -9
         super().__init__(
             config,
             free_port(),
@@ -244,8 +251,34 @@ class Replica(DaemonProcess):
     def kill(self) -> None:
         """kill -9: no release of the lease, no flush of anything."""
         if self.alive:
+            self.killed_at = time.time()
             self.proc.kill()
             self.proc.wait()
+
+    def logged(self, words: str) -> float | None:
+        """When this process first logged a line containing `words` (time.time()), or None."""
+        for line in self.log().splitlines():
+            match = _LOG_LINE.match(line)
+            if match and words in match.group(2):
+                return _wall(match.group(1))
+        return None
+
+    def terms(self) -> list[tuple[int, float, float | None]]:
+        """The terms this process led, as its log tells: (epoch, from, until), time.time();
+        until is the kill for the last term of a killed replica, None while it leads."""
+        terms: list[tuple[int, float, float | None]] = []
+        for line in self.log().splitlines():
+            match = _LOG_LINE.match(line)
+            if match is None:
+                continue
+            at, text = _wall(match.group(1)), match.group(2)
+            if (leads := _LEADS.match(text)) is not None:
+                terms.append((int(leads.group(1)), at, None))
+            elif _ENDS.match(text) and terms and terms[-1][2] is None:
+                terms[-1] = (terms[-1][0], terms[-1][1], at)
+        if terms and terms[-1][2] is None and self.killed_at is not None:
+            terms[-1] = (terms[-1][0], terms[-1][1], self.killed_at)
+        return terms
 
     def pause(self) -> None:
         self.proc.send_signal(signal.SIGSTOP)
@@ -292,6 +325,11 @@ class Replica(DaemonProcess):
             self.proc.send_signal(signal.SIGCONT)
             self.proc.wait()
         self.stop()
+
+
+def _wall(stamp: str) -> float:
+    """A log line's "%(asctime)s" (local time, ms) as time.time()."""
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
 @dataclass(frozen=True)
@@ -353,6 +391,7 @@ class HACluster:
         self.slack = SlackStandIn(token=SLACK_TOKEN, channels={"#migration": CHANNEL})
         self.proxies: dict[str, DynamoProxy] = {}
         self.replicas: dict[str, Replica] = {}
+        self.started: list[Replica] = []  # every process started, restarts included
         self._runners: list[web.AppRunner] = []
 
     @staticmethod
@@ -421,12 +460,15 @@ class HACluster:
             + f"  migration: {self.migration}\n"
         )
 
-    def start_replica(self, name: str) -> Replica:
-        """Start (or start again, with the same state_dir) the replica `name`."""
+    def start_replica(self, name: str, *, fresh: bool = False) -> Replica:
+        """Start (or start again) the replica `name`; `fresh`: with an empty state_dir, as a
+        pod replaced without its volume."""
         old = self.replicas.get(name)
         if old is not None:
             old.close()
         where = self.tmp / name
+        if fresh:
+            shutil.rmtree(where / "state", ignore_errors=True)
         where.mkdir(parents=True, exist_ok=True)
         config = where / "cutover.yml"
         config.write_text(self.config(name))
@@ -435,10 +477,11 @@ class HACluster:
             name, config, where / f"daemon{runs}.log", ["--log-level", self.log_level]
         )
         self.replicas[name] = replica
+        self.started.append(replica)
         return replica
 
     async def close(self, failed: bool = False) -> None:
-        for replica in self.replicas.values():
+        for replica in self.started:
             replica.close()
         if failed:
             self.print_logs()

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -36,17 +34,6 @@ log = logging.getLogger(__name__)
 
 LEASE = 2.0
 RENEW = LEASE / 3
-# the log's "%(asctime)s" (wall clock of the same machine: comparable between replicas)
-_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
-
-
-def logged_at(replica: Replica, words: str) -> float | None:
-    """When the replica first logged a line containing `words` (epoch seconds), or None."""
-    for line in replica.log().splitlines():
-        match = _STAMP.match(line)
-        if match and words in line:
-            return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-    return None
 
 
 async def wait_until(what: str, predicate: Callable[[], Awaitable[bool]], timeout: float) -> None:
@@ -119,8 +106,8 @@ async def test_a_leader_cut_off_dynamodb_stops_acting_before_another_can_take_th
             old.name, stopped - cut, new.name, time.monotonic() - cut,
         )  # fmt: skip
         # what each one logged, on the same machine's clock: it stopped before the other led
-        gave_up = logged_at(old, "stops acting for migration")
-        took = logged_at(new, "leads migration")
+        gave_up = old.logged("stops acting for migration")
+        took = new.logged("leads migration")
         assert gave_up is not None and took is not None, (old.log()[-2000:], new.log()[-2000:])
         assert gave_up < took
         assert "no renew succeeded within" in old.log()
