@@ -374,6 +374,7 @@ class HACluster:
         lease: str = "2s",
         slack: bool = False,
         steps: str = STEPS,
+        quorum: int | None = None,
         log_level: str = "debug",
         start_gap: float = 0.0,
     ) -> None:
@@ -383,6 +384,7 @@ class HACluster:
         self.lease_text = lease
         self.with_slack = slack
         self.steps = steps
+        self.quorum = quorum
         self.log_level = log_level
         self.start_gap = start_gap  # seconds between starts: the first one started leads
         self.migration = f"ha-{uuid.uuid4().hex[:10]}"
@@ -458,6 +460,7 @@ class HACluster:
             + f"ha:\n  vantage: {name}\n  table: {TABLE}\n  region: us-east-1\n"
             + f"  endpoint_url: {self.proxies[name].url}\n  lease: {self.lease_text}\n"
             + f"  migration: {self.migration}\n"
+            + (f"  quorum: {self.quorum}\n" if self.quorum is not None else "")
         )
 
     def start_replica(self, name: str, *, fresh: bool = False) -> Replica:
