@@ -22,8 +22,8 @@ from exporter.judging.readiness import Verdict as ReadinessVerdict
 from exporter.probing.history import SplitPoint
 from exporter.probing.state import CheckState
 from exporter.readiness.ledger import StepMark, StepSummary
-from exporter.route53.plan import Phase as ShiftPhase
-from exporter.route53.plan import ShiftStatus
+from exporter.route53.explain import ShiftStatus
+from exporter.route53.model import Phase as ShiftPhase
 from exporter.route53.read import RecordSpec, Route53Snapshot
 from exporter.traffic.counts import CODE_CLASSES, Tally
 from exporter.traffic.split import SplitStatus
