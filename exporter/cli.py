@@ -31,7 +31,7 @@ from exporter.errors import ConfigError, StateDirError, UsageError
 from exporter.logs import setup_logging
 from exporter.readiness.offline import readiness_from_state_dir
 from exporter.report import FORMATS, render
-from exporter.route53.explain import DRY_RUN, plan_text
+from exporter.route53.words import DRY_RUN, plan_text
 from exporter.store import dynamo
 from exporter.store.lease import LEASE_SK, RENEW_FRACTION, SAFE_FRACTION, lease_pk
 from exporter.web.app import start_server

@@ -1,137 +1,30 @@
-"""How a shift plan is told to people: where it stands, why it waits, what it would write.
+"""Where a shift plan stands and why it waits: the status people read.
 
-The plan (plan.py) decides; this module words it, for the status page, /api/v1/status,
-`cutover shift status`, the plan's history and its news in Slack. It reads a plan (`PlanView`,
-which `ShiftPlan` is) and changes nothing; the plan asks it for words, never for a decision.
+For the status page, /api/v1/status, the metrics and `cutover shift status`, and for the words
+of a refusal (`where`). It reads a plan (`PlanView`, which `ShiftPlan` is) and changes nothing:
+the plan asks it for words, never for a decision. The sentences themselves are in words.py.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
-from exporter.route53.model import (
-    Change,
-    Observation,
-    PausedBy,
-    Phase,
-    ShiftSettings,
-    Transition,
-    candidate_percent,
+from exporter.route53.model import Change, Observation, PausedBy, Phase, ShiftSettings, Transition
+from exporter.route53.words import (
+    DRY_RUN,
+    dry,
+    format_left,
+    pct,
+    real_share,
+    real_text,
+    stopped,
+    weights_text,
+    would_set,
 )
 
-__all__ = [
-    "DRY_RUN",
-    "PlanView",
-    "ShiftStatus",
-    "dry",
-    "explain",
-    "format_left",
-    "go_text",
-    "pct",
-    "plan_text",
-    "real_share",
-    "real_text",
-    "stopped",
-    "weights_text",
-    "where",
-    "would_set",
-]
-
-DRY_RUN: Final = "DRY RUN"
-
-
-def dry(text: str) -> str:
-    """`text` marked as a dry run's, once: "DRY RUN: ..." unless it says so already."""
-    return text if DRY_RUN in text else f"{DRY_RUN}: {text}"
-
-
-def format_left(seconds: float) -> str:
-    """4m 12s, 1h 5m, 42s: how long a person still has to wait."""
-    s = max(0, math.ceil(seconds))
-    hours, rest = divmod(s, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h {minutes}m" if minutes else f"{hours}h"
-    if minutes:
-        return f"{minutes}m {secs}s" if secs else f"{minutes}m"
-    return f"{secs}s"
-
-
-def pct(share: float | None) -> str:
-    """25%, 2.5% (? when unknown)."""
-    return "?" if share is None else f"{share:g}%"
-
-
-def plan_text(steps: Sequence[float], current: int | None = None) -> str:
-    """10% → [25%] → 50% → 100%: the steps as a person reads them, the current one bracketed."""
-    return " → ".join(f"[{pct(s)}]" if i == current else pct(s) for i, s in enumerate(steps))
-
-
-def weights_text(weights: Mapping[str, int | None], order: Sequence[str]) -> str:
-    """heroku 90, aws 10 (a missing record set shows as -)."""
-    return ", ".join(f"{p} {'-' if weights.get(p) is None else weights.get(p)}" for p in order)
-
-
-# --- sentences that the plan's news and history share with its status ---------------------
-
-
-def real_share(settings: ShiftSettings, real: Mapping[str, int | None] | None) -> float | None:
-    """The candidate's percent in the weights Route53 holds; None before a read."""
-    return None if real is None else candidate_percent(real, *settings.platforms)
-
-
-def real_text(
-    settings: ShiftSettings, real: Mapping[str, int | None] | None, still: bool = False
-) -> str:
-    """Route53 holds aws 10% (heroku 90, aws 10): the weights as last read."""
-    if real is None:
-        return "Route53's weights not read yet"
-    holds = "still holds" if still else "holds"
-    return (
-        f"Route53 {holds} {settings.candidate} {pct(real_share(settings, real))} "
-        f"({weights_text(real, settings.platforms)})"
-    )
-
-
-def would_set(
-    settings: ShiftSettings, change: Change, real: Mapping[str, int | None] | None
-) -> str:
-    """A dry run's change: what it would write, beside what Route53 holds."""
-    wrote = weights_text(change.weights, settings.platforms)
-    cand = settings.candidate
-    if change.kind == "rollback":
-        return (
-            f"would roll {cand} back to {pct(change.share)} ({wrote}); "
-            f"{real_text(settings, real, still=True)}"
-        )
-    return f"would set {cand} to {pct(change.share)} ({wrote}); {real_text(settings, real)}"
-
-
-def stopped(settings: ShiftSettings) -> str:
-    """Where a rollback left the plan: rolled back, or in a dry run, would have."""
-    if settings.dry_run:
-        return (
-            f"would roll {settings.candidate} back to {pct(settings.rollback_to)} (nothing written)"
-        )
-    return f"rolled back to {pct(settings.rollback_to)}"
-
-
-def go_text(settings: ShiftSettings, share: float | None, judged: Observation | None) -> str:
-    """readiness GO for aws at 10% (held 31 min; 7 200 probes; ...): why the plan moves on.
-
-    `judged` is the observation whose verdict is on the plan's current step, if any.
-    """
-    if settings.dry_run:  # on what it would have written: nothing was held, nothing is said held
-        return f"readiness GO at {pct(share)}"
-    summary = "; ".join(judged.readiness_reasons) if judged is not None else ""
-    text = f"readiness GO for {settings.candidate} at {pct(share)}"
-    return f"{text} ({summary})" if summary else text
-
-
-# --- reading a plan -------------------------------------------------------------------------
+__all__ = ["PlanView", "ShiftStatus", "explain", "where"]
 
 
 class PlanView(Protocol):

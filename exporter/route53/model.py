@@ -1,8 +1,8 @@
 """The shift plan's terms: its settings, what it observes, its phases, the change it has in
 flight, its history, and how a share becomes Route53 weights.
 
-Plain data, read by the plan (plan.py), by what explains it (explain.py) and by its state file
-(record.py). The `Annotated` types bound what a state file may hold.
+Plain data, read by the plan (plan.py), by its words and status (words.py, explain.py) and by
+its state file (record.py). The `Annotated` types bound what a state file may hold.
 """
 
 from __future__ import annotations

@@ -20,9 +20,10 @@ saw it. A control call that does not apply raises `Refused`, whose text is meant
 who made it.
 
 Around it, each with one job: model.py holds its terms (settings, observation, phases, the
-change in flight), actions.py what it asks for, explain.py its words (the status people read,
-why it waits, the sentences of its news) and record.py its file, shift.json. The plan asks
-explain.py for words only; its decisions, the gate included (`blockers`), stay here.
+change in flight), actions.py what it asks for, words.py the sentences of its news and history,
+explain.py its status (where it stands, why it waits) and record.py its file, shift.json. The
+plan asks words.py and explain.py for words only: its decisions, the gate (`blockers`) included,
+stay here.
 
 A dry run walks the same states but writes nothing: it trusts its own (unwritten) weights, and
 every text it produces (notifications, history, why it waits) starts with "DRY RUN:", says what
@@ -42,22 +43,7 @@ from exporter.alerting.outbox import Notification
 from exporter.errors import Refused
 from exporter.judging.readiness import Verdict
 from exporter.route53.actions import Action, Notify, NotifyKind, SetWeights
-from exporter.route53.explain import (
-    DRY_RUN,
-    ShiftStatus,
-    dry,
-    explain,
-    format_left,
-    go_text,
-    pct,
-    plan_text,
-    real_share,
-    real_text,
-    stopped,
-    weights_text,
-    where,
-    would_set,
-)
+from exporter.route53.explain import ShiftStatus, explain, where
 from exporter.route53.model import (
     ALIAS_TTL,
     EPS,
@@ -72,6 +58,20 @@ from exporter.route53.model import (
 )
 from exporter.route53.read import normalize_name
 from exporter.route53.record import STATE_VERSION, ShiftRecord, shift_file
+from exporter.route53.words import (
+    DRY_RUN,
+    approval_news,
+    done_news,
+    dry,
+    format_left,
+    go_text,
+    landed_news,
+    pct,
+    plan_text,
+    rollback_news,
+    stopped,
+    would_set,
+)
 
 # ShiftPlan, and the names its callers have always imported from here
 __all__ = [
@@ -249,40 +249,16 @@ class ShiftPlan:
 
         if self.phase in (Phase.HOLDING, Phase.WAITING_APPROVAL) and not self.blockers(now):
             s = self.settings
+            go = go_text(s, self.share, self._judged())
             if self.next_index is None:
-                if s.dry_run:
-                    done = f"the shift would be done; {real_text(self.settings, self.route53)}"
-                    told = (
-                        f"{s.record}: the shift would be done: {s.candidate} would carry "
-                        f"{pct(self.share)} of the traffic; nothing written; {real_text(self.settings, self.route53)}"
-                    )
-                else:
-                    done = "the shift is done"
-                    told = (
-                        f"{s.record}: {s.candidate} carries {pct(self.share)} of the traffic: "
-                        "the shift is done"
-                    )
-                self._move(
-                    now, Phase.DONE, f"{go_text(self.settings, self.share, self._judged())}: {done}"
-                )
+                noted, told = done_news(s, self.share, go, self.route53)
+                self._move(now, Phase.DONE, noted)
                 actions.append(self._tell("done", told))
             elif s.mode == "auto":
-                actions += self._issue_step(
-                    now, self.next_index, go_text(self.settings, self.share, self._judged())
-                )
+                actions += self._issue_step(now, self.next_index, go)
             elif self.phase is Phase.HOLDING:
-                goal = pct(s.steps[self.next_index])
-                self._move(
-                    now,
-                    Phase.WAITING_APPROVAL,
-                    f"{go_text(self.settings, self.share, self._judged())}: approve {goal}",
-                )
-                told = (
-                    f"{s.record}: {go_text(self.settings, self.share, self._judged())}; approve to go to {goal} "
-                    f"(nothing is written: {real_text(self.settings, self.route53)})"
-                    if s.dry_run
-                    else f"{s.record}: {go_text(self.settings, self.share, self._judged())}; approve to go to {goal}"
-                )
+                noted, told = approval_news(s, go, s.steps[self.next_index], self.route53)
+                self._move(now, Phase.WAITING_APPROVAL, noted)
                 actions.append(self._tell("waiting_approval", told))
         return actions
 
@@ -543,7 +519,7 @@ class ShiftPlan:
         return obs
 
     def blockers(self, now: float) -> list[str]:
-        """The gate: why the plan may not advance now (nothing: it may), from the last observation."""
+        """The gate: why the plan may not advance now (none: it may), from the last observation."""
         out: list[str] = []
         left = self._floor_left(now)
         if left and self.phase is Phase.HOLDING:
@@ -644,20 +620,7 @@ class ShiftPlan:
         )
         self.in_flight = change
         self.paused_by, self.pause_reason = "rollback", reason
-        if s.dry_run:
-            wrote = weights_text(change.weights, s.platforms)
-            real = real_text(self.settings, self.route53, still=True)
-            noted = f"would roll back from {pct(failed)}: {reason}; {real}"
-            told = (
-                f"{s.record}: would roll {s.candidate} back from {pct(failed)} to "
-                f"{pct(s.rollback_to)} ({wrote}): {reason}; nothing written; {real}"
-            )
-        else:
-            noted = f"rolling back from {pct(failed)}: {reason}"
-            told = (
-                f"{s.record}: rolling {s.candidate} back from {pct(failed)} to "
-                f"{pct(s.rollback_to)}: {reason}"
-            )
+        noted, told = rollback_news(s, change, failed, reason, self.route53)
         self._move(now, Phase.ROLLED_BACK, noted)
         return [self._set_weights(change, reason), self._tell("rollback", told, about)]
 
@@ -670,53 +633,18 @@ class ShiftPlan:
         self.since = now
         self.fresh_after = now
         self.changed_at = change.issued_at
-        rollback = change.kind == "rollback"
-        if s.dry_run:
-            wrote = weights_text(change.weights, s.platforms)
-            real = real_text(self.settings, self.route53, still=rollback)
-            text = f"acting as if {s.candidate} were at {pct(change.share)} ({wrote}): "
-            text += f"nothing written; {real}"
-        else:
+        if not s.dry_run:
             self.route53 = s.pair(change.weights)  # INSYNC: Route53 holds them now
-            text = f"{s.candidate} at {pct(change.share)} ({how})"
-        if rollback:
-            self._note(now, text)
-            if s.dry_run:
-                holds = (
-                    "Route53's weights not read yet"
-                    if self.route53 is None
-                    else f"Route53 still holds {pct(real_share(self.settings, self.route53))}: "
-                    f"{weights_text(self.route53, s.platforms)}"
-                )
-                told = (
-                    f"{s.record}: would roll {s.candidate} back to {pct(change.share)} "
-                    f"({holds}); the shift is paused until a person resumes"
-                )
-            else:
-                told = (
-                    f"{s.record}: {s.candidate} rolled back to {pct(change.share)} "
-                    f"(was {pct(was)}); paused until a person resumes"
-                )
+        noted, told = landed_news(s, change, was, how, self.route53, self.hold)
+        if change.kind == "rollback":
+            self._note(now, noted)
             return [self._tell("rolled_back", told, self.firing)]
         assert change.index is not None
         self.next_index = change.index + 1 if change.index + 1 < len(s.steps) else None
         if self.phase is Phase.RUNNING:
-            self._move(now, Phase.HOLDING, text)
+            self._move(now, Phase.HOLDING, noted)
         else:
-            self._note(now, text)
-        plan = plan_text(s.steps, change.index)
-        if s.dry_run:
-            told = (
-                f"{s.record}: would set {s.candidate} to {pct(change.share)} "
-                f"({weights_text(change.weights, s.platforms)}), was {pct(was)}; "
-                f"nothing written; {real_text(self.settings, self.route53)}; holding {format_left(self.hold)} "
-                f"as if it were set; plan {plan}"
-            )
-        else:
-            told = (
-                f"{s.record}: {s.candidate} now gets {pct(change.share)} of the traffic "
-                f"(was {pct(was)}); holding {format_left(self.hold)}; plan {plan}"
-            )
+            self._note(now, noted)
         return [self._tell("step", told)]
 
     def _reconcile(
