@@ -46,7 +46,8 @@ from exporter.probing.schedule import Schedule, Slot
 from exporter.probing.state import CheckState, Series, both_failing
 from exporter.probing.window import Window
 from exporter.readiness.watch import News, Observed, ReadinessWatch, StepBegan, WatchSettings
-from exporter.route53.plan import Notify, Observation, ShiftSettings
+from exporter.route53.actions import Notify
+from exporter.route53.model import Observation, ShiftSettings
 from exporter.route53.read import (
     RecordSpec,
     RecordWeights,

@@ -9,19 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from exporter.alerting.outbox import Notification
-from exporter.errors import CorruptStateFile
-from exporter.route53.plan import (
-    Action,
-    Notify,
-    Observation,
-    Refused,
-    SetWeights,
-    ShiftPlan,
-    ShiftRecord,
-    ShiftSettings,
-    dry,
-)
+from exporter.errors import CorruptStateFile, Refused
+from exporter.route53.actions import Action, Notify, SetWeights
+from exporter.route53.model import Observation, ShiftSettings
+from exporter.route53.plan import ShiftPlan
 from exporter.route53.read import RecordSpec, Route53Error
+from exporter.route53.record import ShiftRecord
+from exporter.route53.words import dry
 from exporter.route53.write import Route53Writer
 from exporter.store.calls import Inline, StoreCalls
 from exporter.store.documents import Document, DocumentStore, LocalDocuments
