@@ -7,7 +7,6 @@ import contextlib
 import functools
 import logging
 import time
-import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,14 +36,13 @@ from exporter.alerting.messages import (
 from exporter.alerting.migration import readiness_notification, step_notification
 from exporter.alerting.outbox import Notification, OutboxStore
 from exporter.alerting.slack import Notifier, SlackSettings
-from exporter.config import Check, Config, load_config, probe_spec
+from exporter.config import Config, load_config
 from exporter.errors import ConfigError, CorruptStateFile, Refused
-from exporter.judging.judge import Evaluation, JudgeSettings, judge
+from exporter.judging.judge import Evaluation, JudgeSettings
 from exporter.logs import REDACTOR
 from exporter.probing.probe import Prober
-from exporter.probing.schedule import Schedule, Slot
-from exporter.probing.state import CheckState, Series, both_failing
-from exporter.probing.window import Window
+from exporter.probing.runner import ProbeRunner
+from exporter.probing.state import CheckState
 from exporter.readiness.watch import News, Observed, ReadinessWatch, StepBegan, WatchSettings
 from exporter.route53.actions import Notify
 from exporter.route53.model import Observation, ShiftSettings
@@ -155,12 +153,6 @@ def secrets_of(cfg: Config) -> Iterator[str]:
                 yield from source.prometheus.headers.values()
 
 
-def _offset(name: str, interval: float) -> float:
-    # a stable spread: the same check keeps its slot across reloads and restarts, and
-    # checks sharing an interval do not all fire in the same instant
-    return (zlib.crc32(name.encode()) / 2**32) * interval
-
-
 @dataclass(frozen=True, slots=True)
 class Stores:
     """Where the state lives, chosen once where the daemon is composed: state_dir's files for
@@ -214,13 +206,6 @@ def compose_stores(cfg: Config, state_dir: Path | None, leadership: Leadership |
     )
 
 
-@dataclass(slots=True)
-class _Running:
-    check: Check
-    state: CheckState
-    slot: Slot
-
-
 # The daemon's task groups, in the order `stop` ends them.
 # TRAFFIC (the pollers and the judge) is replaced on a reload that changes traffic; DRAINS (the
 # ingester of POSTed bodies) lives as long as the daemon, whatever the reloads.
@@ -251,17 +236,19 @@ class Daemon:
         self.prober = prober if prober is not None else Prober()
         self.started = time.time()
         self.config_loaded_at = time.time()
-        self._running: dict[str, _Running] = {}
-        # when each check probes next: one timer for all checks, a task only per tick under way
-        self.schedule = Schedule()
-        # the judge's latest verdicts per check, and the hysteresis it carries to the next
-        self.evaluations: dict[str, Evaluation] = {}
+        # the checks in force, their schedule and latest verdicts: every probe result goes to
+        # the step ledger, every verdict through the vantages to the incidents
+        self.probes = ProbeRunner(
+            self.prober,
+            judge_settings(config),
+            probed=lambda *result: self.readiness.probed(*result),
+            judged=self._judged,
+        )
         # every task the daemon starts belongs to it, in groups: PROBES, ROUTE53, WATCH, ...
         self.tasks = Supervisor(log)
         self.last_reload_ok = True
         self.records: dict[str, RecordSpec] = {}
         self.route53: Route53State | None = None
-        self.judge_settings = judge_settings(config)
         # locked for this process alone: StateDirError names the other daemon holding it
         self._state_dir = StateDir.open(config.state_dir) if config.state_dir else None
         self.state_dir = self._state_dir.path if self._state_dir is not None else None
@@ -337,7 +324,7 @@ class Daemon:
     # -- state ------------------------------------------------------------------------------
 
     def checks(self) -> list[CheckState]:
-        return [r.state for r in self._running.values()]
+        return self.probes.checks()
 
     def view(self) -> View:
         return View(
@@ -349,7 +336,7 @@ class Daemon:
             alerts=self.alerts.incidents,
             resolved=tuple(self.alerts.resolved),
             links=self._links(),
-            evaluations=self.evaluations,
+            evaluations=self.probes.evaluations,
             traffic=self.traffic.view(),
             readiness=self.readiness.verdicts(),
             step_marks=self.readiness.step_marks(),
@@ -375,7 +362,7 @@ class Daemon:
 
     @property
     def ready(self) -> bool:
-        return bool(self._running) and all(r.state.probed for r in self._running.values())
+        return self.probes.ready
 
     def notifications_pending(self) -> int | None:
         """Notifications not yet delivered to Slack; None without Slack."""
@@ -412,14 +399,14 @@ class Daemon:
             self.vantages = SharedVantages.of(
                 self.config,
                 writer=self.leadership.me,
-                checks=lambda: self._running.keys(),
+                checks=self.probes.names,
                 leads=self.leadership.may_act,
             )
             self.tasks.spawn(self.leadership.run(), "ha-lease", HA)
             self.tasks.spawn(self._follow_lease(self.leadership), "ha-state", HA)
         self.tasks.spawn(self.vantages.run(self._feed), "vantages", VANTAGES)
-        self.tasks.spawn(self.schedule.run(), "probe-schedule", PROBES)
-        self._apply(self.config, previous={})
+        self.tasks.spawn(self.probes.run(), "probe-schedule", PROBES)
+        self.probes.apply(self.config, judge_settings(self.config))
         self._apply_route53(self.config, previous=None)
         self._apply_slack(self.config)
         self._apply_shift(self.config)
@@ -435,7 +422,7 @@ class Daemon:
 
     async def stop(self) -> None:
         await self.tasks.stop_group(PROBES)
-        self._running.clear()
+        self.probes.clear()
         await self.tasks.stop_group(VANTAGES)
         self.vantages.close()
         await self.tasks.stop_group(ROUTE53)
@@ -491,11 +478,10 @@ class Daemon:
             log.warning("state_dir changes take effect only after a restart")
         if new.ha != self.config.ha or new.ha_migration != self.config.ha_migration:
             log.warning("ha changes take effect only after a restart")
-        self._apply(new, previous=self._running)
+        self.probes.apply(new, judge_settings(new))
         self._apply_route53(new, previous=self.config)
         self._apply_traffic(new, previous=self.config)
         self.drains.configure(drain_specs(new), routes_of(new))
-        self.judge_settings = judge_settings(new)
         self.alerts.settings = alert_settings(new)
         for incident in self._forget_removed_checks(new):
             log.info(
@@ -512,56 +498,6 @@ class Daemon:
         REDACTOR.set_secrets(secrets_of(new))
         log.info("configuration reloaded: %d checks", len(new.checks))
         return []
-
-    def _apply(self, cfg: Config, previous: dict[str, _Running]) -> None:
-        """Schedule the checks of `cfg`, keeping the state of every unchanged check and platform."""
-        running: dict[str, _Running] = {}
-        old = dict(previous)
-        undisturbed: set[str] = set()
-        for check in cfg.checks:
-            prior = old.pop(check.name, None)
-            series: dict[str, Series] = {}
-            for pname, platform in cfg.platforms.items():
-                spec = probe_spec(platform, check)
-                kept = prior.state.series.get(pname) if prior else None
-                if kept is not None and kept.spec == spec and kept.role == platform.role:
-                    kept.window.span = cfg.judge.window
-                    series[pname] = kept
-                else:
-                    series[pname] = Series(
-                        check=check.name,
-                        platform=pname,
-                        role=platform.role,
-                        spec=spec,
-                        window=Window(cfg.judge.window),
-                    )
-            if prior is not None:
-                unchanged = prior.check == check and all(
-                    prior.state.series.get(p) is s for p, s in series.items()
-                )
-                if unchanged and len(prior.state.series) == len(series):
-                    # nothing about this check changed: its loop keeps running undisturbed
-                    running[check.name] = prior
-                    undisturbed.add(check.name)
-                    continue
-                self._unschedule(prior)
-            state = CheckState(name=check.name, series=series)
-            if prior is not None:
-                # keep the tick count rising: kept windows must never see a tick twice
-                state.next_tick = prior.state.next_tick
-            slot = self.schedule.add(
-                check.name,
-                check.interval,
-                _offset(check.name, check.interval),
-                functools.partial(self._probe_tick, check, state),
-                asyncio.get_running_loop().time(),
-            )
-            running[check.name] = _Running(check=check, state=state, slot=slot)
-        for gone in old.values():
-            self._unschedule(gone)
-        for name in self.evaluations.keys() - undisturbed:
-            del self.evaluations[name]  # a changed check is judged afresh, a removed one not at all
-        self._running = running
 
     def _apply_route53(self, cfg: Config, previous: Config | None) -> None:
         """Start, change or stop the Route53 reader; records still configured keep their weights."""
@@ -741,22 +677,9 @@ class Daemon:
         if self.alerts.revision != self._alerts_saved:
             self._save_alerts()
 
-    def _evaluate(self, state: CheckState, t: float) -> None:
-        """Judge one check after a tick, advance its incidents, and notify."""
-        cfg = self.config
-        baseline = state.series.get(cfg.baseline)
-        candidate = state.series.get(cfg.candidate)
-        if baseline is None or candidate is None:
-            return
-        evaluation = judge(
-            baseline.window.samples(),
-            candidate.window.samples(),
-            t,
-            self.judge_settings,
-            previous=self.evaluations.get(state.name),
-        )
-        self.evaluations[state.name] = evaluation
-        failing = both_failing(baseline, candidate, t)
+    def _judged(self, state: CheckState, evaluation: Evaluation, failing: bool) -> None:
+        """A check's new verdict from this replica's probes (`failing`: both platforms fail
+        it): to the incidents, or first through the vantages' rounds (`ha`)."""
         self._note_outage(state.name, failing)
         fed = self.vantages.judged(state.name, evaluation, failing)
         if fed is not None:
@@ -764,9 +687,8 @@ class Daemon:
 
     def _feed(self, check: str, evaluation: Judged) -> None:
         """The vantages' combined verdicts on a check (`ha`), fed as its own would be."""
-        running = self._running.get(check)
-        if running is not None:
-            state = running.state
+        state = self.probes.state(check)
+        if state is not None:
             self._advance_incidents(check, evaluation, lambda: self._context(state))
 
     def _note_outage(self, check: str, failing: bool) -> None:
@@ -1068,48 +990,6 @@ class Daemon:
         )
 
     # -- loops ------------------------------------------------------------------------------
-
-    def _unschedule(self, running: _Running) -> None:
-        tick = self.schedule.cancel(running.slot)
-        if tick is not None:
-            tick.cancel()
-
-    async def _probe_tick(self, check: Check, state: CheckState) -> None:
-        """One tick of a check (its schedule calls it): both platforms probed at the same
-        moment (the judge compares them pairwise), recorded, judged."""
-        tick = state.next_tick
-        state.next_tick += 1
-        t = time.monotonic()
-        wall = time.time()
-        series = list(state.series.values())
-        try:
-            # the others' probes as tasks, the first one in this tick's own task: both start
-            # now, and a tick costs one task fewer than a gather of all (hundreds a second)
-            loop = asyncio.get_running_loop()
-            others = [loop.create_task(self.prober.probe(s.spec)) for s in series[1:]]
-            try:
-                results = [await self.prober.probe(series[0].spec)] if series else []
-                results += [await task for task in others]
-            finally:
-                for task in others:
-                    task.cancel()
-            for s, result in zip(series, results, strict=True):
-                s.record(result, t, tick)
-                self.readiness.probed(check.name, s.platform, result.success, result.duration)
-                s.history.add(wall, result.success, result.duration)
-                if not result.success:
-                    log.debug(
-                        "probe %s on %s failed: %s (%s)",
-                        check.name,
-                        s.platform,
-                        result.reason,
-                        result.detail,
-                    )
-            self._evaluate(state, t)
-        except Exception:
-            # the prober never raises for a failing target, so this is a bug of ours: say
-            # so loudly, and keep this check on its schedule rather than silently stop it
-            log.exception("probing or judging %s failed unexpectedly", check.name)
 
     async def _route53_loop(self, state: Route53State, interval: float) -> None:
         loop = asyncio.get_running_loop()

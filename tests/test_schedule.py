@@ -114,7 +114,7 @@ async def test_checks_waiting_are_not_tasks(platforms: tuple[FakePlatform, FakeP
     await daemon.start()
     try:
         await asyncio.sleep(0.2)
-        assert len(daemon.schedule) == 301
+        assert len(daemon.probes.schedule) == 301
         # the schedule's own task; not one task per check
         assert len(daemon.tasks.group(PROBES)) == 1
     finally:
