@@ -23,6 +23,7 @@ __all__ = [
     "AwsCalls",
     "CallTimedOut",
     "CallsClosed",
+    "WorkerThreads",
     "credential_secrets",
     "make_client",
     "scrub",
@@ -104,50 +105,19 @@ class CallTimedOut(Exception):
         self.timeout = timeout
 
 
-class AwsCalls:
-    """One AWS client's blocking calls, kept off the event loop.
+class WorkerThreads:
+    """Blocking calls kept off the event loop, in a small thread pool of their own: a hung call
+    must not occupy the loop's default executor, which DNS resolution and `to_thread` share,
+    nor more than its own worker. Each call may have a deadline; `close` refuses new calls, and
+    a call still running in a thread finishes alone."""
 
-    The client is built lazily in a worker thread (loading a service model from disk would stall
-    the loop), and the calls run in a small thread pool of their own: a hung call must not
-    occupy the loop's default executor, which DNS resolution and `to_thread` share, nor the next
-    call. `close` releases both; a call still running in a thread finishes alone. Callers turn
-    `CallsClosed`, `CallTimedOut` and what their own function raises into their own errors.
-    """
-
-    def __init__(
-        self,
-        build: Callable[[], tuple[Any, Any]],
-        *,
-        name: str,
-        workers: int = 2,
-        client: Any | None = None,
-    ) -> None:
-        """`build` returns (client, credentials), as `make_client` does; a `client` handed in
-        (tests) is used instead and never closed here."""
-        self._build = build
-        self._client = client
-        self._owns_client = client is None
-        self._credentials: Any = None
-        self._lock = threading.Lock()
+    def __init__(self, *, name: str, workers: int = 2) -> None:
         self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
 
     @property
     def closed(self) -> bool:
         return self._closed
-
-    def client(self) -> Any:
-        """The client, built on first use. Blocking: call it from a worker thread."""
-        with self._lock:
-            if self._closed:
-                raise CallsClosed
-            if self._client is None:
-                self._client, self._credentials = self._build()
-            return self._client
-
-    def secrets(self) -> list[str]:
-        """What must never be shown of the client's credentials (see `scrub`)."""
-        return credential_secrets(self._credentials) if self._credentials is not None else []
 
     async def run(self, fn: Callable[..., T], *args: Any, within: float | None = None) -> T:
         """`fn(*args)` in a worker thread, answered `within` seconds if given; what `fn` raises
@@ -176,6 +146,48 @@ class AwsCalls:
             return
         self._closed = True
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class AwsCalls(WorkerThreads):
+    """One AWS client's blocking calls, kept off the event loop (see `WorkerThreads`).
+
+    The client is built lazily in a worker thread (loading a service model from disk would stall
+    the loop). Callers turn `CallsClosed`, `CallTimedOut` and what their own function raises
+    into their own errors.
+    """
+
+    def __init__(
+        self,
+        build: Callable[[], tuple[Any, Any]],
+        *,
+        name: str,
+        workers: int = 2,
+        client: Any | None = None,
+    ) -> None:
+        """`build` returns (client, credentials), as `make_client` does; a `client` handed in
+        (tests) is used instead and never closed here."""
+        super().__init__(name=name, workers=workers)
+        self._build = build
+        self._client = client
+        self._owns_client = client is None
+        self._credentials: Any = None
+        self._lock = threading.Lock()
+
+    def client(self) -> Any:
+        """The client, built on first use. Blocking: call it from a worker thread."""
+        with self._lock:
+            if self._closed:
+                raise CallsClosed
+            if self._client is None:
+                self._client, self._credentials = self._build()
+            return self._client
+
+    def secrets(self) -> list[str]:
+        """What must never be shown of the client's credentials (see `scrub`)."""
+        return credential_secrets(self._credentials) if self._credentials is not None else []
+
+    def close(self) -> None:
+        super().close()
         with self._lock:
             if self._owns_client and self._client is not None:
                 self._client.close()

@@ -14,10 +14,10 @@ for outside a coroutine can be made at once (inline) or must wait for the caller
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
+
+from exporter.aws import CallsClosed, CallTimedOut, WorkerThreads
 
 __all__ = ["Inline", "StoreCalls", "Threaded"]
 
@@ -58,20 +58,16 @@ class Threaded:
             raise ValueError("timeout must be positive")
         self.timeout = timeout
         self.name = name
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-        self._closed = False
+        self._worker = WorkerThreads(name=name, workers=1)
 
     async def __call__(self, fn: Callable[[], T]) -> T:
-        if self._closed:
-            raise OSError(f"{self.name}: closed")
-        future = asyncio.get_running_loop().run_in_executor(self._executor, fn)
         try:
-            return await asyncio.wait_for(future, self.timeout)
-        except TimeoutError:
+            return await self._worker.run(fn, within=self.timeout)
+        except CallsClosed:
+            raise OSError(f"{self.name}: closed") from None
+        except CallTimedOut:
             raise TimeoutError(f"{self.name}: no answer within {self.timeout:g}s") from None
 
     def close(self) -> None:
         """No new calls; one under way finishes alone."""
-        if not self._closed:
-            self._closed = True
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._worker.close()
