@@ -46,6 +46,7 @@ from exporter.probing.state import CheckState
 from exporter.readiness.watch import News, Observed, ReadinessWatch, StepBegan, WatchSettings
 from exporter.route53.actions import Notify
 from exporter.route53.model import Observation, ShiftSettings
+from exporter.route53.observe import guarding_checks, observation, shift_settings
 from exporter.route53.read import (
     RecordSpec,
     RecordWeights,
@@ -855,21 +856,7 @@ class Daemon:
     # -- guarded shifting -------------------------------------------------------------------
 
     def shift_settings(self, cfg: Config) -> ShiftSettings | None:
-        if cfg.shift is None:
-            return None
-        shift = cfg.shift
-        return ShiftSettings(
-            record=shift.record,
-            baseline=cfg.baseline,
-            candidate=cfg.candidate,
-            steps=tuple(float(s) for s in shift.steps),
-            # readiness.hold (else shift.hold): the verdict enforces it, the plan counts it down
-            hold=cfg.readiness_hold,
-            ttl_margin=shift.ttl_margin,
-            rollback_to=float(shift.rollback_to),
-            mode=shift.mode,
-            dry_run=not (shift.enabled and self.allow_route53_writes),
-        )
+        return shift_settings(cfg, self.allow_route53_writes)
 
     def _apply_shift(self, cfg: Config) -> None:
         settings = self.shift_settings(cfg)
@@ -923,53 +910,21 @@ class Daemon:
 
     def shift_checks(self) -> list[str]:
         """The checks that guard the shifted record: their regressions roll it back."""
-        cfg = self.config
-        if cfg.shift is None:
-            return []
-        key = normalize_name(cfg.shift.record)
-        probes = [
-            c.name for c in cfg.checks if (r := cfg.record_for(c)) is not None and r.key == key
-        ]
-        split = cfg.traffic_record()
-        if split is None or split.key != key:
-            return probes
-        # real traffic on the shifted record guards it as its probes do
-        return probes + [f"{TRAFFIC_PREFIX}{route}" for route in self.traffic.route_groups()]
+        return guarding_checks(self.config, self.traffic.route_groups())
 
     def _shift_observation(self) -> Observation:
         assert self.shift is not None
-        checks = set(self.shift_checks())
         spec = self.shift.record
-        weights = ttl = read_at = None
-        if self.route53 is not None:
-            rw = self.route53.weights.get(spec)
-            if rw is not None and spec not in self.route53.failing:
-                weights, ttl, read_at = rw.platform_weights(), rw.ttl, rw.fetched_at
-        firing = [i.id for i in self.alerts.firing() if i.check in checks]
-        pending = [
-            i.id
-            for i in self.alerts.incidents
-            if i.check in checks and i not in self.alerts.firing()
-        ]
-        # the verdict on the record's current step: the plan tells a step before its own change
-        # (the ledger sees it a tick and a Route53 read later) by when it began and its share
-        key = normalize_name(self.shift.settings.record)
-        verdict = next((r for r in self.readiness.verdicts() if r.record == key), None)
-        return Observation(
-            weights=weights,
-            readiness=verdict.verdict if verdict is not None else None,
-            readiness_reasons=verdict.reasons if verdict is not None else (),
-            readiness_since=verdict.step.started_at if verdict is not None else None,
-            readiness_share=100.0 * verdict.step.shares.get(self.config.candidate, 0.0)
-            if verdict is not None
-            else None,
-            firing=firing,
-            pending=pending,
-            ttl=ttl,
-            read_at=read_at,
-            names={
-                i.id: f"{i.signal} on {i.check}" for i in self.alerts.incidents if i.check in checks
-            },
+        weights = None
+        if self.route53 is not None and spec not in self.route53.failing:
+            weights = self.route53.weights.get(spec)
+        return observation(
+            self.shift.settings,
+            self.shift_checks(),
+            weights,
+            self.alerts.incidents,
+            self.alerts.firing(),
+            self.readiness.verdicts(),
         )
 
     async def _shift_loop(self) -> None:
