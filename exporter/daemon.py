@@ -8,7 +8,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
@@ -18,26 +18,25 @@ from exporter import __version__
 from exporter.alerting.alerts import (
     Alerts,
     AlertSettings,
-    AlertsRecord,
     Event,
     Fired,
     Incident,
     Judged,
     Resolved,
 )
+from exporter.alerting.book import IncidentBook
 from exporter.alerting.dynamo_outbox import DynamoOutboxStore
 from exporter.alerting.local_outbox import LocalOutboxStore
 from exporter.alerting.messages import (
     TRAFFIC_PREFIX,
     Context,
-    notifications,
     shift_notifications,
 )
 from exporter.alerting.migration import readiness_notification, step_notification
 from exporter.alerting.outbox import Notification, OutboxStore
 from exporter.alerting.slack import Notifier, SlackSettings
 from exporter.config import Config, load_config
-from exporter.errors import ConfigError, CorruptStateFile, Refused
+from exporter.errors import ConfigError, Refused
 from exporter.judging.judge import Evaluation, JudgeSettings
 from exporter.logs import REDACTOR
 from exporter.probing.probe import Prober
@@ -56,7 +55,7 @@ from exporter.route53.read import (
 )
 from exporter.route53.runner import ShiftRunner
 from exporter.store.calls import Inline, StoreCalls, Threaded
-from exporter.store.documents import Document, DocumentStore, DynamoDocuments, LocalDocuments
+from exporter.store.documents import DocumentStore, DynamoDocuments, LocalDocuments
 from exporter.store.leadership import ALWAYS, Gate, Leadership
 from exporter.store.local import StateDir
 from exporter.store.vantages import OwnVantage, SharedVantages, Vantages
@@ -262,21 +261,15 @@ class Daemon:
         self._lease_news = asyncio.Event()
         if self.leadership is not None:
             self.leadership.on_change(self._lease_news.set)
-        self._alerts_doc: Document[AlertsRecord] | None = (
-            Document(
-                self.stores.documents,
-                "alerts",
-                AlertsRecord,
-                self.stores.calls("alerts"),
-                what="alert state",
-                on_saved=self._alerts_written,
-                logger=log,
-            )
-            if self.stores.documents is not None
-            else None
+        # the incidents and what they owe Slack, saved where the state lives
+        self.book = IncidentBook(
+            alert_settings(config),
+            self.stores.documents,
+            self.stores.calls("alerts"),
+            leads=self.leads,
+            epoch=self._lease_epoch,
+            on_event=self._on_event,
         )
-        self.alerts = self._load_alerts(config)
-        self._alerts_saved = self.alerts.revision
         self.notifier: Notifier | None = None
         # where this replica's verdicts go: straight to the incidents (one replica), or into
         # the rounds that combine every vantage's (`ha`); chosen in `start`
@@ -323,6 +316,10 @@ class Daemon:
         REDACTOR.set_secrets(secrets_of(config))
 
     # -- state ------------------------------------------------------------------------------
+
+    @property
+    def alerts(self) -> Alerts:
+        return self.book.alerts
 
     def checks(self) -> list[CheckState]:
         return self.probes.checks()
@@ -417,7 +414,7 @@ class Daemon:
         self.tasks.spawn(self.readiness.run(self._observed, self._announce), "readiness", READINESS)
         self.tasks.spawn(self.drains.run(), "traffic-drains", DRAINS)
         # what a crash left owed is handed to the outbox before anything new happens
-        self._settle_alerts(doubtful=True)
+        self.book.settle(doubtful=True)
         if self.shift is not None:
             self.shift.settle(doubtful=True)
 
@@ -435,14 +432,11 @@ class Daemon:
         await self.traffic.aclose()
         if self.route53 is not None:
             self.route53.close()
-        self._save_alerts()
+        self.book.save()
         await self.tasks.stop_group(SHIFT)
         if self.shift is not None:
             await self.shift.aclose()
-        if self._alerts_doc is not None:
-            # saved in the background in the table: written before the lease is let go
-            await self._alerts_doc.flush(timeout=5.0)
-            await self._alerts_doc.aclose()
+        await self.book.aclose()
         if self.notifier is not None:
             # a short grace to deliver what is queued; the rest waits on disk for the next start
             await self.notifier.flush(timeout=5.0)
@@ -483,7 +477,7 @@ class Daemon:
         self._apply_route53(new, previous=self.config)
         self._apply_traffic(new, previous=self.config)
         self.drains.configure(drain_specs(new), routes_of(new))
-        self.alerts.settings = alert_settings(new)
+        self.book.configure(alert_settings(new))
         for incident in self._forget_removed_checks(new):
             log.info(
                 "incident %s closed: check %s left the configuration", incident.id, incident.check
@@ -525,43 +519,6 @@ class Daemon:
 
     # -- alerts and notifications ---------------------------------------------------------
 
-    def _load_alerts(self, cfg: Config) -> Alerts:
-        doc = self._alerts_doc
-        if doc is None or doc.deferred:
-            # in the table: loaded when this replica takes the lease (_follow_lease)
-            return Alerts(alert_settings(cfg))
-        try:
-            alerts = doc.load_now(lambda r: Alerts.from_record(r, alert_settings(cfg)), time.time())
-        except CorruptStateFile as exc:
-            # the file was moved aside; starting empty beats not starting at all
-            log.error("alert state unreadable, starting without it: %s", exc)
-            return Alerts(alert_settings(cfg))
-        if alerts is None:
-            return Alerts(alert_settings(cfg))
-        self._log_loaded(alerts)
-        return alerts
-
-    @staticmethod
-    def _log_loaded(alerts: Alerts) -> None:
-        if alerts.incidents:
-            log.info("alert state loaded: %d open incident(s)", len(alerts.incidents))
-        if alerts.owed:
-            log.info("alert state loaded: %d notification(s) still owed", len(alerts.owed))
-
-    def _save_alerts(self) -> None:
-        """Save the incidents and what they owe (only the replica that leads); a failure is
-        logged by the document, never raised."""
-        if self._alerts_doc is None or not self.leads():
-            return
-        revision = self.alerts.revision
-        if self._alerts_doc.save(self.alerts.record(), self._lease_epoch(), tag=revision):
-            self._alerts_saved = revision
-
-    def _alerts_written(self, revision: int) -> None:
-        """A background save reached the table: what it owes may go to the outbox now."""
-        self._alerts_saved = revision
-        self._settle_alerts()
-
     async def _follow_lease(self, leadership: Leadership) -> None:
         """Each time this replica takes the lease, load the incidents and the shift plan as the
         table has them (the previous leader may have changed them) before it changes either."""
@@ -578,23 +535,14 @@ class Daemon:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), min(5.0, 0.5 * 2**failures))
                 continue
-            if epoch is None and self._alerts_doc is not None:
-                self._alerts_doc.drop()  # not this replica's to write any more
+            if epoch is None:
+                self.book.drop()  # not this replica's to write any more
             changed.clear()
             await changed.wait()
 
     async def _take_over(self, epoch: int, *, quiet: bool = False) -> bool:
-        settings = alert_settings(self.config)
-        alerts: Alerts | None = None
         try:
-            if self._alerts_doc is not None:
-                await self._alerts_doc.flush(timeout=5.0)  # this replica's own last save
-                try:
-                    alerts = await self._alerts_doc.load(
-                        lambda r: Alerts.from_record(r, settings), time.time()
-                    )
-                except CorruptStateFile as exc:
-                    log.error("ha: alert state unreadable, leading without it: %s", exc)
+            alerts = await self.book.read()
             if self.shift is not None:
                 await self.shift.take_over()
         except OSError as exc:
@@ -607,26 +555,17 @@ class Daemon:
             return False
         if self._lease_epoch() != epoch:
             return False  # lost the lease meanwhile: what was read may be stale already
-        self.alerts = alerts if alerts is not None else Alerts(settings)
-        self._alerts_saved = self.alerts.revision
         self._synced_epoch = epoch
         log.info("ha: leading under epoch %d with the table's incidents and plan", epoch)
-        self._log_loaded(self.alerts)
+        self.book.adopt(alerts)
         # what the previous leader left owed may have reached Slack before it stopped
-        self._settle_alerts(doubtful=True)
+        self.book.settle(doubtful=True)
         if self.shift is not None:
             self.shift.settle(doubtful=True)
         return True
 
     def _forget_removed_checks(self, cfg: Config) -> list[Incident]:
-        names = {c.name for c in cfg.checks} | traffic_checks(cfg)
-        removed = []
-        for incident in self.alerts.incidents:
-            if incident.check not in names:
-                removed.extend(self.alerts.remove_check(incident.check))
-        if removed:
-            self._save_alerts()
-        return removed
+        return self.book.forget_checks({c.name for c in cfg.checks} | traffic_checks(cfg))
 
     def _apply_slack(self, cfg: Config) -> None:
         settings = slack_settings(cfg)
@@ -638,6 +577,7 @@ class Daemon:
                 )
                 self.tasks.cancel(self.tasks.group(SLACK))
                 self.notifier = None
+                self.book.relay = None
             return
         if self.notifier is None:
             # the outbox lives where the rest of the state does (state_dir or the HA table),
@@ -653,6 +593,7 @@ class Daemon:
         else:
             # unchanged settings change nothing: a reload must not cut a Retry-After short
             self.notifier.update_settings(settings)
+        self.book.relay = self._relay
         if not self.tasks.group(SLACK):
             self.tasks.spawn(self.notifier.run(), "slack", SLACK)
 
@@ -665,18 +606,6 @@ class Daemon:
         if self.notifier is None:
             return set()
         return {n.key for n in owed if self.notifier.accept(n, doubtful=doubtful)}
-
-    def _settle_alerts(self, doubtful: bool = False) -> None:
-        """Pass what the incidents owe to the outbox, and forget what it holds; not before
-        the state that owes them is saved (a background save in the table: once it is done)."""
-        if not self.leads():
-            return
-        if self.alerts.owed and not (self._alerts_doc is not None and self._alerts_doc.busy):
-            held = self._relay(self.alerts.owed, doubtful)
-            if held:
-                self.alerts.settle(held)
-        if self.alerts.revision != self._alerts_saved:
-            self._save_alerts()
 
     def _judged(self, state: CheckState, evaluation: Evaluation, failing: bool) -> None:
         """A check's new verdict from this replica's probes (`failing`: both platforms fail
@@ -707,35 +636,13 @@ class Daemon:
     def _advance_incidents(
         self, check: str, evaluation: Judged, context: Callable[[], Context]
     ) -> None:
-        """Feed a check's verdicts to its incidents; what they cause is owed, saved, handed over.
+        cfg = self.config
+        self.book.advance(
+            check, evaluation, context, Context(baseline=cfg.baseline, candidate=cfg.candidate)
+        )
 
-        A transition and the notifications it causes are saved in one file before the outbox
-        is given them: whatever happens between the two saves (a crash, a full disk for the
-        outbox), the messages are still owed at the next start, and the outbox takes each
-        key once.
-        """
-        if not self.leads():
-            return  # a follower judges; the leader keeps the shared incidents
-        events = self.alerts.update(check, evaluation, time.time())
-        for event in events:
-            self._log_event(event)
-            self.readiness.incident(event.incident)
-        if events and self.notifier is not None:
-            cfg = self.config
-            try:
-                ctx = context()
-            except Exception:  # the figures are a nicety; the message itself is owed
-                log.exception("cannot gather the context of %s's message", check)
-                ctx = Context(baseline=cfg.baseline, candidate=cfg.candidate)
-            now = time.time()
-            self.alerts.owe(
-                replace(n, created=now) for event in events for n in notifications(event, ctx)
-            )
-        if self.alerts.revision != self._alerts_saved:
-            self._save_alerts()
-        self._settle_alerts()
-
-    def _log_event(self, event: Event) -> None:
+    def _on_event(self, event: Event) -> None:
+        """An incident fired, resolved or reminds: logged, and told to the step ledger."""
         incident = event.incident
         if isinstance(event, Fired):
             log.warning(
@@ -744,6 +651,7 @@ class Daemon:
             )  # fmt: skip
         elif isinstance(event, Resolved):
             log.info("RESOLVED %s after %.0fs", incident.id, event.duration)
+        self.readiness.incident(incident)
 
     def _context(self, state: CheckState) -> Context:
         """A probed check's message context: its record's shares and the probes' error ratios."""

@@ -179,9 +179,9 @@ async def test_a_leader_that_loses_the_table_stops_and_the_next_one_finds_its_un
     assert not a.leads(), "a, without the lease, changes no shared state"
 
     # a late write of the old leader (paused mid-save, say) is refused by the fence
-    assert a._alerts_doc is not None
-    a._alerts_doc.save(AlertsRecord(version=1, incidents=[]), stale)
-    assert await a._alerts_doc.flush(5.0)
+    assert a.book.doc is not None
+    a.book.doc.save(AlertsRecord(version=1, incidents=[]), stale)
+    assert await a.book.doc.flush(5.0)
     assert "not written under epoch" in caplog.text
     saved = state_item(moto_url, b, "alerts")
     assert saved is not None and json.loads(saved["body"]["S"])["resolved"] != []
