@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -42,7 +41,6 @@ from typing import Any, Final
 from botocore.exceptions import ClientError
 from pydantic import TypeAdapter, ValidationError
 
-from exporter import aws
 from exporter.alerting.outbox import (
     KEEP_DONE,
     KEEP_THREADS,
@@ -122,9 +120,13 @@ class DynamoOutboxStore(StateReads):
         self._fence = fence
         self._wall = wall
         self.log = logger or logging.getLogger(__name__)
-        self._client = client
-        self._credentials: Any = None
-        self._lock = threading.Lock()
+        self._client = dynamo.BlockingClient(
+            region=region,
+            endpoint_url=endpoint_url,
+            timeout=timeout,
+            max_attempts=MAX_ATTEMPTS,
+            client=client,
+        )
         self._state = OutboxState()
         self._stored: dict[str, _Flags] = {}  # key -> the flags the table has for it
         # changes whose write failed, written again by `save`: an appended entry's item, and a
@@ -475,20 +477,12 @@ class DynamoOutboxStore(StateReads):
         """`fn(client, *args)`; a lost race passes as _Refused, every other failure becomes
         an OutboxStoreError whose detail holds no credential."""
         try:
-            return fn(self._get_client(), *args)
+            return fn(self._client.get(), *args)
         except _Refused:
             raise
         except Exception as e:
-            error = dynamo.classify(e, aws.credential_secrets(self._credentials))
+            error = self._client.classify(e)
             raise OutboxStoreError(error.reason, error.detail, code=error.code) from None
-
-    def _get_client(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                self._client, self._credentials = dynamo.make_client(
-                    self.region, self.endpoint_url, timeout=self.timeout, max_attempts=MAX_ATTEMPTS
-                )
-            return self._client
 
 
 def _code(e: ClientError) -> str:

@@ -25,7 +25,6 @@ import copy
 import functools
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +33,6 @@ from typing import Any, Final, Generic, Protocol, TypeVar
 from botocore.exceptions import ClientError
 from pydantic import TypeAdapter, ValidationError
 
-from exporter import aws
 from exporter.errors import CorruptStateFile, Fenced, StateStoreError
 from exporter.store import dynamo
 from exporter.store.calls import StoreCalls
@@ -140,9 +138,13 @@ class DynamoDocuments:
         self._fence = fence
         self._wall = wall
         self.log = logger or logging.getLogger(__name__)
-        self._client = client
-        self._credentials: Any = None
-        self._lock = threading.Lock()
+        self._client = dynamo.BlockingClient(
+            region=region,
+            endpoint_url=endpoint_url,
+            timeout=timeout,
+            max_attempts=MAX_ATTEMPTS,
+            client=client,
+        )
 
     def where(self, name: str) -> str:
         return f"DynamoDB table {self.table} ({self.pk}, {STATE}#{name})"
@@ -232,20 +234,12 @@ class DynamoDocuments:
 
     def _call(self, fn: Callable[[Any], Any]) -> Any:
         try:
-            return fn(self._get_client())
+            return fn(self._client.get())
         except _Refused:
             raise
         except Exception as e:
-            error = dynamo.classify(e, aws.credential_secrets(self._credentials))
+            error = self._client.classify(e)
             raise StateStoreError(error.reason, error.detail, code=error.code) from None
-
-    def _get_client(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                self._client, self._credentials = dynamo.make_client(
-                    self.region, self.endpoint_url, timeout=self.timeout, max_attempts=MAX_ATTEMPTS
-                )
-            return self._client
 
 
 def _conditional(call: Callable[[], Any]) -> Any:

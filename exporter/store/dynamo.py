@@ -13,6 +13,7 @@ boto3 calls here are blocking: the CLI calls them directly, the daemon through `
 from __future__ import annotations
 
 import shlex
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ __all__ = [
     "KEY_ATTRIBUTES",
     "REASONS",
     "TTL_ATTRIBUTE",
+    "BlockingClient",
     "Calls",
     "DynamoReason",
     "TableReady",
@@ -274,3 +276,35 @@ class Calls:
 
     def _run(self, fn: Callable[[Any], _T]) -> _T:
         return fn(self._calls.client())
+
+
+class BlockingClient:
+    """A DynamoDB client for a store whose calls are made in its caller's worker thread (see
+    exporter/store/calls.py): built on first use, and its failures classified without the
+    credentials' secrets."""
+
+    def __init__(
+        self,
+        *,
+        region: str | None,
+        endpoint_url: str | None,
+        timeout: float,
+        max_attempts: int,
+        client: Any | None = None,
+    ) -> None:
+        self._settings = (region, endpoint_url, timeout, max_attempts)
+        self._client = client
+        self._credentials: Any = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                region, endpoint_url, timeout, attempts = self._settings
+                self._client, self._credentials = make_client(
+                    region, endpoint_url, timeout=timeout, max_attempts=attempts
+                )
+            return self._client
+
+    def classify(self, exc: BaseException) -> DynamoError:
+        return classify(exc, aws.credential_secrets(self._credentials))
