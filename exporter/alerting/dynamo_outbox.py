@@ -414,20 +414,7 @@ class DynamoOutboxStore(StateReads):
     # --- calls (blocking, in the caller's thread)
 
     def _query(self, client: Any) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        page: dict[str, Any] = {}
-        while True:
-            answer = client.query(
-                TableName=self.table,
-                KeyConditionExpression="pk = :pk",
-                ExpressionAttributeValues={":pk": {"S": self.pk}},
-                ConsistentRead=True,
-                **page,
-            )
-            items.extend(answer.get("Items", []))
-            if "LastEvaluatedKey" not in answer:
-                return items
-            page = {"ExclusiveStartKey": answer["LastEvaluatedKey"]}
+        return dynamo.query_partition(client, self.table, self.pk)
 
     def _put_new(self, client: Any, item: dict[str, Any]) -> None:
         try:

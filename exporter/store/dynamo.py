@@ -46,6 +46,7 @@ __all__ = [
     "create_table",
     "create_table_command",
     "make_client",
+    "query_partition",
 ]
 
 DynamoReason = Literal[
@@ -276,6 +277,32 @@ class Calls:
 
     def _run(self, fn: Callable[[Any], _T]) -> _T:
         return fn(self._calls.client())
+
+
+def query_partition(
+    client: Any, table: str, pk: str, prefix: str | None = None
+) -> list[dict[str, Any]]:
+    """Every item of partition `pk` (whose sort key starts with `prefix`, if given), page after
+    page, by strongly consistent reads. Blocking."""
+    condition = "pk = :pk"
+    values: dict[str, Any] = {":pk": {"S": pk}}
+    if prefix is not None:
+        condition += " AND begins_with(sk, :prefix)"
+        values[":prefix"] = {"S": prefix}
+    items: list[dict[str, Any]] = []
+    page: dict[str, Any] = {}
+    while True:
+        answer = client.query(
+            TableName=table,
+            KeyConditionExpression=condition,
+            ExpressionAttributeValues=values,
+            ConsistentRead=True,
+            **page,
+        )
+        items.extend(answer.get("Items", []))
+        if "LastEvaluatedKey" not in answer:
+            return items
+        page = {"ExclusiveStartKey": answer["LastEvaluatedKey"]}
 
 
 class BlockingClient:

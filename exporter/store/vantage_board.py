@@ -188,20 +188,7 @@ class DynamoVantageBoard:
         return reports, refused
 
     def _query(self, client: Any) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        page: dict[str, Any] = {}
-        while True:
-            answer = client.query(
-                TableName=self.table,
-                KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
-                ExpressionAttributeValues={":pk": {"S": self.pk}, ":prefix": {"S": SK_PREFIX}},
-                ConsistentRead=True,
-                **page,
-            )
-            items.extend(answer.get("Items", []))
-            if "LastEvaluatedKey" not in answer:
-                return items
-            page = {"ExclusiveStartKey": answer["LastEvaluatedKey"]}
+        return dynamo.query_partition(client, self.table, self.pk, SK_PREFIX)
 
     def _report_of(self, sk: str, item: Mapping[str, Any], now: float) -> VantageReport | None:
         """The item's report; None when it expired. Raises for anything not wholly readable."""
