@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -335,7 +336,20 @@ def r53(moto_url: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def ha_table(moto_url: str) -> str:
+def ddb(moto_url: str) -> Any:
+    """A DynamoDB client of this module's moto server, its HA table created."""
+    client = boto3.client("dynamodb", endpoint_url=moto_url)
+    dynamo.create_table(client, HA_TABLE, poll=0.1)
+    return client
+
+
+@pytest.fixture(scope="module")
+def ha_table(ddb: Any) -> str:
     """The HA table in this module's moto server (each test takes a migration of its own)."""
-    dynamo.create_table(boto3.client("dynamodb", endpoint_url=moto_url), HA_TABLE, poll=0.1)
     return HA_TABLE
+
+
+@pytest.fixture
+def migration() -> str:
+    """A partition of the table of its own for each test."""
+    return f"m-{uuid.uuid4().hex[:8]}"

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from exporter.alerting.alerts import Alerts, AlertsRecord
 from exporter.errors import Fenced, StateStoreError
-from exporter.store import dynamo
 from exporter.store.calls import Inline, Threaded
 from exporter.store.documents import (
     MAX_DOCUMENT_BYTES,
@@ -25,23 +22,11 @@ from exporter.store.documents import (
     LocalDocuments,
 )
 from exporter.store.lease import lease_pk
-from tests.conftest import free_port
+from tests.conftest import HA_TABLE, free_port
 from tests.documents_contract import CHECKS, NOW, Stores, _alerts
 from tests.ha_helpers import fence_of, put_lease
 
-TABLE = "cutover-documents-test"
-
-
-@pytest.fixture(scope="module")
-def ddb(moto_url: str) -> Any:
-    client = boto3.client("dynamodb", endpoint_url=moto_url)
-    dynamo.create_table(client, TABLE, poll=0.1)
-    return client
-
-
-@pytest.fixture
-def migration() -> str:
-    return f"m-{uuid.uuid4().hex[:8]}"
+TABLE = HA_TABLE
 
 
 def local_stores(tmp_path: Path) -> Stores:

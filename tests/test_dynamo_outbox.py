@@ -5,36 +5,20 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
-import boto3
 import pytest
 
 from exporter.alerting.dynamo_outbox import DynamoOutboxStore
 from exporter.alerting.outbox import Entry, Notification, Sent
 from exporter.errors import DynamoError, OutboxStoreError
-from exporter.store import dynamo
 from exporter.store.lease import lease_pk
 from tests import ha_helpers
-from tests.conftest import free_port
+from tests.conftest import HA_TABLE, free_port
 from tests.outbox_contract import CHECKS, OpenStore
 
-TABLE = "cutover-outbox-test"
-
-
-@pytest.fixture(scope="module")
-def ddb(moto_url: str) -> Any:
-    client = boto3.client("dynamodb", endpoint_url=moto_url)
-    dynamo.create_table(client, TABLE, poll=0.1)
-    return client
-
-
-@pytest.fixture
-def migration() -> str:
-    """A partition of its own for each test: the table is shared by the module."""
-    return f"m-{uuid.uuid4().hex[:8]}"
+TABLE = HA_TABLE
 
 
 def opener(ddb: Any, migration: str, **kw: Any) -> Callable[[], DynamoOutboxStore]:

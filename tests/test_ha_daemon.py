@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 
 import boto3
@@ -34,12 +33,6 @@ from tests.test_route53_cas import API
 ENV = {"PROBE_SECRET": "s3cret-header-value"}
 
 pytestmark = pytest.mark.usefixtures("aws_env")
-
-
-@pytest.fixture
-def migration() -> str:
-    """A partition of its own for each test: the table is shared by the module."""
-    return f"m-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture

@@ -7,12 +7,10 @@ from __future__ import annotations
 import json
 import logging
 import random
-import uuid
 import zlib
 from dataclasses import replace
 from typing import Any
 
-import boto3
 import pytest
 
 from exporter.errors import DynamoError
@@ -29,27 +27,15 @@ from exporter.store import dynamo
 from exporter.store.lease import lease_pk
 from exporter.store.vantage_board import MAX_REPORT_BYTES, DynamoVantageBoard
 from exporter.store.vantages import SharedVantages
-from tests.conftest import free_port
+from tests.conftest import HA_TABLE, free_port
 from tests.test_vantage import evaluation, verdict
 
-TABLE = "cutover-vantage-test"
+TABLE = HA_TABLE
 T0 = 1_700_000_000.0
 INTERVAL = 5.0
 EU, US, AP = "eu-west-1", "us-east-1", "ap-south-1"
 
 pytestmark = pytest.mark.usefixtures("aws_env")
-
-
-@pytest.fixture(scope="module")
-def ddb(moto_url: str) -> Any:
-    client = boto3.client("dynamodb", endpoint_url=moto_url)
-    dynamo.create_table(client, TABLE, poll=0.1)
-    return client
-
-
-@pytest.fixture
-def migration() -> str:
-    return f"m-{uuid.uuid4().hex[:8]}"
 
 
 class Clock:
