@@ -61,3 +61,11 @@ class Unreachable:
             raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
 
         return fail
+
+
+def ha_yaml(vantage: str, *, table: str, endpoint: str, migration: str, lease: str = "2s") -> str:
+    """The `ha` section of an in-process replica of `migration` against moto's server."""
+    return (
+        f"ha: {{vantage: {vantage}, table: {table}, region: us-east-1, "
+        f"endpoint_url: '{endpoint}', lease: {lease}, migration: {migration}}}\n"
+    )

@@ -26,7 +26,7 @@ from exporter.tasks import Supervisor
 from exporter.web.app import ha_data
 from exporter.web.page import PageInfo, render_page
 from tests.conftest import HA_TABLE, FakePlatform, config_yaml
-from tests.ha_helpers import wait_until
+from tests.ha_helpers import ha_yaml, wait_until
 from tests.test_page import text_of
 from tests.test_route53_cas import API
 
@@ -43,9 +43,8 @@ async def replicas(
     started: list[Daemon] = []
 
     def start(vantage: str, lease: str = "2s") -> Daemon:
-        text = config_yaml(baseline.url, candidate.url, interval="1s", timeout="500ms") + (
-            f"ha: {{vantage: {vantage}, table: {ha_table}, region: us-east-1, "
-            f"endpoint_url: '{moto_url}', lease: {lease}, migration: {migration}}}\n"
+        text = config_yaml(baseline.url, candidate.url, interval="1s", timeout="500ms") + ha_yaml(
+            vantage, table=ha_table, endpoint=moto_url, migration=migration, lease=lease
         )
         daemon = Daemon(parse_config(text, env=ENV))
         started.append(daemon)

@@ -32,7 +32,7 @@ from exporter.store.documents import LocalDocuments
 from exporter.store.leadership import ALWAYS
 from exporter.store.lease import lease_pk
 from tests.conftest import FakePlatform, config_yaml
-from tests.ha_helpers import Unreachable, fence_of, put_lease, wait_until
+from tests.ha_helpers import Unreachable, fence_of, ha_yaml, put_lease, wait_until
 from tests.slack_standin import SlackStandIn
 
 ENV = {"PROBE_SECRET": "s3cret-header-value"}
@@ -62,17 +62,16 @@ async def replicas(
     slack: SlackStandIn,
     moto_url: str,
     ha_table: str,
+    migration: str,
 ) -> AsyncIterator[Callable[[str], Daemon]]:
     baseline, candidate = platforms
-    migration = f"m-{uuid.uuid4().hex[:8]}"
     started: list[Daemon] = []
 
     def start(vantage: str) -> Daemon:
         text = (
             config_yaml(baseline.url, candidate.url, interval="300ms", timeout="200ms")
             + alerting(slack)
-            + f"ha: {{vantage: {vantage}, table: {ha_table}, region: us-east-1, "
-            f"endpoint_url: '{moto_url}', lease: 2s, migration: {migration}}}\n"
+            + ha_yaml(vantage, table=ha_table, endpoint=moto_url, migration=migration)
         )
         daemon = Daemon(parse_config(text, env=ENV))
         started.append(daemon)
