@@ -1,10 +1,10 @@
 """Slack delivery from a persisted outbox: in order, retried; at-least-once if an answer is lost.
 
-`Notifier` coordinates parts it does not implement: an `OutboxStore` (where the outbox lives)
-and how its calls are made (`StoreCalls`: inline for a local file, in a thread with a deadline
-for the HA table), a `Gate` (may this replica deliver now, under which lease epoch), a
-`SlackDelivery` (talking to Slack) and a `Pacer` (when the next attempt may start); it owns the
-delivery loop, the decisions after a failure, and the metrics.
+`Notifier` coordinates parts it does not implement: an `OutboxKeeper` (keeper.py: the outbox's
+store, local file or HA table, loaded under the lease and every change persisted), a `Gate`
+(may this replica deliver now, under which lease epoch), a `SlackDelivery` (talking to Slack)
+and a `Pacer` (when the next attempt may start); it owns the delivery loop, the decisions after
+a Slack failure, and the metrics.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -28,28 +27,15 @@ from exporter.alerting.delivery import (
     SlackDelivery,
     SlackSettings,
 )
+from exporter.alerting.keeper import Held, OutboxKeeper, Unclaimed
 from exporter.alerting.local_outbox import LocalOutboxStore
 from exporter.alerting.outbox import ACTIONS, Entry, Notification, OutboxStore, Sent
 from exporter.alerting.pacing import Pacer
-from exporter.errors import CorruptStateFile, SlackError
+from exporter.errors import SlackError
 from exporter.store.calls import Inline, StoreCalls
 from exporter.store.leadership import ALWAYS, Gate
 
 __all__ = ["Notification", "Notifier", "SlackError", "SlackSettings"]
-
-T = TypeVar("T")
-# a store that cannot be read or written is tried again this soon at most (s): a new leader must
-# not sit out a long backoff once the table answers again
-STORE_MAX_BACKOFF = 5.0
-
-
-class _Held(Exception):
-    """The store refused a claim: another writer holds the outbox under a later lease epoch."""
-
-
-class _Unclaimed(Exception):
-    """The claim's outcome is unknown (the store call failed or timed out), or this replica no
-    longer acts: the message is not sent now."""
 
 
 class Notifier:
@@ -92,29 +78,29 @@ class Notifier:
         self.log = logger or logging.getLogger("cutover.slack")
         self.timeout = timeout
         # without a store handed in: the outbox file in the settings' state_dir, if any
-        self._store = store if store is not None else LocalOutboxStore(settings.state_dir)
         self._delivery = SlackDelivery(settings, timeout=timeout, logger=self.log)
         self._pacer = Pacer(
             min_interval=min_interval, min_backoff=min_backoff, max_backoff=max_backoff
         )
         self._gate = gate
-        self._calls: StoreCalls = calls if calls is not None else Inline()
-        # the lease epoch under which the store's memory was loaded (None: not loaded yet);
-        # another epoch means another replica may have delivered meanwhile: load again
-        self._loaded_epoch: int | None = None
-        # notifications enqueued while the store is called in a thread: appended by the loop
-        self._incoming: list[Entry] = []
-        self._dirty = False  # a change the store does not have yet: the loop saves it
-        self._store_streak = 0  # store calls failed in a row (the loop's backoff)
+        self._wake = asyncio.Event()  # something to deliver, or settings changed
+        self._keeper = OutboxKeeper(
+            store if store is not None else LocalOutboxStore(settings.state_dir),
+            calls if calls is not None else Inline(),
+            gate,
+            clock=clock,
+            log=self.log,
+            min_backoff=min_backoff,
+            changed=self._set_pending,
+            wake=self._wake.set,
+        )
+        self._store = self._keeper.store
 
         self._parked: Failure | None = None
         self._held = False  # the store refused a claim: another writer delivers now
         self._generation = 0  # bumped by update_settings: a failure of older settings is stale
-        self._save_failing = False
         self._running = False
-        self._wake = asyncio.Event()  # something to deliver, or settings changed
         self._reset = asyncio.Event()  # settings changed: cut a backoff short
-        self._lease = asyncio.Event()  # the lease changed hands: cut a store's backoff short
         self._changed = asyncio.Event()  # the queue shrank or the outbox parked: for flush()
 
         self._delivered = Counter(
@@ -136,10 +122,6 @@ class Notifier:
             registry=registry,
         )
         self._init_series()
-        if not self._calls.deferred:
-            self._load()
-            self._loaded_epoch = self._gate.epoch()
-        self._set_pending()
         gate.on_change(self._lease_changed)
 
     # --- public interface
@@ -152,18 +134,14 @@ class Notifier:
         """
         if n.action not in ACTIONS:
             raise ValueError(f"notification {n.key}: unknown action {n.action!r}")
-        if self._store.knows(n.key) or self._incoming_has(n.key):
+        if self._keeper.knows(n.key):
             return False
         if not n.created:
             n = replace(n, created=self._clock())
         entry = Entry(n, unsure_since=n.created if doubtful else None)
         if n.blocks is not None:
             json.dumps(n.blocks)  # blocks that cannot be saved fail here, not in the loop
-        if self._calls.deferred:
-            self._incoming.append(entry)  # the loop appends it once the outbox is loaded
-            self._set_pending()
-        else:
-            self._persist_inline(lambda: self._store.append(entry), None)
+        self._keeper.append(entry)
         self._wake.set()
         return True
 
@@ -174,14 +152,11 @@ class Notifier:
         not appended it yet): whoever owes `n` keeps it and asks again.
         """
         self.enqueue(n, doubtful=doubtful)
-        return not self._save_failing and not self._incoming_has(n.key)
+        return self._keeper.holds(n.key)
 
     def _lease_changed(self) -> None:
-        self._lease.set()
+        self._keeper.lease_changed()
         self._wake.set()
-
-    def _incoming_has(self, key: str) -> bool:
-        return any(e.n.key == key for e in self._incoming)
 
     async def run(self) -> None:
         """Deliver the outbox, oldest first, until cancelled."""
@@ -214,105 +189,20 @@ class Notifier:
             self._wake.clear()
             await self._wake.wait()
             return False
-        if epoch != self._loaded_epoch and not await self._reload(epoch):
-            return False
-        if self._dirty:
-            self._dirty = False
-            await self._persist(self._store.save, None)
-            if self._dirty:
-                await self._store_backoff()
+        keeper = self._keeper
+        if epoch != keeper.loaded_epoch:
+            if not await keeper.reload(epoch):
                 return False
-        while self._incoming:
-            entry = self._incoming[0]
-            if self._store.knows(entry.n.key):
-                self._incoming.pop(0)  # queued (or delivered) already, by another replica
-                continue
-            try:
-                await self._calls(lambda entry=entry: self._store.append(entry))  # type: ignore[misc]
-            except ValueError as e:
-                self._incoming.pop(0)
-                self._set_pending()
-                self.log.error("notification %s cannot be queued, dropped: %s", entry.n.key, e)
-                continue
-            except OSError as e:
-                # in the store's memory now, maybe not in the store: the next save puts it there
-                self._incoming.pop(0)
-                self._store_failed(e)
-                self._dirty = True
-                await self._store_backoff()
-                return False
-            self._incoming.pop(0)
-            self._store_works()
-        return True
-
-    async def _reload(self, epoch: int) -> bool:
-        """Load the outbox as the store has it now (another replica may have delivered since
-        this one last did); nothing is delivered until this succeeds."""
-        try:
-            if self._dirty:
-                await self._calls(self._store.save)  # what this replica owes the store first
-                self._dirty = False
-            await self._calls(lambda: self._store.load(self._clock()))
-        except (OSError, ValueError) as e:
-            if self._store_streak == 0:
-                self.log.error(
-                    "cannot load the Slack outbox from %s (%s): nothing is delivered until it "
-                    "loads; trying again",
-                    self._store.where,
-                    getattr(e, "strerror", None) or e,
-                )
-            self._store_streak += 1
-            await self._store_backoff(count=False)
-            return False
-        self._loaded_epoch = epoch
-        self._held = False
-        self._store_works()
-        self._save_failing = False
-        self._set_pending()
-        self.log.info(
-            "delivering from the Slack outbox in %s (epoch %d): %d notification(s) waiting",
-            self._store.where,
-            epoch,
-            len(self._store.queue),
-        )
-        if self._store.threads:
-            await self._delivery.learn_workspace()
-        return True
-
-    async def _store_backoff(self, *, count: bool = True) -> None:
-        """Wait before the store is tried again: doubling from min_backoff, up to a few seconds,
-        cut short when the lease changes hands."""
-        if count:
-            self._store_streak += 1
-        delay = min(
-            STORE_MAX_BACKOFF,
-            self._pacer.min_backoff * 2 ** max(0, self._store_streak - 1),
-        )
-        self._lease.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._lease.wait(), delay)
-
-    def _store_failed(self, e: BaseException) -> None:
-        if not self._save_failing:
-            self.log.error(
-                "cannot save the Slack outbox to %s (%s): notifications are kept in memory only "
-                "and a restart would lose them",
-                self._store.where,
-                getattr(e, "strerror", None) or e,
-            )
-        self._save_failing = True
-
-    def _store_works(self) -> None:
-        self._store_streak = 0
-        if self._save_failing and not self._dirty:
-            self.log.info("the Slack outbox is saved to %s again", self._store.where)
-            self._save_failing = False
+            self._held = False
+            if self._store.threads:
+                await self._delivery.learn_workspace()
+        return await keeper.sync()
 
     async def flush(self, timeout: float) -> bool:  # noqa: ASYNC109 - the daemon's shutdown budget
         """Wait until the outbox is empty (True), or parked, held or `timeout` passed (False)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self._store.queue or self._incoming:
+        while self.pending():
             remaining = deadline - loop.time()
             stuck = self._parked is not None or self._held or self._gate.epoch() is None
             if stuck or remaining <= 0:
@@ -323,7 +213,7 @@ class Notifier:
         return True
 
     def pending(self) -> int:
-        return len(self._store.queue) + len(self._incoming)
+        return self._keeper.pending()
 
     def thread_of(self, incident: str) -> tuple[str, str] | None:
         """(channel id, ts) of the incident's message, once Slack has it."""
@@ -393,12 +283,7 @@ class Notifier:
     async def aclose(self) -> None:
         """Save the outbox one last time (only while acting: a replica that no longer leads
         must not write over the leader's flags); slack-sdk opens a session per request."""
-        if not self._calls.deferred:
-            self._save()
-        elif self._dirty and self._gate.epoch() == self._loaded_epoch is not None:
-            self._dirty = False
-            await self._persist(self._store.save, None)
-        self._calls.close()
+        await self._keeper.aclose()
 
     # --- delivery
 
@@ -421,24 +306,6 @@ class Notifier:
         if delay > 0:
             await asyncio.sleep(delay)
 
-    async def _claim(self, entry: Entry) -> None:
-        """`entry` goes out now: after a crash from here on, it may or may not be in Slack.
-
-        Raises _Held when the store refuses (another writer holds the outbox), _Unclaimed when
-        the claim's outcome is unknown or this replica no longer acts: nothing is sent then.
-        """
-        epoch = self._gate.epoch()
-        if epoch is None or epoch != self._loaded_epoch:
-            raise _Unclaimed("this replica does not act under the epoch its outbox was loaded in")
-        entry.unsure_since = entry.unsure_since or time.time()
-        try:
-            claimed = await self._calls(lambda: self._store.claim(entry, epoch))
-        except (OSError, ValueError) as e:
-            raise _Unclaimed(getattr(e, "strerror", None) or str(e)) from None
-        self._store_works()
-        if not claimed:
-            raise _Held(epoch)
-
     async def _attempt(self, entry: Entry) -> None:
         generation = self._generation
         unsure_before = entry.unsure_since
@@ -447,17 +314,17 @@ class Notifier:
             try:
                 sent = await delivery.send(
                     entry,
-                    claim=lambda: self._claim(entry),
+                    claim=lambda: self._keeper.claim(entry),
                     thread=self._store.threads.get(entry.n.incident),
                     channel_id=self._store.channel_id(self._settings.channel or ""),
                 )
-            except (Failure, _Held, _Unclaimed, asyncio.CancelledError):
+            except (Failure, Held, Unclaimed, asyncio.CancelledError):
                 raise
             except Exception as e:
                 # a surprise from slack-sdk must not end delivery: count it and retry later
                 code = f"unexpected {type(e).__name__}"
                 raise Failure("retry", "other", code, maybe_sent=True) from None
-        except _Held as held:
+        except Held as held:
             entry.unsure_since = unsure_before
             self._held = True
             self.log.warning(
@@ -468,11 +335,11 @@ class Notifier:
             )
             self._changed.set()
             return
-        except _Unclaimed as unclaimed:
+        except Unclaimed as unclaimed:
             entry.unsure_since = unsure_before
             if self._gate.epoch() is None:
                 return  # no longer acting: the loop waits for the lease
-            if self._store_streak == 0:
+            if self._keeper.streak == 0:
                 self.log.warning(
                     "notification %s not sent: its claim could not be written to %s (%s); "
                     "trying again",
@@ -480,7 +347,7 @@ class Notifier:
                     self._store.where,
                     unclaimed,
                 )
-            await self._store_backoff()
+            await self._keeper.backoff()
             return
         except Failure as f:
             self._pacer.attempted(asyncio.get_running_loop().time())
@@ -505,7 +372,7 @@ class Notifier:
             await self._delivery.learn_workspace()
 
     async def _finish(self, entry: Entry, sent: Sent | None = None) -> None:
-        await self._persist(lambda: self._store.finish(entry, sent), None)
+        await self._keeper.persist(lambda: self._store.finish(entry, sent), None)
         self._changed.set()
 
     def _park(self, f: Failure) -> None:
@@ -575,53 +442,5 @@ class Notifier:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._reset.wait(), delay)
 
-    # --- persistence
-
-    async def _persist(self, change: Callable[[], T], default: T) -> T:
-        """`change` to the store through its calls; when it cannot be persisted, `default`,
-        said once in the log (and, for a store called in a thread, saved again by the loop)."""
-        try:
-            result = await self._calls(change)
-        except (OSError, ValueError) as e:
-            self._store_failed(e)
-            if self._calls.deferred:
-                self._dirty = True
-            result = default
-        else:
-            self._store_works()
-        self._set_pending()
-        return result
-
-    def _persist_inline(self, change: Callable[[], T], default: T) -> T:
-        """`_persist` for a store called inline, from synchronous code."""
-        try:
-            result = change()
-        except (OSError, ValueError) as e:
-            self._store_failed(e)
-            result = default
-        else:
-            self._store_works()
-        self._set_pending()
-        return result
-
     def _save(self) -> None:
-        """Persist the queued entries' flags: at once inline, else by the loop."""
-        if self._calls.deferred:
-            self._dirty = True
-            self._wake.set()
-        else:
-            self._persist_inline(self._store.save, None)
-
-    def _load(self) -> None:
-        try:
-            self._store.load(self._clock())
-        except CorruptStateFile as e:
-            self.log.error(
-                "the Slack outbox is unreadable: %s; started empty: notifications queued before "
-                "are lost and an old one may be sent again",
-                e,
-            )
-            return
-        if queue := self._store.queue:
-            where = self._store.where
-            self.log.info("loaded %d undelivered Slack notification(s) from %s", len(queue), where)
+        self._keeper.save()
