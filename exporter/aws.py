@@ -10,6 +10,7 @@ say) loads its own small file again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -187,7 +188,10 @@ class AwsCalls(WorkerThreads):
         deadline (building reads service models from disk and sends nothing: on a busy machine
         it may take longer than a call to AWS may)."""
         if self._client is None and not self._closed:
-            await super().run(self.client)
+            # a build that fails (no region, say) fails again where `fn` asks for the client,
+            # inside the caller's own handling of its errors
+            with contextlib.suppress(Exception):
+                await super().run(self.client)
         return await super().run(fn, *args, within=within)
 
     def secrets(self) -> list[str]:

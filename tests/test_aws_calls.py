@@ -111,3 +111,25 @@ async def test_building_the_client_is_not_counted_in_the_first_calls_deadline() 
         assert isinstance(client, FakeClient)
     finally:
         calls.close()
+
+
+async def test_a_client_that_cannot_be_built_fails_inside_the_callers_function() -> None:
+    def no_region() -> tuple[FakeClient, None]:
+        raise LookupError("no region")
+
+    calls = AwsCalls(no_region, name="test-aws")
+    seen: list[str] = []
+
+    def fn() -> None:
+        try:
+            calls.client()
+        except LookupError as e:
+            seen.append(str(e))  # the caller classifies it, as its own failure
+            raise
+
+    try:
+        with pytest.raises(LookupError):
+            await calls.run(fn, within=5)
+    finally:
+        calls.close()
+    assert seen == ["no region"]
